@@ -1,0 +1,216 @@
+"""The change log: read a batch, acknowledge by seq, back off failures, dead letters, status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from cdc_daemon.database import Database, quote_ident, scalar
+from cdc_daemon.retry import backoff_delay
+from cdc_daemon.triggers import LogTables
+
+RETRYABLE_DELAY = 1.0  # seconds before a key whose failure was not its fault is tried again
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    seq: int
+    table: str
+    log_key: Any
+    attempts: int
+    ts: float
+
+
+@dataclass(frozen=True)
+class KeyFailure:
+    """Every log entry of one key read in a batch, and why its document failed."""
+
+    table: str
+    log_key: Any
+    entries: tuple[LogEntry, ...]
+    error: str
+    retryable: bool
+
+
+def contiguous_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """[1,2,3,7,8] → [(1,3),(7,8)]: range deletes are much cheaper than scattered ones."""
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges
+
+
+class ChangeLog:
+    def __init__(self, db: Database, names: LogTables, max_attempts: int) -> None:
+        self.db = db
+        self.names = names
+        self.max_attempts = max_attempts
+        self._log = quote_ident(names.log)
+        self._dead = quote_ident(names.dead)
+
+    def read_batch(self, conn: apsw.Connection, limit: int, now: float) -> list[LogEntry]:
+        """The oldest `limit` entries that are due; call inside Database.read()."""
+        return [
+            LogEntry(seq, table, log_key, attempts, ts)
+            for seq, table, log_key, attempts, ts in conn.execute(
+                f"SELECT seq, tbl, pk, attempts, ts FROM {self._log}"
+                " WHERE next_attempt_at <= ? ORDER BY seq LIMIT ?",
+                (now, limit),
+            )
+        ]
+
+    def commit(
+        self, acked: list[int], succeeded_keys: list[tuple[str, Any]], failures: list[KeyFailure]
+    ) -> list[KeyFailure]:
+        """Delete acknowledged seqs, back off or dead-letter failures: one short write.
+
+        Returns the failures that were dead-lettered.
+        """
+        now = time.time()
+        dead: list[KeyFailure] = []
+        with self.db.write() as conn:
+            delete = [seq for seq in acked]
+            for failure in failures:
+                keep = max(e.seq for e in failure.entries)
+                delete.extend(e.seq for e in failure.entries if e.seq != keep)
+                attempts = max(e.attempts for e in failure.entries)
+                if failure.retryable:
+                    conn.execute(
+                        f"UPDATE {self._log} SET next_attempt_at = ?, last_error = ? WHERE seq = ?",
+                        (now + RETRYABLE_DELAY, failure.error, keep),
+                    )
+                    continue
+                attempts += 1
+                if attempts >= self.max_attempts:
+                    dead.append(failure)
+                    delete.append(keep)
+                    self._dead_letter(conn, failure, attempts, now)
+                else:
+                    conn.execute(
+                        f"UPDATE {self._log} SET attempts = ?, next_attempt_at = ?, last_error = ?"
+                        " WHERE seq = ?",
+                        (
+                            attempts,
+                            now + backoff_delay(attempts, initial=1.0, cap=300.0),
+                            failure.error,
+                            keep,
+                        ),
+                    )
+            conn.executemany(
+                f"DELETE FROM {self._log} WHERE seq BETWEEN ? AND ?", contiguous_ranges(delete)
+            )
+            if succeeded_keys and self._has_dead_letters(conn):
+                conn.executemany(
+                    f"DELETE FROM {self._dead} WHERE tbl = ? AND pk IS ?", succeeded_keys
+                )
+        return dead
+
+    def _dead_letter(
+        self, conn: apsw.Connection, failure: KeyFailure, attempts: int, now: float
+    ) -> None:
+        first_seen = min(e.ts for e in failure.entries)
+        conn.execute(
+            f"INSERT INTO {self._dead} (tbl, pk, error, attempts, first_seen, last_seen)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tbl, pk) DO UPDATE SET"
+            " error = excluded.error, attempts = attempts + excluded.attempts,"
+            " last_seen = excluded.last_seen",
+            (failure.table, failure.log_key, failure.error, attempts, first_seen, now),
+        )
+
+    def _has_dead_letters(self, conn: apsw.Connection) -> bool:
+        return bool(scalar(conn, f"SELECT EXISTS (SELECT 1 FROM {self._dead})"))
+
+    def enqueue(self, table: str, log_keys: Iterable[Any], op: str) -> int:
+        """Log keys as if the app had changed them (repair); returns the highest seq."""
+        with self.db.write() as conn:
+            conn.executemany(
+                f"INSERT INTO {self._log} (tbl, pk, op) VALUES (?, ?, ?)",
+                ((table, key, op) for key in log_keys),
+            )
+            return int(scalar(conn, f"SELECT COALESCE(MAX(seq), 0) FROM {self._log}"))
+
+    def unsynced_through(self, seq: int) -> int:
+        """Entries up to `seq` not yet synced, leaving out those backing off after a rejection."""
+        return int(
+            self.db.scalar(
+                f"SELECT COUNT(*) FROM {self._log} WHERE seq <= ? AND attempts = 0", (seq,)
+            )
+        )
+
+    def pending_keys(self, table: str) -> set[Any]:
+        return {
+            row[0]
+            for row in self.db.query(f"SELECT DISTINCT pk FROM {self._log} WHERE tbl = ?", (table,))
+        }
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    def dead_letters(self, table: str | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT tbl, pk, error, attempts, first_seen, last_seen FROM {self._dead}"
+        rows = self.db.query(
+            sql + (" WHERE tbl = ?" if table else "") + " ORDER BY rowid",
+            (table,) if table else None,
+        )
+        return [
+            {"table": t, "key": k, "error": e, "attempts": a, "first_seen": f, "last_seen": s}
+            for t, k, e, a, f, s in rows
+        ]
+
+    def retry_dead_letters(self, table: str | None = None) -> int:
+        where, params = (" WHERE tbl = ?", (table,)) if table else ("", ())
+        with self.db.write() as conn:
+            count = int(scalar(conn, f"SELECT COUNT(*) FROM {self._dead}{where}", params))
+            conn.execute(
+                f"INSERT INTO {self._log} (tbl, pk, op) SELECT tbl, pk, 'R' FROM {self._dead}"
+                f"{where} ORDER BY rowid",
+                params,
+            )
+            conn.execute(f"DELETE FROM {self._dead}{where}", params)
+        return count
+
+    def purge_dead_letters(self, table: str | None = None) -> int:
+        where, params = (" WHERE tbl = ?", (table,)) if table else ("", ())
+        with self.db.write() as conn:
+            count = int(scalar(conn, f"SELECT COUNT(*) FROM {self._dead}{where}", params))
+            conn.execute(f"DELETE FROM {self._dead}{where}", params)
+        return count
+
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self, tables: list[str]) -> dict[str, Any]:
+        """Backlog, oldest pending age and dead letters, in total and per table."""
+        now = time.time()
+        per_table: dict[str, dict[str, Any]] = {}
+
+        def entry(table: str) -> dict[str, Any]:
+            empty = {"backlog": 0, "oldest_age_seconds": None, "retrying": 0, "dead_letters": 0}
+            return per_table.setdefault(table, empty)
+
+        for table in tables:
+            entry(table)
+        with self.db.read() as conn:
+            backlog_rows: list[tuple[Any, ...]] = conn.execute(
+                f"SELECT tbl, COUNT(*), MIN(ts), SUM(attempts > 0) FROM {self._log} GROUP BY tbl"
+            ).fetchall()
+            dead_rows: list[tuple[Any, ...]] = conn.execute(
+                f"SELECT tbl, COUNT(*) FROM {self._dead} GROUP BY tbl"
+            ).fetchall()
+        for table, count, oldest, retrying in backlog_rows:
+            age = round(max(0.0, now - oldest), 3)
+            entry(table).update(backlog=count, oldest_age_seconds=age, retrying=retrying)
+        for table, count in dead_rows:
+            entry(table)["dead_letters"] = count
+        ages = [age for t in per_table.values() if (age := t["oldest_age_seconds"]) is not None]
+        return {
+            "backlog": sum(t["backlog"] for t in per_table.values()),
+            "oldest_age_seconds": max(ages) if ages else None,
+            "dead_letters": sum(t["dead_letters"] for t in per_table.values()),
+            "tables": per_table,
+        }

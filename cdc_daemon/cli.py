@@ -1,0 +1,342 @@
+"""The `cdc-daemon` command line: parses arguments, loads the config, prints results, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cdc_daemon import __version__
+from cdc_daemon.backfill import Backfill, BackfillProgress, backfills_in_progress
+from cdc_daemon.changelog import ChangeLog
+from cdc_daemon.config import Config, default_config_path, load_config
+from cdc_daemon.daemon import Daemon, build_runtime, open_tables, require_installed
+from cdc_daemon.drain import Drainer
+from cdc_daemon.errors import CdcError, SchemaMismatch
+from cdc_daemon.init import render_config
+from cdc_daemon.logs import configure_logging, redact
+from cdc_daemon.triggers import LogTables, install, trigger_problems, uninstall
+from cdc_daemon.verify import TableDiff, Verifier
+
+log = structlog.get_logger("cdc_daemon.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdc-daemon", description="Keep Typesense collections in step with SQLite tables."
+    )
+    parser.add_argument("--version", action="version", version=f"cdc-daemon {__version__}")
+    config_help = "config file (default: $CDC_CONFIG, else ./cdc.yaml)"
+    parser.add_argument("--config", help=config_help)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=text, description=text)
+
+    p = add("init", "print a commented cdc.yaml for every table of a database that has a key")
+    p.add_argument("--database", required=True, type=Path)
+    p.add_argument("--typesense-url", default="http://127.0.0.1:8108")
+    p.add_argument("--api-key-env", default="TYPESENSE_API_KEY")
+    add("check", "validate config, database, triggers and Typesense; one line per problem")
+    add("install", "create the log table and triggers (idempotent, one transaction)")
+    p = add("uninstall", "remove the triggers (and the log with --drop-log)")
+    p.add_argument("--drop-log", action="store_true")
+    p = add("backfill", "load every current row into Typesense, resumably")
+    p.add_argument("--table")
+    p = add("run", "run the daemon")
+    p.add_argument("--once", action="store_true", help="drain the backlog, then exit")
+    p = add("status", "backlog, oldest pending age, dead letters, per table")
+    p.add_argument("--json", action="store_true")
+    p = add("verify", "compare rows with documents; exit 1 when they differ")
+    p.add_argument("--table")
+    p.add_argument("--repair", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p = add("dead-letters", "list, retry or purge changes that failed max_attempts times")
+    p.add_argument("action", choices=["list", "retry", "purge"])
+    p.add_argument("--table")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "init":
+            configure_logging(None, "warning")
+            print(render_config(args.database, args.typesense_url, args.api_key_env), end="")
+            return 0
+        config = load_config(default_config_path(args.config))
+        configure_logging(config.logging.format, config.logging.level)
+        command: Callable[[Config, argparse.Namespace], int] = COMMANDS[args.command]
+        return command(config, args)
+    except CdcError as exc:
+        print(f"cdc-daemon: error: {redact(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cdc-daemon: interrupted", file=sys.stderr)
+        return 130
+
+
+def _cmd_install(config: Config, _args: argparse.Namespace) -> int:
+    db, infos, _mappings = open_tables(config)
+    try:
+        changes = install(db, LogTables(config.log_table), infos)
+    finally:
+        db.close()
+    for change in changes:
+        print(change)
+    print("installed: nothing to change" if not changes else f"installed: {len(changes)} changes")
+    return 0
+
+
+def _cmd_uninstall(config: Config, args: argparse.Namespace) -> int:
+    from cdc_daemon.database import Database
+
+    db = Database(config.database)
+    try:
+        changes = uninstall(db, LogTables(config.log_table), drop_log=args.drop_log)
+    finally:
+        db.close()
+    for change in changes:
+        print(change)
+    print(f"uninstalled: {len(changes)} changes")
+    return 0
+
+
+def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
+    runtime = build_runtime(config)
+    problems: list[str] = []
+    try:
+        problems.extend(trigger_problems(runtime.db, runtime.names, runtime.tables))
+        node_problems = runtime.sink.health()
+        problems.extend(node_problems)
+        if len(node_problems) < len(config.typesense.nodes):
+            for mapping in runtime.mappings.values():
+                try:
+                    existing = runtime.sink.get_collection(mapping.collection)
+                    if existing is not None:
+                        runtime.sink.ensure_collection(mapping.collection_schema())
+                except SchemaMismatch as exc:
+                    problems.append(str(exc))
+                except CdcError as exc:
+                    problems.append(f"collection {mapping.collection!r}: {exc}")
+    finally:
+        runtime.close()
+    for problem in problems:
+        print(redact(problem))
+    if not problems:
+        print(f"ok: {len(runtime.mappings)} tables, triggers current, Typesense reachable")
+    return 1 if problems else 0
+
+
+def _cmd_run(config: Config, args: argparse.Namespace) -> int:
+    runtime = build_runtime(config)
+    try:
+        daemon = Daemon(runtime)
+        daemon.install_signal_handlers()
+        return daemon.run(once=args.once)
+    finally:
+        runtime.close()
+
+
+def _status(config: Config) -> dict[str, Any]:
+    db, _infos, mappings = open_tables(config)
+    try:
+        names = LogTables(config.log_table)
+        require_installed(db, names)
+        status = ChangeLog(db, names, config.sync.max_attempts).status(list(mappings))
+        for table, logged in backfills_in_progress(db, names).items():
+            status["tables"].setdefault(table, {})["backfill_logged_rows"] = logged
+        return status
+    finally:
+        db.close()
+
+
+def _cmd_status(config: Config, args: argparse.Namespace) -> int:
+    status = _status(config)
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    oldest = status["oldest_age_seconds"]
+    print(
+        f"backlog: {status['backlog']} changes"
+        + (f", oldest {oldest:.1f}s" if oldest is not None else "")
+        + f"; dead letters: {status['dead_letters']}"
+    )
+    for table, entry in status["tables"].items():
+        age = entry.get("oldest_age_seconds")
+        line = (
+            f"  {table}: backlog {entry.get('backlog', 0)}"
+            + (f" (oldest {age:.1f}s)" if age is not None else "")
+            + f", retrying {entry.get('retrying', 0)}, dead letters {entry.get('dead_letters', 0)}"
+        )
+        if "backfill_logged_rows" in entry:
+            line += f", backfill in progress ({entry['backfill_logged_rows']} rows logged)"
+        print(line)
+    return 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    import signal
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _cmd_backfill(config: Config, args: argparse.Namespace) -> int:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    runtime = build_runtime(config)
+    require_installed(runtime.db, runtime.names)
+    _stop_on_signals(runtime.stop)
+    drainer = Drainer(runtime.syncer, runtime.changelog, runtime.stop)
+    backfill = Backfill(runtime.db, runtime.names, runtime.changelog, drainer)
+    mappings = (
+        [runtime.mappings[config.table(args.table).table]]
+        if args.table
+        else list(runtime.mappings.values())
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} rows/s"),
+        TimeRemainingColumn(),
+    )
+    try:
+        runtime.syncer.ensure_collections()
+        with Progress(*columns, disable=not sys.stderr.isatty(), transient=False) as bar:
+            for mapping in mappings:
+                task = bar.add_task(mapping.table, total=None, rate="-")
+
+                def show(progress: BackfillProgress, task: Any = task) -> None:
+                    speed = bar.tasks[task].speed
+                    bar.update(
+                        task,
+                        total=progress.total,
+                        completed=progress.done,
+                        rate=f"{speed:,.0f}" if speed else "-",
+                    )
+                    log.debug(
+                        "backfill progress",
+                        table=progress.table,
+                        done=progress.done,
+                        total=progress.total,
+                    )
+
+                finished = backfill.run(mapping, show)
+                done = bar.tasks[task].completed
+                print(
+                    f"{mapping.table}: {'backfilled' if finished else 'stopped at'} {done:.0f} rows"
+                )
+                if not finished:
+                    return 1
+    except KeyboardInterrupt:
+        print("backfill interrupted; run it again to resume", file=sys.stderr)
+        return 130
+    finally:
+        drainer.close()
+        runtime.close()
+    return 0
+
+
+def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    runtime = build_runtime(config)
+    require_installed(runtime.db, runtime.names)
+    mappings = (
+        [runtime.mappings[config.table(args.table).table]]
+        if args.table
+        else list(runtime.mappings.values())
+    )
+    verifier = Verifier(runtime.db, runtime.changelog, runtime.sink)
+    drainer = Drainer(runtime.syncer, runtime.changelog, runtime.stop)
+    results: dict[str, TableDiff] = {}
+    repaired = 0
+    try:
+        for mapping in mappings:
+            diff = verifier.compare(mapping)
+            if args.repair and not diff.in_sync:
+                seq = verifier.repair(mapping, diff)
+                repaired += len(diff.missing) + len(diff.stale) + len(diff.extra)
+                drainer.drain_through(seq)
+                verifier._recheck(mapping, diff)
+            results[mapping.table] = diff
+    finally:
+        drainer.close()
+        runtime.close()
+    summary: dict[str, Any] = {
+        "in_sync": all(d.in_sync for d in results.values()),
+        "missing": sum(len(d.missing) for d in results.values()),
+        "extra": sum(len(d.extra) for d in results.values()),
+        "stale": sum(len(d.stale) for d in results.values()),
+        "tables": {t: d.summary() for t, d in results.items()},
+    }
+    if args.repair:
+        summary["repaired"] = repaired
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for table, d in summary["tables"].items():
+            print(
+                f"{table}: {d['rows']} rows, {d['documents']} documents: {d['missing']} missing,"
+                f" {d['extra']} extra, {d['stale']} stale"
+            )
+            for kind, ids in d["examples"].items():
+                if ids:
+                    print(f"  {kind}: {', '.join(ids)}")
+        if args.repair:
+            print(f"repaired: {repaired} documents re-synced")
+        print("in sync" if summary["in_sync"] else "NOT in sync")
+    return 0 if summary["in_sync"] else 1
+
+
+def _cmd_dead_letters(config: Config, args: argparse.Namespace) -> int:
+    db, _infos, mappings = open_tables(config)
+    try:
+        if args.table and args.table not in mappings:
+            config.table(args.table)
+        changelog = ChangeLog(db, LogTables(config.log_table), config.sync.max_attempts)
+        if args.action == "list":
+            for letter in changelog.dead_letters(args.table):
+                if args.json:
+                    print(json.dumps(letter, default=str))
+                else:
+                    print(
+                        f"{letter['table']} {letter['key']!r}: {letter['error']}"
+                        f" (attempts {letter['attempts']})"
+                    )
+        elif args.action == "retry":
+            print(f"retrying {changelog.retry_dead_letters(args.table)} dead letters")
+        else:
+            print(f"purged {changelog.purge_dead_letters(args.table)} dead letters")
+    finally:
+        db.close()
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+    "install": _cmd_install,
+    "uninstall": _cmd_uninstall,
+    "check": _cmd_check,
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "backfill": _cmd_backfill,
+    "verify": _cmd_verify,
+    "dead-letters": _cmd_dead_letters,
+}

@@ -1,0 +1,245 @@
+"""The YAML configuration: pydantic models, loading, and the only place that reads env and files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cdc_daemon.errors import ConfigError
+
+FieldType = Literal[
+    "string",
+    "int32",
+    "int64",
+    "float",
+    "bool",
+    "string[]",
+    "int32[]",
+    "int64[]",
+    "float[]",
+    "bool[]",
+    "auto",
+    "string*",
+    "geopoint",
+    "object",
+    "object[]",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldOverride(_Strict):
+    """Per-column overrides of the derived Typesense field."""
+
+    type: FieldType | None = None
+    facet: bool | None = None
+    sort: bool | None = None
+    optional: bool | None = None
+    index: bool | None = None
+    locale: str | None = None
+
+
+class TableConfig(_Strict):
+    """One SQLite table mirrored into one Typesense collection."""
+
+    table: str = Field(min_length=1)
+    collection: str | None = Field(default=None, min_length=1)
+    fields: dict[str, FieldOverride] = Field(default_factory=dict)
+    default_sorting_field: str | None = None
+    include: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+    rename: dict[str, str] = Field(default_factory=dict)
+    where: str | None = Field(default=None, min_length=1)
+    soft_delete: str | None = None
+
+    @property
+    def collection_name(self) -> str:
+        return self.collection or self.table
+
+
+class KmsConfig(_Strict):
+    url: str
+    key_name: str
+    token_file: Path
+    refresh_interval: float = Field(default=3600, gt=0)
+
+
+class TypesenseConfig(_Strict):
+    nodes: list[str] = Field(min_length=1)
+    api_key: str | None = Field(default=None, min_length=1)
+    api_key_env: str | None = Field(default=None, min_length=1)
+    api_key_file: Path | None = None
+    kms: KmsConfig | None = None
+    timeout: float = Field(default=30, gt=0)
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes_are_urls(cls, nodes: list[str]) -> list[str]:
+        for node in nodes:
+            if not node.startswith(("http://", "https://")):
+                raise ValueError(f"node {node!r} must start with http:// or https://")
+        return [node.rstrip("/") for node in nodes]
+
+    @model_validator(mode="after")
+    def _exactly_one_key_source(self) -> TypesenseConfig:
+        sources = [self.api_key, self.api_key_env, self.api_key_file, self.kms]
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError("set exactly one of api_key, api_key_env, api_key_file, kms")
+        return self
+
+
+class SyncConfig(_Strict):
+    batch_size: int = Field(default=1000, ge=1, le=50_000)
+    poll_interval: float = Field(default=0.5, gt=0, le=60)
+    max_attempts: int = Field(default=10, ge=1)
+
+
+class MetricsConfig(_Strict):
+    listen: str | None = None
+
+
+class LoggingConfig(_Strict):
+    format: Literal["json", "console"] | None = None
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class JwtConfig(_Strict):
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256"], min_length=1)
+    public_key_file: Path | None = None
+    secret_env: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    roles_claim: str = "roles"
+
+
+class AdminConfig(_Strict):
+    listen: str | None = None
+    jwt: JwtConfig | None = None
+
+
+class Config(_Strict):
+    database: Path
+    log_table: str = Field(default="change_log", min_length=1)
+    typesense: TypesenseConfig
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    tables: list[TableConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _tables_and_collections_unique(self) -> Config:
+        seen_tables: set[str] = set()
+        seen_collections: set[str] = set()
+        for table in self.tables:
+            if table.table in seen_tables:
+                raise ValueError(f"table {table.table!r} is configured twice")
+            if table.collection_name in seen_collections:
+                raise ValueError(f"collection {table.collection_name!r} is used by two tables")
+            seen_tables.add(table.table)
+            seen_collections.add(table.collection_name)
+        return self
+
+    def table(self, name: str) -> TableConfig:
+        for table in self.tables:
+            if table.table == name:
+                return table
+        raise ConfigError(f"--table {name}: not a configured table")
+
+
+def default_config_path(cli_value: str | None) -> Path:
+    """`--config`, else `$CDC_CONFIG`, else `./cdc.yaml`."""
+    return Path(cli_value or os.environ.get("CDC_CONFIG") or "cdc.yaml")
+
+
+def load_config(path: Path) -> Config:
+    """Read, validate and resolve a config file; every problem is a ConfigError naming the key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(
+            f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a YAML mapping")
+    return parse_config(raw, base_dir=path.resolve().parent, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], base_dir: Path, source: str = "config") -> Config:
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(f"{source}: {_key_path(error['loc'])}: {error['msg']}") from None
+    return _resolve_paths(config, base_dir)
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def _resolve_paths(config: Config, base_dir: Path) -> Config:
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else base_dir / path
+
+    ts = config.typesense
+    updates: dict[str, Any] = {}
+    if ts.api_key_file is not None:
+        updates["api_key_file"] = resolve(ts.api_key_file)
+    if ts.kms is not None:
+        updates["kms"] = ts.kms.model_copy(update={"token_file": resolve(ts.kms.token_file)})
+    admin = config.admin
+    if admin.jwt is not None and admin.jwt.public_key_file is not None:
+        jwt = admin.jwt.model_copy(update={"public_key_file": resolve(admin.jwt.public_key_file)})
+        admin = admin.model_copy(update={"jwt": jwt})
+    return config.model_copy(
+        update={
+            "database": resolve(config.database),
+            "typesense": ts.model_copy(update=updates),
+            "admin": admin,
+        }
+    )
+
+
+def read_api_key(config: TypesenseConfig) -> str:
+    """The static API key from `api_key`, `api_key_env` or `api_key_file`."""
+    if config.api_key is not None:
+        return config.api_key
+    if config.api_key_env is not None:
+        value = os.environ.get(config.api_key_env)
+        if not value:
+            raise ConfigError(
+                f"typesense.api_key_env: environment variable {config.api_key_env} is not set"
+            )
+        return value.strip()
+    if config.api_key_file is not None:
+        try:
+            value = config.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"typesense.api_key_file: cannot read {config.api_key_file}: {exc.strerror}"
+            ) from None
+        if not value:
+            raise ConfigError(f"typesense.api_key_file: {config.api_key_file} is empty")
+        return value
+    raise ConfigError("typesense.kms: fetching keys from a KMS is not supported yet")

@@ -1,0 +1,188 @@
+"""The SQLite side: opening the app's file with APSW, short transactions, table introspection."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from cdc_daemon.errors import ConfigError, DatabaseBusy, DatabaseError
+
+BUSY_TIMEOUT_MS = 5000
+
+
+def quote_ident(name: str) -> str:
+    """A SQL identifier, quoted so that any character (spaces, quotes, unicode) is safe."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """A SQL string literal for names that must appear in DDL (trigger bodies); never for data."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    declared_type: str
+    not_null: bool
+    key_position: int  # 0 when not part of the primary key, else its 1-based position
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    unique_indexes: tuple[tuple[str, ...], ...]
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
+
+
+@contextlib.contextmanager
+def sqlite_errors(path: Path) -> Iterator[None]:
+    """Translate APSW's errors into ours, naming the file."""
+    try:
+        yield
+    except apsw.BusyError:
+        raise DatabaseBusy(f"{path}: database is locked (busy for {BUSY_TIMEOUT_MS} ms)") from None
+    except apsw.NotADBError:
+        raise DatabaseError(f"{path}: file is not a SQLite database") from None
+    except apsw.CorruptError:
+        raise DatabaseError(f"{path}: database disk image is malformed") from None
+    except apsw.FullError:
+        raise DatabaseError(f"{path}: disk full while writing the database") from None
+    except apsw.Error as exc:
+        raise DatabaseError(f"{path}: {exc}") from None
+
+
+def scalar(conn: apsw.Connection, sql: str, params: Any = None) -> Any:
+    """The first column of the first row (None when there is no row)."""
+    row = conn.execute(sql, params).fetchone()
+    return None if row is None else row[0]
+
+
+class Database:
+    """One APSW connection to the app's SQLite file. Never creates the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.exists():
+            raise DatabaseError(f"{path}: database file does not exist")
+        with sqlite_errors(path):
+            self.conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+            self.conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+            self.conn.execute("PRAGMA schema_version").fetchall()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[apsw.Connection]:
+        """One read transaction: every SELECT inside sees the same snapshot. Keep it short."""
+        with sqlite_errors(self.path):
+            self.conn.execute("BEGIN DEFERRED")
+            try:
+                yield self.conn
+            finally:
+                self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[apsw.Connection]:
+        """One short write transaction (BEGIN IMMEDIATE); never hold it across HTTP."""
+        with sqlite_errors(self.path):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with sqlite_errors(self.path):
+            return self.conn.execute(sql, params).fetchall()
+
+    def scalar(self, sql: str, params: Any = None) -> Any:
+        with sqlite_errors(self.path):
+            return scalar(self.conn, sql, params)
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits; cheap enough to poll."""
+        with sqlite_errors(self.path):
+            return int(scalar(self.conn, "PRAGMA data_version"))
+
+    def table_exists(self, name: str) -> bool:
+        rows = self.query(
+            "SELECT type FROM sqlite_master WHERE name = ? AND type = 'table'", (name,)
+        )
+        return bool(rows)
+
+    def table_info(self, name: str) -> TableInfo:
+        """Columns, primary key and unique indexes of an existing table (ConfigError if absent)."""
+        if not self.table_exists(name):
+            raise ConfigError(f"table {name!r} does not exist in {self.path}")
+        ident = quote_ident(name)
+        columns = tuple(
+            Column(name=col, declared_type=decl or "", not_null=bool(notnull), key_position=pk)
+            for _cid, col, decl, notnull, _default, pk, hidden in self.query(
+                f"PRAGMA table_xinfo({ident})"
+            )
+            if hidden in (0, 2, 3)
+        )
+        key = tuple(c.name for c in sorted(columns, key=lambda c: c.key_position) if c.key_position)
+        unique: list[tuple[str, ...]] = []
+        for _seq, index_name, is_unique, origin, _partial in self.query(
+            f"PRAGMA index_list({ident})"
+        ):
+            if not is_unique or origin == "pk":
+                continue
+            cols = [row[2] for row in self.query(f"PRAGMA index_info({quote_ident(index_name)})")]
+            if cols and all(col is not None for col in cols):  # expression indexes are skipped
+                unique.append(tuple(cols))
+        return TableInfo(name=name, columns=columns, key=key, unique_indexes=tuple(unique))
+
+
+class ProcessorLock:
+    """Only one process may turn log rows into documents at a time (two would race on order).
+
+    An flock on `<database>.cdc-lock`: the kernel releases it when the holder dies, even by kill -9.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".cdc-lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

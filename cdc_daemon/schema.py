@@ -1,0 +1,211 @@
+"""Table → collection: which columns become which fields, and the derived schema (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cdc_daemon.config import TableConfig
+from cdc_daemon.database import TableInfo
+from cdc_daemon.errors import ConfigError
+from cdc_daemon.keys import affinity
+
+NUMERIC_TYPES = {"int32", "int64", "float"}
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    column: str
+    name: str  # the Typesense field name
+    type: str
+    optional: bool
+    facet: bool = False
+    sort: bool | None = None
+    index: bool = True
+    locale: str | None = None
+
+    def schema(self) -> dict[str, Any]:
+        field: dict[str, Any] = {"name": self.name, "type": self.type}
+        if self.facet:
+            field["facet"] = True
+        if self.optional:
+            field["optional"] = True
+        if self.sort is not None:
+            field["sort"] = self.sort
+        if not self.index:
+            field["index"] = False
+        if self.locale:
+            field["locale"] = self.locale
+        return field
+
+
+@dataclass(frozen=True)
+class TableMapping:
+    """Everything needed to turn one row of `table` into one document of `collection`."""
+
+    table: str
+    collection: str
+    key: tuple[str, ...]
+    key_affinities: tuple[str, ...]
+    fields: tuple[FieldMap, ...]
+    default_sorting_field: str | None
+    where: str | None
+    soft_delete: str | None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns to SELECT, in order: key, fields, then the soft-delete flag."""
+        extra = (self.soft_delete,) if self.soft_delete else ()
+        return self.key + tuple(f.column for f in self.fields) + extra
+
+    def collection_schema(self, name: str | None = None) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "name": name or self.collection,
+            "fields": [f.schema() for f in self.fields],
+        }
+        if self.default_sorting_field:
+            schema["default_sorting_field"] = self.default_sorting_field
+        return schema
+
+
+def derived_type(declared_type: str) -> str | None:
+    """interface.md's type mapping; None for BLOB columns (left out unless configured)."""
+    upper = declared_type.upper()
+    if "BOOL" in upper:
+        return "bool"
+    kind = affinity(declared_type)
+    if kind == "INTEGER":
+        return "int64"
+    if kind == "TEXT" or not upper:
+        return "string"
+    if kind == "BLOB":
+        return None
+    if kind == "REAL" or any(w in upper for w in ("NUMERIC", "DECIMAL")):
+        return "float"
+    return "string"  # DATE, DATETIME, TIMESTAMP and anything else: the stored text
+
+
+def build_mapping(info: TableInfo, config: TableConfig, where: str = "tables[?]") -> TableMapping:
+    """Combine the table's columns with its config entry; ConfigError names the bad key."""
+    if not info.key:
+        raise ConfigError(
+            f"{where}.table: table {info.name!r} has no PRIMARY KEY; cdc-daemon needs an explicit"
+            " key (an implicit rowid is renumbered by VACUUM)"
+        )
+    names = {c.name for c in info.columns}
+    for key_name, columns in (
+        ("include", config.include or []),
+        ("exclude", config.exclude),
+        ("rename", list(config.rename)),
+        ("fields", list(config.fields)),
+    ):
+        for name in columns:
+            if name not in names:
+                raise ConfigError(f"{where}.{key_name}.{name}: no column {name!r} in {info.name!r}")
+    if config.soft_delete is not None and config.soft_delete not in names:
+        raise ConfigError(f"{where}.soft_delete: no column {config.soft_delete!r} in {info.name!r}")
+
+    single_id_key = len(info.key) == 1 and info.key[0] == "id"
+    fields: list[FieldMap] = []
+    for column in info.columns:
+        override = config.fields.get(column.name)
+        if config.include is not None and column.name not in config.include:
+            continue
+        if column.name in config.exclude or (single_id_key and column.name == "id"):
+            continue
+        field_type = (override.type if override else None) or derived_type(column.declared_type)
+        if field_type is None:
+            if config.include is None or column.name not in config.include:
+                continue  # BLOB: left out unless configured
+            field_type = "string"
+        name = config.rename.get(column.name, column.name)
+        if name == "id":
+            raise ConfigError(
+                f"{where}.rename: column {column.name!r} would become field 'id', which is the"
+                " document id; rename it"
+            )
+        is_key = column.key_position > 0
+        optional = not (column.not_null or is_key)
+        if override and override.optional is not None:
+            optional = override.optional
+        fields.append(
+            FieldMap(
+                column=column.name,
+                name=name,
+                type=field_type,
+                optional=optional,
+                facet=bool(override and override.facet),
+                sort=override.sort if override else None,
+                index=override.index if override and override.index is not None else True,
+                locale=override.locale if override else None,
+            )
+        )
+    seen: set[str] = set()
+    for f in fields:
+        if f.name in seen:
+            raise ConfigError(f"{where}.rename: two columns map to field {f.name!r}")
+        seen.add(f.name)
+
+    sorting = config.default_sorting_field
+    if sorting is not None:
+        target = next((f for f in fields if f.name == sorting or f.column == sorting), None)
+        if target is None:
+            raise ConfigError(f"{where}.default_sorting_field: {sorting!r} is not a field")
+        if target.type not in NUMERIC_TYPES or target.optional:
+            raise ConfigError(
+                f"{where}.default_sorting_field: {sorting!r} must be a required numeric field"
+                f" (it is {target.type}{', optional' if target.optional else ''})"
+            )
+        sorting = target.name
+    return TableMapping(
+        table=info.name,
+        collection=config.collection_name,
+        key=info.key,
+        key_affinities=tuple(affinity(info.column(k).declared_type) for k in info.key),
+        fields=tuple(fields),
+        default_sorting_field=sorting,
+        where=config.where,
+        soft_delete=config.soft_delete,
+    )
+
+
+# What Typesense reports for a property we did not set.
+def _effective(field: dict[str, Any], prop: str) -> Any:
+    if prop in field and field[prop] is not None:
+        return field[prop]
+    defaults = {
+        "facet": False,
+        "optional": False,
+        "index": True,
+        "locale": "",
+        "sort": field.get("type") in NUMERIC_TYPES or field.get("type") == "bool",
+    }
+    return defaults[prop]
+
+
+def schema_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Human-readable differences between a derived schema and an existing collection."""
+    problems: list[str] = []
+    actual_fields = {f["name"]: f for f in actual.get("fields", []) if f["name"] != "id"}
+    expected_fields = {f["name"]: f for f in expected["fields"]}
+    for name, want in expected_fields.items():
+        have = actual_fields.get(name)
+        if have is None:
+            problems.append(f"field {name!r} is missing")
+            continue
+        if have.get("type") != want["type"]:
+            problems.append(f"field {name!r} is {have.get('type')}, expected {want['type']}")
+        for prop in ("facet", "optional", "index", "sort", "locale"):
+            if _effective(have, prop) != _effective(want, prop):
+                problems.append(
+                    f"field {name!r} has {prop}={_effective(have, prop)},"
+                    f" expected {_effective(want, prop)}"
+                )
+    for name in actual_fields.keys() - expected_fields.keys():
+        if name != ".*":
+            problems.append(f"field {name!r} is not in the table mapping")
+    want_sort = expected.get("default_sorting_field") or ""
+    have_sort = actual.get("default_sorting_field") or ""
+    if want_sort != have_sort:
+        problems.append(f"default_sorting_field is {have_sort!r}, expected {want_sort!r}")
+    return problems

@@ -1,0 +1,296 @@
+"""The Typesense side, over HTTP (httpx). The core sees documents and results, never HTTP.
+
+Every httpx error and HTTP status is translated here into the errors of errors.py. There are no
+retries in this module: the sync loop (through retry.py) decides when to try again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from cdc_daemon.errors import (
+    AuthError,
+    CollectionMissing,
+    SchemaMismatch,
+    TargetError,
+    TargetUnavailable,
+)
+from cdc_daemon.retry import backoff_delay
+from cdc_daemon.schema import schema_differences
+
+IDS_PER_FILTER_DELETE = 500
+NOT_READY_MARKERS = ("Not Ready or Lagging", "Could not find a leader")
+
+
+@dataclass(frozen=True)
+class DocResult:
+    """The outcome for one document. `retryable` failures are not the document's fault."""
+
+    ok: bool
+    error: str | None = None
+    retryable: bool = False
+
+
+OK = DocResult(ok=True)
+
+
+class _Node:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.failures = 0
+        self.down_until = 0.0
+
+    def healthy(self, now: float) -> bool:
+        return now >= self.down_until
+
+    def mark_failed(self) -> None:
+        self.failures += 1
+        self.down_until = time.monotonic() + backoff_delay(self.failures, cap=30.0)
+
+    def mark_ok(self) -> None:
+        self.failures = 0
+        self.down_until = 0.0
+
+
+class TypesenseSink:
+    """A Typesense server or cluster. `api_key` is called for every request (keys rotate)."""
+
+    def __init__(
+        self,
+        nodes: list[str],
+        api_key: Callable[[], str],
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._nodes = [_Node(url) for url in nodes]
+        self._api_key = api_key
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
+            transport=transport,
+            headers={"Content-Type": "application/json"},
+        )
+        self.up = False  # did the last call reach a node that answered?
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- the request layer: node choice, error translation ---------------------------------
+
+    def _ordered_nodes(self) -> list[_Node]:
+        now = time.monotonic()
+        healthy = [n for n in self._nodes if n.healthy(now)]
+        return healthy or sorted(self._nodes, key=lambda n: n.down_until)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        last: TargetUnavailable | None = None
+        for node in self._ordered_nodes():
+            try:
+                response = self._send(node, method, path, **kwargs)
+            except TargetUnavailable as exc:
+                node.mark_failed()
+                last = exc
+                continue
+            node.mark_ok()
+            self.up = True
+            return response
+        self.up = False
+        assert last is not None
+        raise last
+
+    def _send(self, node: _Node, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"X-TYPESENSE-API-KEY": self._api_key()}
+        try:
+            response = self._client.request(method, node.url + path, headers=headers, **kwargs)
+        except httpx.TimeoutException:
+            raise TargetUnavailable(
+                f"{node.url}: timed out ({method} {path.split('?')[0]})"
+            ) from None
+        except httpx.TransportError as exc:
+            raise TargetUnavailable(f"{node.url}: {type(exc).__name__}: {exc}") from None
+        status = response.status_code
+        if status >= 500 or status == 429 or any(m in response.text for m in NOT_READY_MARKERS):
+            raise TargetUnavailable(f"{node.url}: HTTP {status}: {_message(response)}")
+        if status in (401, 403):
+            raise AuthError(f"{node.url}: HTTP {status}: the API key was refused")
+        return response
+
+    def _json(self, method: str, path: str, ok: tuple[int, ...] = (200, 201), **kw: Any) -> Any:
+        response = self._request(method, path, **kw)
+        if response.status_code not in ok:
+            raise TargetError(f"{method} {path}: HTTP {response.status_code}: {_message(response)}")
+        return response.json() if response.status_code != 404 else None
+
+    # -- collections ------------------------------------------------------------------------
+
+    def get_collection(self, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._json(
+            "GET", f"/collections/{quote(name, safe='')}", ok=(200, 404)
+        )
+        return result
+
+    def ensure_collection(self, schema: dict[str, Any]) -> bool:
+        """Create the collection if absent (True); SchemaMismatch if it exists and differs."""
+        existing = self.get_collection(schema["name"])
+        if existing is None:
+            self._json("POST", "/collections", content=json.dumps(schema))
+            return True
+        problems = schema_differences(schema, existing)
+        if problems:
+            raise SchemaMismatch(
+                f"collection {schema['name']!r} does not match its table: " + "; ".join(problems)
+            )
+        return False
+
+    def health(self) -> list[str]:
+        """One problem line per node that is unreachable or refuses the key."""
+        problems = []
+        for node in self._nodes:
+            try:
+                response = self._send(node, "GET", "/collections?limit=1")
+                if response.status_code != 200:
+                    problems.append(f"typesense node {node.url}: HTTP {response.status_code}")
+            except AuthError:
+                problems.append(f"typesense node {node.url}: the API key was refused (401)")
+            except TargetUnavailable as exc:
+                problems.append(f"typesense node {node.url}: unreachable: {exc}")
+        return problems
+
+    # -- documents --------------------------------------------------------------------------
+
+    def upsert(self, collection: str, documents: list[dict[str, Any]]) -> list[DocResult]:
+        """One JSONL import; one result per document, in order. Reads every result line."""
+        if not documents:
+            return []
+        body = "\n".join(json.dumps(d, ensure_ascii=False, allow_nan=False) for d in documents)
+        response = self._request(
+            "POST",
+            f"/collections/{quote(collection, safe='')}/documents/import"
+            "?action=upsert&dirty_values=reject",
+            content=body.encode("utf-8"),
+        )
+        if response.status_code != 200:
+            raise _collection_error(collection, response)
+        lines = [line for line in response.text.split("\n") if line.strip()]
+        results = [_import_line(line) for line in lines[: len(documents)]]
+        missing = DocResult(ok=False, error="no result line for this document", retryable=True)
+        return results + [missing] * (len(documents) - len(results))
+
+    def delete(self, collection: str, ids: list[str]) -> list[DocResult]:
+        """Delete documents by id; a document that is already gone counts as deleted."""
+        path = f"/collections/{quote(collection, safe='')}/documents"
+        safe = [i for i, doc_id in enumerate(ids) if _filterable(doc_id)]
+        results: list[DocResult] = [OK] * len(ids)
+        for i, doc_id in enumerate(ids):
+            if not _filterable(doc_id):
+                results[i] = self._delete_one(path, doc_id)
+        for start in range(0, len(safe), IDS_PER_FILTER_DELETE):
+            chunk = [ids[i] for i in safe[start : start + IDS_PER_FILTER_DELETE]]
+            self._delete_filtered(path, chunk)
+        return results
+
+    def _delete_filtered(self, path: str, ids: list[str]) -> None:
+        """filter_by deletes answer 200 with a count, even for a malformed filter: when the count
+        is short, halve the list until each missing id has been deleted one by one (404 = gone)."""
+        if len(ids) == 1:
+            self._raise_for_doc(self._delete_one(path, ids[0]))
+            return
+        filter_by = "id:[" + ",".join(f"`{doc_id}`" for doc_id in ids) + "]"
+        response = self._request(
+            "DELETE", path, params={"filter_by": filter_by, "batch_size": len(ids)}
+        )
+        if response.status_code == 404:
+            raise _collection_error(path.split("/")[2], response)
+        if response.status_code != 200:
+            raise TargetError(f"DELETE {path}: HTTP {response.status_code}: {_message(response)}")
+        if int(response.json().get("num_deleted", 0)) == len(ids):
+            return
+        middle = len(ids) // 2
+        self._delete_filtered(path, ids[:middle])
+        self._delete_filtered(path, ids[middle:])
+
+    def _delete_one(self, path: str, doc_id: str) -> DocResult:
+        response = self._request("DELETE", f"{path}/{quote(doc_id, safe='')}")
+        if response.status_code in (200, 404):
+            if response.status_code == 404 and "Collection" in response.text:
+                raise _collection_error(path.split("/")[2], response)
+            return OK
+        return DocResult(ok=False, error=f"HTTP {response.status_code}: {_message(response)}")
+
+    @staticmethod
+    def _raise_for_doc(result: DocResult) -> None:
+        if not result.ok:
+            raise TargetError(result.error or "delete failed")
+
+    def get_document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self._json(
+            "GET",
+            f"/collections/{quote(collection, safe='')}/documents/{quote(doc_id, safe='')}",
+            ok=(200, 404),
+        )
+        return result
+
+    def export(self, collection: str) -> Iterator[dict[str, Any]]:
+        """Stream every document of a collection (JSONL), without holding them all in memory."""
+        last = TargetUnavailable("no Typesense node to export from")
+        for node in self._ordered_nodes():
+            url = f"{node.url}/collections/{quote(collection, safe='')}/documents/export"
+            try:
+                with self._client.stream(
+                    "GET", url, headers={"X-TYPESENSE-API-KEY": self._api_key()}
+                ) as response:
+                    if response.status_code in (401, 403):
+                        raise AuthError(f"{node.url}: HTTP {response.status_code} on export")
+                    if response.status_code != 200:
+                        response.read()
+                        raise TargetUnavailable(
+                            f"{node.url}: export of {collection!r}: HTTP {response.status_code}"
+                        )
+                    for line in response.iter_lines():
+                        if line.strip():
+                            yield json.loads(line)
+                    return
+            except httpx.TransportError as exc:
+                node.mark_failed()
+                last = TargetUnavailable(f"{node.url}: export failed: {exc}")
+                continue
+        raise last
+
+
+def _filterable(doc_id: str) -> bool:
+    """Ids a `filter_by=id:[`...`]` can match (design.md: never backticks or edge spaces)."""
+    return bool(doc_id) and "`" not in doc_id and doc_id == doc_id.strip()
+
+
+def _import_line(line: str) -> DocResult:
+    try:
+        result = json.loads(line)
+    except ValueError:
+        return DocResult(ok=False, error=f"unreadable result line: {line[:200]}", retryable=True)
+    if result.get("success"):
+        return OK
+    error = str(result.get("error", "rejected"))
+    code = int(result.get("code") or 0)
+    retryable = code >= 500 or code in (0, 429) or any(m in error for m in NOT_READY_MARKERS)
+    return DocResult(ok=False, error=f"{code}: {error}" if code else error, retryable=retryable)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message", response.text))[:300]
+    except ValueError:
+        return response.text[:300]
+
+
+def _collection_error(collection: str, response: httpx.Response) -> TargetError:
+    if response.status_code == 404:
+        return CollectionMissing(f"collection {collection!r} not found: {_message(response)}")
+    return TargetError(
+        f"import into {collection!r}: HTTP {response.status_code}: {_message(response)}"
+    )

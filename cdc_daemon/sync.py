@@ -1,0 +1,206 @@
+"""One sync iteration: read a batch and its rows in one snapshot → build → send → acknowledge."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+
+from cdc_daemon.changelog import ChangeLog, KeyFailure, LogEntry
+from cdc_daemon.database import Database, quote_ident
+from cdc_daemon.documents import build_document, row_is_live, row_key
+from cdc_daemon.errors import CollectionMissing, DocumentError
+from cdc_daemon.keys import Key, document_id, log_key_to_key
+from cdc_daemon.schema import TableMapping
+from cdc_daemon.sink import DocResult, TypesenseSink
+
+KEYS_PER_SELECT = 500
+
+
+@dataclass
+class BatchReport:
+    entries: int = 0
+    keys: int = 0
+    upserted: dict[str, int] = field(default_factory=dict)  # per table
+    deleted: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+    dead_lettered: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    duration: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Change:
+    """All log entries of one key in this batch, and what to do with it."""
+
+    table: str
+    log_key: Any
+    entries: list[LogEntry]
+    key: Key | None = None
+    doc_id: str = ""
+    document: dict[str, Any] | None = None  # set: upsert; None: delete
+    error: str | None = None
+
+
+def fetch_rows(
+    conn: apsw.Connection, mapping: TableMapping, keys: Sequence[Key]
+) -> dict[Key, tuple[Any, ...]]:
+    """The current rows for `keys` that exist and match `where`, keyed by their primary key."""
+    columns = ", ".join(quote_ident(c) for c in mapping.columns)
+    key_cols = ", ".join(quote_ident(c) for c in mapping.key)
+    width = len(mapping.key)
+    where = f"({mapping.where}) AND " if mapping.where else ""
+    found: dict[Key, tuple[Any, ...]] = {}
+    for start in range(0, len(keys), KEYS_PER_SELECT):
+        chunk = keys[start : start + KEYS_PER_SELECT]
+        if width == 1:
+            match = f"{key_cols} IN ({', '.join('?' * len(chunk))})"
+            params: list[Any] = [k[0] for k in chunk]
+        else:
+            row = "(" + ", ".join("?" * width) + ")"
+            match = f"({key_cols}) IN (VALUES {', '.join([row] * len(chunk))})"
+            params = [v for k in chunk for v in k]
+        sql = f"SELECT {columns} FROM {quote_ident(mapping.table)} WHERE {where}{match}"
+        for row_values in conn.execute(sql, params):
+            found[row_key(mapping, row_values)] = row_values
+    return found
+
+
+class Syncer:
+    """Turns log entries into Typesense writes. Call `sync_once()` from a loop or a test."""
+
+    def __init__(
+        self,
+        db: Database,
+        changelog: ChangeLog,
+        sink: TypesenseSink,
+        mappings: dict[str, TableMapping],
+        batch_size: int,
+    ) -> None:
+        self.db = db
+        self.changelog = changelog
+        self.sink = sink
+        self.mappings = mappings
+        self.batch_size = batch_size
+        self._collections_ready = False
+
+    def ensure_collections(self) -> list[str]:
+        """Create missing collections; SchemaMismatch for one that exists and differs."""
+        created = [
+            m.collection
+            for m in self.mappings.values()
+            if self.sink.ensure_collection(m.collection_schema())
+        ]
+        self._collections_ready = True
+        return created
+
+    def sync_once(self) -> BatchReport:
+        started = time.monotonic()
+        if not self._collections_ready:
+            self.ensure_collections()
+        report = BatchReport()
+        changes = self._read()
+        if not changes:
+            return report
+        entries = [e for c in changes for e in c.entries]
+        report.entries, report.keys = len(entries), len(changes)
+        report.first_seq = min(e.seq for e in entries)
+        report.last_seq = max(e.seq for e in entries)
+        try:
+            results = self._send(changes, report)
+        except CollectionMissing:
+            self._collections_ready = False
+            raise
+        acked: list[int] = []
+        succeeded: list[tuple[str, Any]] = []
+        failures: list[KeyFailure] = []
+        for change, result in zip(changes, results, strict=True):
+            if result.ok:
+                acked.extend(e.seq for e in change.entries)
+                succeeded.append((change.table, change.log_key))
+            else:
+                failures.append(
+                    KeyFailure(
+                        table=change.table,
+                        log_key=change.log_key,
+                        entries=tuple(change.entries),
+                        error=result.error or "failed",
+                        retryable=result.retryable,
+                    )
+                )
+        dead = self.changelog.commit(acked, succeeded, failures)
+        report.failed = len(failures)
+        report.dead_lettered = len(dead)
+        report.errors = [f"{f.table} {f.log_key!r}: {f.error}" for f in failures[:5]]
+        report.duration = time.monotonic() - started
+        return report
+
+    def _read(self) -> list[_Change]:
+        """The due log entries and the rows they point at, in one read transaction."""
+        with self.db.read() as conn:
+            entries = self.changelog.read_batch(conn, self.batch_size, time.time())
+            changes: dict[tuple[str, Any], _Change] = {}
+            for entry in entries:
+                ident = (entry.table, entry.log_key)
+                if ident not in changes:
+                    changes[ident] = _Change(entry.table, entry.log_key, [])
+                changes[ident].entries.append(entry)
+            by_table: dict[str, list[_Change]] = {}
+            for change in changes.values():
+                by_table.setdefault(change.table, []).append(change)
+            for table, table_changes in by_table.items():
+                self._resolve(conn, table, table_changes)
+        return list(changes.values())
+
+    def _resolve(self, conn: apsw.Connection, table: str, changes: list[_Change]) -> None:
+        """Attach to each change its current document (upsert) or None (delete), or an error."""
+        mapping = self.mappings.get(table)
+        if mapping is None:
+            for change in changes:
+                change.error = f"table {table!r} is not configured"
+            return
+        for change in changes:
+            try:
+                change.key = log_key_to_key(change.log_key, len(mapping.key))
+                change.doc_id = document_id(change.key)
+            except (ValueError, TypeError) as exc:
+                change.error = f"unreadable key {change.log_key!r}: {exc}"
+        rows = fetch_rows(conn, mapping, [c.key for c in changes if c.key is not None])
+        for change in changes:
+            row = rows.get(change.key) if change.key is not None else None
+            if row is None or not row_is_live(mapping, row):
+                continue
+            try:
+                change.document = build_document(mapping, row)
+            except DocumentError as exc:
+                change.error = str(exc)
+
+    def _send(self, changes: list[_Change], report: BatchReport) -> list[DocResult]:
+        """Upserts per collection, then deletes; one result per change, in order."""
+        results: list[DocResult | None] = [None] * len(changes)
+        by_table: dict[str, list[int]] = {}
+        for i, change in enumerate(changes):
+            if change.error is not None:
+                results[i] = DocResult(ok=False, error=change.error)
+            else:
+                by_table.setdefault(change.table, []).append(i)
+        for table, indexes in by_table.items():
+            mapping = self.mappings[table]
+            upserts = [i for i in indexes if changes[i].document is not None]
+            deletes = [i for i in indexes if changes[i].document is None]
+            upsert_results = self.sink.upsert(
+                mapping.collection, [changes[i].document or {} for i in upserts]
+            )
+            delete_results = self.sink.delete(
+                mapping.collection, [changes[i].doc_id for i in deletes]
+            )
+            for i, result in zip(upserts + deletes, upsert_results + delete_results, strict=True):
+                results[i] = result
+            report.upserted[table] = sum(r.ok for r in upsert_results)
+            report.deleted[table] = sum(r.ok for r in delete_results)
+        return [r if r is not None else DocResult(ok=False, error="not sent") for r in results]

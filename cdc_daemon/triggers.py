@@ -1,0 +1,171 @@
+"""Install, inspect and remove the log table and the triggers (SQL templates live in sql/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from string import Template
+
+from cdc_daemon.database import Database, TableInfo, quote_ident, quote_literal
+from cdc_daemon.errors import ConfigError
+
+LOG_MARKER = "cdc-daemon change log"
+
+
+def _sql_dir() -> Path:
+    packaged = Path(__file__).with_name("sql")  # inside a wheel
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "sql"
+
+
+@cache
+def template(name: str) -> Template:
+    return Template((_sql_dir() / f"{name}.sql").read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True)
+class LogTables:
+    """The names of the daemon's own tables in the app's database."""
+
+    log: str
+
+    @property
+    def dead(self) -> str:
+        return f"{self.log}_dead"
+
+    @property
+    def state(self) -> str:
+        return f"{self.log}_state"
+
+    def trigger_prefix(self) -> str:
+        return f"{self.log}:"
+
+    def trigger_name(self, table: str, kind: str) -> str:
+        return f"{self.log}:{table}:{kind}"
+
+
+def _key_expr(prefix: str, key: tuple[str, ...]) -> str:
+    """SQL for the log key of a row: the value for one column, quote()s joined by ',' for more."""
+    if len(key) == 1:
+        return f"{prefix}{quote_ident(key[0])}"
+    return " || ',' || ".join(f"quote({prefix}{quote_ident(col)})" for col in key)
+
+
+def expected_triggers(names: LogTables, info: TableInfo) -> dict[str, str]:
+    """Trigger name → exact CREATE TRIGGER text, for one table."""
+    table = quote_ident(info.name)
+    common = {
+        "table": table,
+        "log": quote_ident(names.log),
+        "table_literal": quote_literal(info.name),
+        "new_key": _key_expr("NEW.", info.key),
+        "old_key": _key_expr("OLD.", info.key),
+        "row_key": _key_expr("", info.key),
+        "key_columns": ", ".join(quote_ident(c) for c in info.key),
+        "key_changed": " OR ".join(
+            f"OLD.{quote_ident(c)} IS NOT NEW.{quote_ident(c)}" for c in info.key
+        ),
+    }
+    wanted: dict[str, tuple[str, dict[str, str]]] = {
+        "insert": ("trigger_insert", {}),
+        "update": ("trigger_update", {}),
+        "update_key": ("trigger_update_key", {}),
+        "delete": ("trigger_delete", {}),
+    }
+    for i, columns in enumerate(info.unique_indexes, start=1):
+        unique = {
+            "unique_columns": ", ".join(quote_ident(c) for c in columns),
+            "unique_match": " AND ".join(
+                f"{quote_ident(c)} = NEW.{quote_ident(c)}" for c in columns
+            ),
+        }
+        wanted[f"unique{i}_insert"] = ("trigger_unique_insert", unique)
+        wanted[f"unique{i}_update"] = ("trigger_unique_update", unique)
+    result = {}
+    for kind, (template_name, extra) in wanted.items():
+        name = names.trigger_name(info.name, kind)
+        sql = template(template_name).substitute(common, name=quote_ident(name), **extra)
+        result[name] = sql.strip()
+    return result
+
+
+def ensure_log_is_ours(db: Database, names: LogTables) -> bool:
+    """True if the log exists (and is ours); ConfigError if a foreign table has its name."""
+    rows = db.query("SELECT sql FROM sqlite_master WHERE name = ? AND type = 'table'", (names.log,))
+    if not rows:
+        return False
+    if LOG_MARKER not in (rows[0][0] or ""):
+        raise ConfigError(
+            f"log_table: table {names.log!r} exists and was not created by cdc-daemon;"
+            " choose another log_table"
+        )
+    return True
+
+
+def installed_triggers(db: Database, names: LogTables) -> dict[str, tuple[str, str]]:
+    """Our triggers in the database: name → (table, sql)."""
+    prefix = names.trigger_prefix()
+    return {
+        name: (table, sql)
+        for name, table, sql in db.query(
+            "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger'"
+        )
+        if name.startswith(prefix)
+    }
+
+
+def install(db: Database, names: LogTables, tables: list[TableInfo]) -> list[str]:
+    """Create the log and every trigger in one transaction; idempotent. Returns what changed."""
+    changes: list[str] = []
+    with db.write() as conn:
+        if not ensure_log_is_ours(db, names):
+            changes.append(f"created log table {names.log!r}")
+        conn.execute(
+            template("log").substitute(
+                log=quote_ident(names.log),
+                dead=quote_ident(names.dead),
+                state=quote_ident(names.state),
+            )
+        )
+        present = installed_triggers(db, names)
+        wanted: dict[str, str] = {}
+        for info in tables:
+            wanted.update(expected_triggers(names, info))
+        for name, (table, sql) in present.items():
+            if wanted.get(name) != sql:
+                conn.execute(f"DROP TRIGGER {quote_ident(name)}")
+                if name not in wanted:
+                    changes.append(f"removed trigger {name!r} (table {table!r} not configured)")
+        for name, sql in wanted.items():
+            if present.get(name, (None, None))[1] != sql:
+                conn.execute(sql)
+                changes.append(f"installed trigger {name!r}")
+    return changes
+
+
+def uninstall(db: Database, names: LogTables, drop_log: bool) -> list[str]:
+    changes: list[str] = []
+    with db.write() as conn:
+        for name in installed_triggers(db, names):
+            conn.execute(f"DROP TRIGGER {quote_ident(name)}")
+            changes.append(f"removed trigger {name!r}")
+        if drop_log and ensure_log_is_ours(db, names):
+            for table in (names.log, names.dead, names.state):
+                conn.execute(f"DROP TABLE IF EXISTS {quote_ident(table)}")
+                changes.append(f"dropped table {table!r}")
+    return changes
+
+
+def trigger_problems(db: Database, names: LogTables, tables: list[TableInfo]) -> list[str]:
+    """One line per missing or outdated trigger (empty when everything is current)."""
+    problems = []
+    if not ensure_log_is_ours(db, names):
+        problems.append(f"log table {names.log!r} is missing: run `cdc-daemon install`")
+    present = installed_triggers(db, names)
+    for info in tables:
+        for name, sql in expected_triggers(names, info).items():
+            if name not in present:
+                problems.append(f"table {info.name!r}: trigger {name!r} is missing")
+            elif present[name][1] != sql:
+                problems.append(f"table {info.name!r}: trigger {name!r} is outdated")
+    return problems

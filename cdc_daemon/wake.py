@@ -1,0 +1,73 @@
+"""Sleeping until the database changes: inotify on its folder, confirmed by PRAGMA data_version.
+
+Idle, the daemon wakes only every poll_interval (a fallback for missed events, network file
+systems, and log entries whose backoff ends). inotify reports the `-wal`/`-journal` write a moment
+before the commit is visible, so after an event we look again shortly before giving up.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+try:
+    import inotify_simple
+except ImportError:  # not Linux: fall back to polling
+    inotify_simple = None
+
+SETTLE_DELAYS = (0.002, 0.005, 0.02)  # after an event, check data_version at these offsets
+
+
+class ChangeWaiter:
+    def __init__(
+        self,
+        database: Path,
+        data_version: Callable[[], int],
+        poll_interval: float,
+        stop: threading.Event,
+    ) -> None:
+        self._data_version = data_version
+        self._poll_interval = poll_interval
+        self._stop = stop
+        self._last = data_version()
+        self._inotify = None
+        self._name = database.name
+        if inotify_simple is not None:
+            flags = inotify_simple.flags
+            self._inotify = inotify_simple.INotify()
+            self._inotify.add_watch(
+                str(database.parent),
+                flags.MODIFY | flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE,
+            )
+
+    def close(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+
+    def changed(self) -> bool:
+        version = self._data_version()
+        if version != self._last:
+            self._last = version
+            return True
+        return False
+
+    def wait(self) -> None:
+        """Return when another connection committed, poll_interval passed, or stop was set."""
+        deadline = time.monotonic() + self._poll_interval
+        while not self._stop.is_set():
+            if self.changed():
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._inotify is None:
+                self._stop.wait(min(remaining, 0.05))
+                continue
+            events = self._inotify.read(timeout=int(min(remaining, 0.25) * 1000))
+            if any(e.name.startswith(self._name) for e in events):
+                for delay in SETTLE_DELAYS:
+                    time.sleep(delay)
+                    if self.changed():
+                        return

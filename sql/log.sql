@@ -1,0 +1,25 @@
+-- The change log and its side tables. ${log}, ${dead} and ${state} are quoted identifiers.
+-- Must run on SQLite 3.31+ (the app's own SQLite may be old): no unixepoch(), no concat().
+CREATE TABLE IF NOT EXISTS ${log} ( -- cdc-daemon change log v1
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  tbl TEXT NOT NULL,
+  pk,
+  op TEXT NOT NULL,
+  ts REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt_at REAL NOT NULL DEFAULT 0,
+  last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS ${dead} ( -- cdc-daemon dead letters v1
+  tbl TEXT NOT NULL,
+  pk,
+  error TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  first_seen REAL NOT NULL,
+  last_seen REAL NOT NULL,
+  UNIQUE (tbl, pk)
+);
+CREATE TABLE IF NOT EXISTS ${state} ( -- cdc-daemon state v1
+  name TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
