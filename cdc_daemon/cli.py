@@ -16,7 +16,7 @@ from cdc_daemon import __version__
 from cdc_daemon.backfill import Backfill, BackfillProgress, backfills_in_progress
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import Config, default_config_path, load_config
-from cdc_daemon.daemon import Daemon, build_runtime, open_tables, require_installed
+from cdc_daemon.daemon import build_runtime, open_tables, require_installed, serve
 from cdc_daemon.drain import Drainer
 from cdc_daemon.errors import CdcError, SchemaMismatch
 from cdc_daemon.init import render_config
@@ -138,13 +138,14 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
 
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
-    runtime = build_runtime(config)
-    try:
-        daemon = Daemon(runtime)
-        daemon.install_signal_handlers()
-        return daemon.run(once=args.once)
-    finally:
-        runtime.close()
+    path = default_config_path(args.config)
+
+    def reload() -> Config:
+        fresh = load_config(path)
+        configure_logging(fresh.logging.format, fresh.logging.level)
+        return fresh
+
+    return serve(config, reload, once=args.once)
 
 
 def _status(config: Config) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -15,6 +16,7 @@ from cdc_daemon.config import Config, read_api_key
 from cdc_daemon.database import Database, ProcessorLock, TableInfo
 from cdc_daemon.errors import CdcError, ConfigError, DatabaseError
 from cdc_daemon.logs import register_secret
+from cdc_daemon.metrics import Metrics, error_kind
 from cdc_daemon.notify import Notifier
 from cdc_daemon.retry import backoff_delay, call_with_retry
 from cdc_daemon.schema import TableMapping, build_mapping
@@ -70,7 +72,7 @@ def open_tables(config: Config) -> tuple[Database, list[TableInfo], dict[str, Ta
     return db, infos, mappings
 
 
-def build_runtime(config: Config) -> Runtime:
+def build_runtime(config: Config, stop: threading.Event | None = None) -> Runtime:
     api_key = read_api_key(config.typesense)
     register_secret(api_key)
     db, infos, mappings = open_tables(config)
@@ -78,7 +80,10 @@ def build_runtime(config: Config) -> Runtime:
     changelog = ChangeLog(db, names, config.sync.max_attempts)
     sink = TypesenseSink(config.typesense.nodes, lambda: api_key, config.typesense.timeout)
     syncer = Syncer(db, changelog, sink, mappings, config.sync.batch_size)
-    return Runtime(config, db, names, infos, mappings, changelog, sink, syncer)
+    runtime = Runtime(config, db, names, infos, mappings, changelog, sink, syncer)
+    if stop is not None:
+        runtime.stop = stop
+    return runtime
 
 
 def require_installed(db: Database, names: LogTables) -> None:
@@ -89,52 +94,70 @@ def require_installed(db: Database, names: LogTables) -> None:
 
 
 def log_batch(report: BatchReport) -> None:
-    fields = {
-        "changes": report.entries,
-        "keys": report.keys,
-        "upserted": sum(report.upserted.values()),
-        "deleted": sum(report.deleted.values()),
-        "failed": report.failed,
-        "seq_first": report.first_seq,
-        "seq_last": report.last_seq,
-        "duration_ms": round(report.duration * 1000, 1),
-        "tables": sorted(set(report.upserted) | set(report.deleted)),
-    }
-    log.info("batch synced", **fields)
+    log.info(
+        "batch synced",
+        changes=report.entries,
+        keys=report.keys,
+        upserted=sum(report.upserted.values()),
+        deleted=sum(report.deleted.values()),
+        failed=report.failed,
+        seq_first=report.first_seq,
+        seq_last=report.last_seq,
+        duration_ms=round(report.duration * 1000, 1),
+        tables=sorted(set(report.upserted) | set(report.deleted)),
+    )
     for error in report.errors:
         log.warning("document failed", error=error)
-    if report.dead_lettered:
-        log.warning("dead-lettered", count=report.dead_lettered)
+    for table, count in report.dead_by_table.items():
+        log.warning("dead-lettered", table=table, count=count)
 
 
 class Daemon:
     """The long-running loop. Signal handlers only set flags; `iteration()` does the work."""
 
-    def __init__(self, runtime: Runtime, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        notifier: Notifier | None = None,
+        metrics: Metrics | None = None,
+        load_config: Callable[[], Config] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.notifier = notifier or Notifier()
+        self.metrics = metrics
+        self.load_config = load_config
         self.stop = runtime.stop
         self.consecutive_failures = 0
-        self.last_success = 0.0
+        self._reload_requested = False
         self._ready_sent = False
         self._last_watchdog = 0.0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
-            log.warning("SIGHUP received: config reload is not implemented yet; ignored")
+            self._reload_requested = True
+            self.stop.set()  # wake the loop; cleared again by the loop for a reload
             return
-        log.info("stopping", signal=signal.Signals(signum).name)
         self.notifier.send("STOPPING=1")
+        self._stopping = True
         self.stop.set()
 
     def install_signal_handlers(self) -> None:
+        self._stopping = False
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
 
+    def _sleep(self, seconds: float) -> None:
+        """Wait, still pinging the watchdog: a backoff is not a hang."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+            self._heartbeat()
+            self.stop.wait(min(remaining, self.notifier.watchdog_interval or remaining))
+
     def iteration(self) -> BatchReport | None:
-        """One loop step. None when it failed (the error is logged and backed off)."""
+        """One loop step. None when it failed (the error is logged, counted and backed off)."""
+        runtime = self.runtime
         try:
-            report = self.runtime.syncer.sync_once()
+            report = runtime.syncer.sync_once()
         except CdcError as exc:
             self.consecutive_failures += 1
             delay = backoff_delay(self.consecutive_failures)
@@ -145,10 +168,14 @@ class Daemon:
                 retry_in_s=round(delay, 2),
                 failures=self.consecutive_failures,
             )
-            self.stop.wait(delay)
+            if self.metrics is not None:
+                self.metrics.record_failure(error_kind(exc), runtime.sink.up)
+            self._sleep(delay)
             return None
         self.consecutive_failures = 0
-        self.last_success = time.time()
+        if self.metrics is not None:
+            self.metrics.record_batch(report)
+            self.metrics.record_success(runtime.sink.up or not report.entries)
         if report.entries:
             log_batch(report)
         return report
@@ -159,34 +186,65 @@ class Daemon:
             self.notifier.send("WATCHDOG=1")
             self._last_watchdog = time.monotonic()
 
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config; a bad new config keeps the old one running."""
+        self._reload_requested = False
+        if getattr(self, "_stopping", False):
+            return
+        self.stop.clear()
+        self.notifier.send("RELOADING=1")
+        try:
+            if self.load_config is None:
+                raise ConfigError("no config file to reload")
+            config = self.load_config()
+            if config.database != self.runtime.config.database:
+                raise ConfigError("database: cannot change on reload; restart the service")
+            fresh = build_runtime(config, stop=self.stop)
+            try:
+                fresh.syncer.ensure_collections()
+            except BaseException:
+                fresh.close()
+                raise
+        except CdcError as exc:
+            log.error("reload failed; keeping the previous config", error=str(exc))
+        else:
+            old, self.runtime = self.runtime, fresh
+            old.close()
+            log.info("config reloaded", tables=list(fresh.mappings))
+        self.notifier.send("READY=1")
+
     def run(self, once: bool = False) -> int:
-        runtime = self.runtime
-        require_installed(runtime.db, runtime.names)
-        lock = ProcessorLock(runtime.db.path)
+        require_installed(self.runtime.db, self.runtime.names)
+        lock = ProcessorLock(self.runtime.db.path)
         if not lock.acquire():
             raise DatabaseError(
-                f"{runtime.db.path}: another cdc-daemon (pid {lock.holder()}) is syncing it"
+                f"{self.runtime.db.path}: another cdc-daemon (pid {lock.holder()}) is syncing it"
             )
-        waiter: ChangeWaiter | None = None
         try:
-            problems = trigger_problems(runtime.db, runtime.names, runtime.tables)
-            for problem in problems:
-                log.error("trigger problem", problem=problem)
-            created = call_with_retry(
-                "ensure collections", runtime.syncer.ensure_collections, self.stop
-            )
-            for name in created:
-                log.info("collection created", collection=name)
-            waiter = ChangeWaiter(
-                runtime.db.path,
-                runtime.db.data_version,
-                runtime.config.sync.poll_interval,
-                self.stop,
-            )
-            log.info(
-                "running", database=str(runtime.db.path), tables=list(runtime.mappings), once=once
-            )
-            while not self.stop.is_set():
+            return self._loop(once)
+        finally:
+            lock.release()
+            log.info("stopped")
+
+    def _loop(self, once: bool) -> int:
+        runtime = self.runtime
+        for problem in trigger_problems(runtime.db, runtime.names, runtime.tables):
+            log.error("trigger problem", problem=problem)
+        created = call_with_retry(
+            "ensure collections", runtime.syncer.ensure_collections, self.stop
+        )
+        for name in created:
+            log.info("collection created", collection=name)
+        log.info("running", database=str(runtime.db.path), tables=list(runtime.mappings), once=once)
+        waiter = self._waiter()
+        try:
+            while True:
+                if self._reload_requested:
+                    self._reload()
+                    waiter.close()
+                    waiter = self._waiter()
+                if self.stop.is_set():
+                    return 0
                 self._heartbeat()
                 report = self.iteration()
                 if report is None:
@@ -200,11 +258,35 @@ class Daemon:
                 if report.entries:
                     continue  # more may be waiting: read again before sleeping
                 if once:
-                    break
+                    return 0
                 waiter.wait()
         finally:
-            if waiter is not None:
-                waiter.close()
-            lock.release()
-        log.info("stopped")
-        return 0
+            waiter.close()
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        self.notifier.close()
+        self.runtime.close()
+
+    def _waiter(self) -> ChangeWaiter:
+        db = self.runtime.db
+        return ChangeWaiter(
+            db.path, db.data_version, self.runtime.config.sync.poll_interval, self.stop
+        )
+
+
+def serve(config: Config, load_config: Callable[[], Config] | None, once: bool = False) -> int:
+    """`cdc-daemon run`: build everything, serve metrics if configured, run the loop."""
+    daemon = Daemon(build_runtime(config), Notifier(), None, load_config)
+    try:
+        if config.metrics.listen:
+            daemon.metrics = Metrics(
+                daemon.runtime.db.path, daemon.runtime.names, lambda: daemon.runtime.tables
+            )
+            daemon.metrics.serve(config.metrics.listen)
+            log.info("metrics listening", address=config.metrics.listen)
+        daemon.install_signal_handlers()
+        return daemon.run(once=once)
+    finally:
+        daemon.close()

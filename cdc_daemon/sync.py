@@ -27,7 +27,7 @@ class BatchReport:
     upserted: dict[str, int] = field(default_factory=dict)  # per table
     deleted: dict[str, int] = field(default_factory=dict)
     failed: int = 0
-    dead_lettered: int = 0
+    dead_by_table: dict[str, int] = field(default_factory=dict)
     first_seq: int | None = None
     last_seq: int | None = None
     duration: float = 0.0
@@ -135,7 +135,8 @@ class Syncer:
                 )
         dead = self.changelog.commit(acked, succeeded, failures)
         report.failed = len(failures)
-        report.dead_lettered = len(dead)
+        for failure in dead:
+            report.dead_by_table[failure.table] = report.dead_by_table.get(failure.table, 0) + 1
         report.errors = [f"{f.table} {f.log_key!r}: {f.error}" for f in failures[:5]]
         report.duration = time.monotonic() - started
         return report

@@ -1,0 +1,180 @@
+"""Prometheus metrics. Lag, backlog, dead letters and trigger presence are read from the database
+at scrape time, on a connection of their own, so a hung or dead loop still shows growing lag."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cdc_daemon.changelog import ChangeLog
+from cdc_daemon.database import Database, TableInfo
+from cdc_daemon.errors import CdcError, ConfigError
+from cdc_daemon.sync import BatchReport
+from cdc_daemon.triggers import LogTables, expected_triggers, installed_triggers
+
+disable_created_metrics()  # no *_created series: they double the output and nobody alerts on them
+
+ERROR_KINDS = (
+    "document",
+    "target_unavailable",
+    "auth_error",
+    "target_error",
+    "database_error",
+    "database_busy",
+    "collection_missing",
+    "schema_mismatch",
+)
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class _LogCollector(Collector):
+    """Reads the change log and the triggers when Prometheus scrapes, on its own connection."""
+
+    def __init__(self, database: Path, names: LogTables, tables: Callable[[], list[TableInfo]]):
+        self._path = database
+        self._names = names
+        self._tables = tables
+        self._db: Database | None = None
+
+    def _read(self) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
+        if self._db is None:
+            self._db = Database(self._path)
+        status = ChangeLog(self._db, self._names, max_attempts=1).status([])
+        return status, installed_triggers(self._db, self._names)
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("cdc_database_up", "1 when the log could be read at scrape")
+        try:
+            status, present = self._read()
+        except CdcError:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        per_table = status["tables"]
+        lag = GaugeMetricFamily("cdc_lag_seconds", "Age of the oldest pending change; 0 when none")
+        lag.add_metric([], status["oldest_age_seconds"] or 0.0)
+        backlog = GaugeMetricFamily("cdc_backlog_changes", "Pending changes in the log")
+        backlog.add_metric([], status["backlog"])
+        dead = GaugeMetricFamily("cdc_dead_letters", "Changes in the dead-letter store")
+        dead.add_metric([], status["dead_letters"])
+        table_backlog = GaugeMetricFamily(
+            "cdc_table_backlog_changes", "Pending changes per table", labels=["table"]
+        )
+        table_dead = GaugeMetricFamily(
+            "cdc_table_dead_letters", "Dead letters per table", labels=["table"]
+        )
+        triggers = GaugeMetricFamily(
+            "cdc_triggers_installed",
+            "1 when every trigger of the table is present and current",
+            labels=["table"],
+        )
+        for info in self._tables():
+            entry = per_table.get(info.name, {})
+            table_backlog.add_metric([info.name], entry.get("backlog", 0))
+            table_dead.add_metric([info.name], entry.get("dead_letters", 0))
+            wanted = expected_triggers(self._names, info)
+            ok = all(present.get(name, ("", ""))[1] == sql for name, sql in wanted.items())
+            triggers.add_metric([info.name], 1 if ok else 0)
+        yield from (up, lag, backlog, table_backlog, dead, table_dead, triggers)
+
+
+class Metrics:
+    """The daemon's metrics; `record_*` methods are called by the loop."""
+
+    def __init__(
+        self, database: Path, names: LogTables, tables: Callable[[], list[TableInfo]]
+    ) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.synced = Counter(
+            "cdc_changes_synced", "Changes acknowledged by Typesense", ["table", "op"], registry=r
+        )
+        self.errors = Counter("cdc_sync_errors", "Failures by kind", ["kind"], registry=r)
+        self.dead_lettered = Counter(
+            "cdc_dead_lettered", "Changes moved to the dead letters", ["table"], registry=r
+        )
+        self.batch_duration = Histogram(
+            "cdc_batch_duration_seconds",
+            "One batch, read to ack",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "cdc_last_success_timestamp_seconds",
+            "Unix time of the last loop iteration without error",
+            registry=r,
+        )
+        self.typesense_up = Gauge(
+            "cdc_typesense_up", "1 when the last call to Typesense succeeded", registry=r
+        )
+        self.started = Gauge("cdc_start_time_seconds", "Unix time the daemon started", registry=r)
+        self.started.set_to_current_time()
+        for kind in ERROR_KINDS:  # present from the start, so rate() and alerts see a zero
+            self.errors.labels(kind)
+        r.register(_LogCollector(database, names, tables))
+        self._server: WSGIServer | None = None
+        self.port = 0
+
+    def record_batch(self, report: BatchReport) -> None:
+        for table, count in report.upserted.items():
+            self.synced.labels(table, "upsert").inc(count)
+        for table, count in report.deleted.items():
+            self.synced.labels(table, "delete").inc(count)
+        if report.failed:
+            self.errors.labels("document").inc(report.failed)
+        for table, count in report.dead_by_table.items():
+            self.dead_lettered.labels(table).inc(count)
+        if report.entries:
+            self.batch_duration.observe(report.duration)
+
+    def record_success(self, typesense_up: bool) -> None:
+        self.last_success.set_to_current_time()
+        self.typesense_up.set(1 if typesense_up else 0)
+
+    def record_failure(self, kind: str, typesense_up: bool) -> None:
+        self.errors.labels(kind).inc()
+        self.typesense_up.set(1 if typesense_up else 0)
+
+    def serve(self, listen: str) -> None:
+        host, port = parse_listen(listen, "metrics.listen")
+        try:
+            self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise CdcError(f"metrics.listen: cannot listen on {listen}: {exc.strerror}") from None
+        self.port = int(self._server.server_address[1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def parse_listen(listen: str, key: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{key}: {listen!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def error_kind(exc: BaseException) -> str:
+    """A low-cardinality label for an exception: its class name in snake case."""
+    name = type(exc).__name__
+    return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
