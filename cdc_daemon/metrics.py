@@ -25,7 +25,8 @@ from cdc_daemon.errors import CdcError, ConfigError
 from cdc_daemon.sync import BatchReport
 from cdc_daemon.triggers import LogTables, expected_triggers, installed_triggers
 
-disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: they double the output and nobody alerts on them
+# No *_created series: they double the output and nobody alerts on them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 ERROR_KINDS = (
     "document",
