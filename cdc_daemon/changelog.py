@@ -21,6 +21,7 @@ class LogEntry:
     seq: int
     table: str
     log_key: Any
+    op: str
     attempts: int
     ts: float
 
@@ -58,9 +59,9 @@ class ChangeLog:
     def read_batch(self, conn: apsw.Connection, limit: int, now: float) -> list[LogEntry]:
         """The oldest `limit` entries that are due; call inside Database.read()."""
         return [
-            LogEntry(seq, table, log_key, attempts, ts)
-            for seq, table, log_key, attempts, ts in conn.execute(
-                f"SELECT seq, tbl, pk, attempts, ts FROM {self._log}"
+            LogEntry(seq, table, log_key, op, attempts, ts)
+            for seq, table, log_key, op, attempts, ts in conn.execute(
+                f"SELECT seq, tbl, pk, op, attempts, ts FROM {self._log}"
                 " WHERE next_attempt_at <= ? ORDER BY seq LIMIT ?",
                 (now, limit),
             )
@@ -141,6 +142,17 @@ class ChangeLog:
         return int(
             self.db.scalar(
                 f"SELECT COUNT(*) FROM {self._log} WHERE seq <= ? AND attempts = 0", (seq,)
+            )
+        )
+
+    def unsynced_for_table(self, table: str, limit: int) -> int:
+        """Entries of one table not yet synced (counted up to `limit`), leaving out those backing
+        off after a rejection."""
+        return int(
+            self.db.scalar(
+                f"SELECT COUNT(*) FROM (SELECT 1 FROM {self._log} WHERE tbl = ? AND attempts = 0"
+                " LIMIT ?)",
+                (table, limit),
             )
         )
 

@@ -18,7 +18,7 @@ from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import Config, default_config_path, load_config
 from cdc_daemon.daemon import build_runtime, open_tables, require_installed, serve
 from cdc_daemon.drain import Drainer
-from cdc_daemon.errors import CdcError, SchemaMismatch
+from cdc_daemon.errors import CdcError
 from cdc_daemon.init import render_config
 from cdc_daemon.logs import configure_logging, redact
 from cdc_daemon.triggers import LogTables, install, trigger_problems, uninstall
@@ -121,13 +121,11 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
         if len(node_problems) < len(config.typesense.nodes):
             for mapping in runtime.mappings.values():
                 try:
-                    existing = runtime.sink.get_collection(mapping.collection)
-                    if existing is not None:
-                        runtime.sink.ensure_collection(mapping.collection_schema())
-                except SchemaMismatch as exc:
-                    problems.append(str(exc))
+                    problem = runtime.syncer.collections.check(mapping)
                 except CdcError as exc:
-                    problems.append(f"collection {mapping.collection!r}: {exc}")
+                    problem = f"collection {mapping.collection!r}: {exc}"
+                if problem:
+                    problems.append(problem)
     finally:
         runtime.close()
     for problem in problems:
@@ -207,7 +205,7 @@ def _cmd_backfill(config: Config, args: argparse.Namespace) -> int:
     require_installed(runtime.db, runtime.names)
     _stop_on_signals(runtime.stop)
     drainer = Drainer(runtime.syncer, runtime.changelog, runtime.stop)
-    backfill = Backfill(runtime.db, runtime.names, runtime.changelog, drainer)
+    backfill = Backfill(runtime.db, runtime.names)
     mappings = (
         [runtime.mappings[config.table(args.table).table]]
         if args.table
@@ -221,7 +219,8 @@ def _cmd_backfill(config: Config, args: argparse.Namespace) -> int:
         TimeRemainingColumn(),
     )
     try:
-        runtime.syncer.ensure_collections()
+        if drainer.hold():  # no daemon runs: this process syncs, so it prepares the collections
+            runtime.syncer.ensure_collections()
         with Progress(*columns, disable=not sys.stderr.isatty(), transient=False) as bar:
             for mapping in mappings:
                 task = bar.add_task(mapping.table, total=None, rate="-")
@@ -241,7 +240,7 @@ def _cmd_backfill(config: Config, args: argparse.Namespace) -> int:
                         total=progress.total,
                     )
 
-                finished = backfill.run(mapping, show)
+                finished = backfill.run(mapping, drainer, show)
                 done = bar.tasks[task].completed
                 print(
                     f"{mapping.table}: {'backfilled' if finished else 'stopped at'} {done:.0f} rows"

@@ -135,15 +135,23 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _tables_and_collections_unique(self) -> Config:
-        seen_tables: set[str] = set()
-        seen_collections: set[str] = set()
-        for table in self.tables:
+        # The message starts with the key path: parse_config shows it as the error's location.
+        seen_tables: dict[str, int] = {}
+        seen_collections: dict[str, int] = {}
+        for i, table in enumerate(self.tables):
             if table.table in seen_tables:
-                raise ValueError(f"table {table.table!r} is configured twice")
+                raise ValueError(
+                    f"tables[{i}].table: table {table.table!r} is configured twice"
+                    f" (also tables[{seen_tables[table.table]}])"
+                )
             if table.collection_name in seen_collections:
-                raise ValueError(f"collection {table.collection_name!r} is used by two tables")
-            seen_tables.add(table.table)
-            seen_collections.add(table.collection_name)
+                key = "collection" if table.collection else "table"
+                raise ValueError(
+                    f"tables[{i}].{key}: collection {table.collection_name!r} is used by two"
+                    f" tables (also tables[{seen_collections[table.collection_name]}])"
+                )
+            seen_tables[table.table] = i
+            seen_collections[table.collection_name] = i
         return self
 
     def table(self, name: str) -> TableConfig:
@@ -170,10 +178,14 @@ def load_config(path: Path) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(
-            f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
-        ) from None
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None)
+        if isinstance(exc, yaml.reader.ReaderError):  # a bad character: no mark, a position
+            line = text.count("\n", 0, exc.position) + 1
+            problem = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+        where = f" (line {line})" if line is not None else ""
+        detail = " ".join(str(problem or exc).split())  # one line
+        raise ConfigError(f"{path}: not valid YAML{where}: {detail}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a YAML mapping")
     return parse_config(raw, base_dir=path.resolve().parent, source=str(path))
@@ -184,7 +196,11 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: str = "config") ->
         config = Config.model_validate(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
-        raise ConfigError(f"{source}: {_key_path(error['loc'])}: {error['msg']}") from None
+        message = str(error["msg"])
+        if error["type"] == "value_error":  # our own validators: the text is the message
+            message = message.removeprefix("Value error, ")
+        location = f"{_key_path(error['loc'])}: " if error["loc"] else ""
+        raise ConfigError(f"{source}: {location}{message}") from None
     return _resolve_paths(config, base_dir)
 
 

@@ -15,6 +15,7 @@ from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import Config, read_api_key
 from cdc_daemon.database import Database, ProcessorLock, TableInfo
 from cdc_daemon.errors import CdcError, ConfigError, DatabaseError
+from cdc_daemon.evolution import CollectionManager
 from cdc_daemon.logs import register_secret
 from cdc_daemon.metrics import Metrics, error_kind
 from cdc_daemon.notify import Notifier
@@ -79,7 +80,8 @@ def build_runtime(config: Config, stop: threading.Event | None = None) -> Runtim
     names = LogTables(config.log_table)
     changelog = ChangeLog(db, names, config.sync.max_attempts)
     sink = TypesenseSink(config.typesense.nodes, lambda: api_key, config.typesense.timeout)
-    syncer = Syncer(db, changelog, sink, mappings, config.sync.batch_size)
+    collections = CollectionManager(sink, db, names, changelog, config.sync.batch_size)
+    syncer = Syncer(db, changelog, sink, mappings, config.sync.batch_size, collections)
     runtime = Runtime(config, db, names, infos, mappings, changelog, sink, syncer)
     if stop is not None:
         runtime.stop = stop
@@ -129,6 +131,9 @@ class Daemon:
         self.stop = runtime.stop
         self.consecutive_failures = 0
         self._reload_requested = False
+        self._stopping = False
+        self._schema_version = runtime.db.schema_version()
+        self.busy = False
         self._ready_sent = False
         self._last_watchdog = 0.0
 
@@ -142,7 +147,6 @@ class Daemon:
         self.stop.set()
 
     def install_signal_handlers(self) -> None:
-        self._stopping = False
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
 
@@ -154,11 +158,19 @@ class Daemon:
             self.stop.wait(min(remaining, self.notifier.watchdog_interval or remaining))
 
     def iteration(self) -> BatchReport | None:
-        """One loop step. None when it failed (the error is logged, counted and backed off)."""
+        """One loop step. None when it failed (the error is logged, counted and backed off).
+
+        `self.busy` says whether to go on without sleeping (a batch was read, or a backfill page
+        was logged, or a rebuild finished)."""
         runtime = self.runtime
         try:
+            if runtime.db.schema_version() != self._schema_version:
+                self._replace_runtime(runtime.config, "schema changed")
+                runtime = self.runtime
+            collections_busy = runtime.syncer.step_collections()
             report = runtime.syncer.sync_once()
         except CdcError as exc:
+            self.busy = False
             self.consecutive_failures += 1
             delay = backoff_delay(self.consecutive_failures)
             log.warning(
@@ -173,6 +185,7 @@ class Daemon:
             self._sleep(delay)
             return None
         self.consecutive_failures = 0
+        self.busy = collections_busy or bool(report.entries)
         if self.metrics is not None:
             self.metrics.record_batch(report)
             self.metrics.record_success(runtime.sink.up or not report.entries)
@@ -189,29 +202,35 @@ class Daemon:
     def _reload(self) -> None:
         """SIGHUP: re-read the config; a bad new config keeps the old one running."""
         self._reload_requested = False
-        if getattr(self, "_stopping", False):
+        if self._stopping:
             return
         self.stop.clear()
         self.notifier.send("RELOADING=1")
         try:
             if self.load_config is None:
                 raise ConfigError("no config file to reload")
-            config = self.load_config()
-            if config.database != self.runtime.config.database:
-                raise ConfigError("database: cannot change on reload; restart the service")
-            fresh = build_runtime(config, stop=self.stop)
-            try:
-                fresh.syncer.ensure_collections()
-            except BaseException:
-                fresh.close()
-                raise
+            self._replace_runtime(self.load_config(), "config reloaded")
         except CdcError as exc:
             log.error("reload failed; keeping the previous config", error=str(exc))
-        else:
-            old, self.runtime = self.runtime, fresh
-            old.close()
-            log.info("config reloaded", tables=list(fresh.mappings))
         self.notifier.send("READY=1")
+
+    def _replace_runtime(self, config: Config, why: str) -> None:
+        """Rebuild tables, mappings and collections from `config` and the current schema.
+
+        On SIGHUP and when the app altered its schema (PRAGMA schema_version moved). Raises,
+        leaving the running objects untouched, when the new ones can't be built."""
+        if config.database != self.runtime.config.database:
+            raise ConfigError("database: cannot change on reload; restart the service")
+        fresh = build_runtime(config, stop=self.stop)
+        try:
+            fresh.syncer.ensure_collections()
+        except BaseException:
+            fresh.close()
+            raise
+        old, self.runtime = self.runtime, fresh
+        old.close()
+        self._schema_version = fresh.db.schema_version()
+        log.info(why, tables=list(fresh.mappings))
 
     def run(self, once: bool = False) -> int:
         require_installed(self.runtime.db, self.runtime.names)
@@ -230,19 +249,13 @@ class Daemon:
         runtime = self.runtime
         for problem in trigger_problems(runtime.db, runtime.names, runtime.tables):
             log.error("trigger problem", problem=problem)
-        created = call_with_retry(
-            "ensure collections", runtime.syncer.ensure_collections, self.stop
-        )
-        for name in created:
-            log.info("collection created", collection=name)
+        call_with_retry("ensure collections", runtime.syncer.ensure_collections, self.stop)
         log.info("running", database=str(runtime.db.path), tables=list(runtime.mappings), once=once)
         waiter = self._waiter()
         try:
             while True:
                 if self._reload_requested:
                     self._reload()
-                    waiter.close()
-                    waiter = self._waiter()
                 if self.stop.is_set():
                     return 0
                 self._heartbeat()
@@ -255,7 +268,7 @@ class Daemon:
                 if not self._ready_sent:
                     self.notifier.send("READY=1")
                     self._ready_sent = True
-                if report.entries:
+                if self.busy:
                     continue  # more may be waiting: read again before sleeping
                 if once:
                     return 0
@@ -270,9 +283,12 @@ class Daemon:
         self.runtime.close()
 
     def _waiter(self) -> ChangeWaiter:
-        db = self.runtime.db
+        runtime = self.runtime
         return ChangeWaiter(
-            db.path, db.data_version, self.runtime.config.sync.poll_interval, self.stop
+            runtime.db.path,
+            lambda: self.runtime.db.data_version(),  # the current runtime's, across reloads
+            runtime.config.sync.poll_interval,
+            self.stop,
         )
 
 

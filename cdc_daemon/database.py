@@ -117,6 +117,10 @@ class Database:
         with sqlite_errors(self.path):
             return scalar(self.conn, sql, params)
 
+    def schema_version(self) -> int:
+        """Moves when anyone changes the schema (ALTER TABLE, CREATE/DROP TRIGGER...)."""
+        return int(self.scalar("PRAGMA schema_version"))
+
     def data_version(self) -> int:
         """Changes whenever another connection commits; cheap enough to poll."""
         with sqlite_errors(self.path):

@@ -4,9 +4,12 @@ Rules (also in the README):
 - NULL leaves the field out.
 - int32/int64 fields: integers as they are; an integral REAL becomes an int; int32 values outside
   ±2^31 and int64 values outside ±2^63 are rejected (Typesense would silently truncate).
-- float fields: integers become floats; NaN and ±Infinity are rejected (JSON has no such value).
+- NaN and ±Infinity are rejected whatever the field type (JSON has no such value).
+- float fields: integers become floats.
 - bool fields: 0/1 become false/true.
-- string fields: numbers become their decimal text; BLOBs become base64 text.
+- string fields: numbers become their decimal text; BLOBs become base64 text. A BLOB in a
+  field of any other type is rejected.
+- A NULL in the primary key (nullable non-INTEGER key columns allow it) is rejected.
 - Anything else is sent unchanged, and Typesense decides (e.g. text in an INTEGER column is
   rejected by Typesense and dead-lettered after max_attempts).
 """
@@ -27,6 +30,11 @@ INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 
 def _convert(field: FieldMap, value: Any) -> Any:
     kind = field.type
+    # JSON has neither non-finite numbers nor bytes: the sink's json.dumps would fail the batch.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DocumentError(f"column {field.column!r}: {value} cannot be sent (not finite)")
+    if isinstance(value, bytes) and kind != "string":
+        raise DocumentError(f"column {field.column!r}: a BLOB cannot be sent as {kind}")
     if kind in INT_RANGES:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -36,22 +44,14 @@ def _convert(field: FieldMap, value: Any) -> Any:
                 raise DocumentError(f"column {field.column!r}: {value} is out of range for {kind}")
         return value
     if kind == "float":
-        if isinstance(value, int):
-            return float(value)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise DocumentError(f"column {field.column!r}: {value} cannot be sent (not finite)")
-        return value
+        return float(value) if isinstance(value, int) else value
     if kind == "bool":
         return bool(value) if isinstance(value, int) and value in (0, 1) else value
     if kind == "string":
         if isinstance(value, bytes):
             return base64.b64encode(value).decode("ascii")
         if isinstance(value, int | float):
-            if isinstance(value, float) and not math.isfinite(value):
-                raise DocumentError(f"column {field.column!r}: {value} cannot be sent (not finite)")
             return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DocumentError(f"column {field.column!r}: {value} cannot be sent (not finite)")
     return value
 
 
@@ -71,7 +71,10 @@ def row_key(mapping: TableMapping, row: Sequence[Any]) -> Key:
 
 def build_document(mapping: TableMapping, row: Sequence[Any]) -> dict[str, Any]:
     """The document for a row SELECTed as `mapping.columns`."""
-    document: dict[str, Any] = {"id": document_id(row_key(mapping, row))}
+    key = row_key(mapping, row)
+    if any(value is None for value in key):
+        raise DocumentError(f"NULL in the primary key {mapping.key} of {mapping.table!r}")
+    document: dict[str, Any] = {"id": document_id(key)}
     offset = len(mapping.key)
     for i, field in enumerate(mapping.fields):
         value = row[offset + i]

@@ -26,6 +26,12 @@ class Drainer:
         self.lock = ProcessorLock(syncer.db.path)
         self.holding = False
 
+    def hold(self) -> bool:
+        """Try to become the processor (True), else a running daemon is."""
+        if not self.holding:
+            self.holding = self.lock.acquire()
+        return self.holding
+
     def close(self) -> None:
         self.lock.release()
         self.holding = False
@@ -36,9 +42,7 @@ class Drainer:
         while not self.stop.is_set():
             if self.changelog.unsynced_through(seq) == 0:
                 return True
-            if not self.holding:
-                self.holding = self.lock.acquire()
-            if not self.holding:
+            if not self.hold():
                 self.stop.wait(WAIT_FOR_DAEMON)
                 continue
             try:

@@ -11,6 +11,7 @@ compact JSON array of its values, e.g. `[42,"eu"]`, with a blob as `{"hex":"00ff
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -60,12 +61,18 @@ def format_quoted_key(key: Key) -> str:
             parts.append("X'" + value.hex() + "'")
         elif isinstance(value, str):
             parts.append("'" + value.replace("'", "''") + "'")
+        elif isinstance(value, float) and math.isinf(value):
+            parts.append("9.0e+999" if value > 0 else "-9.0e+999")  # as SQLite 3.43+ quote()s it
         else:
             parts.append(repr(value))
     return ",".join(parts)
 
 
 def log_key_to_key(log_key: Any, width: int) -> Key:
+    if log_key is None:
+        # A nullable non-INTEGER key column can hold NULL: such a row has no document id
+        # (str(None) would be 'None', another row's key).
+        raise ValueError("NULL primary key")
     if width == 1:
         return (log_key,)
     return parse_quoted_key(str(log_key))

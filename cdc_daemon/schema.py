@@ -115,9 +115,12 @@ def build_mapping(info: TableInfo, config: TableConfig, where: str = "tables[?]"
             continue
         field_type = (override.type if override else None) or derived_type(column.declared_type)
         if field_type is None:
-            if config.include is None or column.name not in config.include:
-                continue  # BLOB: left out unless configured
-            field_type = "string"
+            configured = override is not None or (
+                config.include is not None and column.name in config.include
+            )
+            if not configured:
+                continue  # BLOB: left out unless configured (in `include` or `fields`)
+            field_type = "string"  # base64 text
         name = config.rename.get(column.name, column.name)
         if name == "id":
             raise ConfigError(
@@ -209,3 +212,22 @@ def schema_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list
     if want_sort != have_sort:
         problems.append(f"default_sorting_field is {have_sort!r}, expected {want_sort!r}")
     return problems
+
+
+def added_optional_fields(expected: dict[str, Any], actual: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fields to add when `expected` only adds optional fields to `actual`, else [].
+
+    Anything else (a removed or changed field, a new required field, another sorting field)
+    needs a rebuild.
+    """
+    have = {f["name"]: f for f in actual.get("fields", []) if f["name"] not in ("id", ".*")}
+    want = {f["name"]: f for f in expected["fields"]}
+    added = [f for name, f in want.items() if name not in have]
+    if not added or any(not f.get("optional") for f in added):
+        return []
+    unchanged = {"name": actual.get("name"), "fields": [want[n] for n in want if n in have]}
+    if expected.get("default_sorting_field"):
+        unchanged["default_sorting_field"] = expected["default_sorting_field"]
+    if schema_differences(unchanged, actual):
+        return []
+    return added

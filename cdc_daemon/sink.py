@@ -18,12 +18,10 @@ import httpx
 from cdc_daemon.errors import (
     AuthError,
     CollectionMissing,
-    SchemaMismatch,
     TargetError,
     TargetUnavailable,
 )
 from cdc_daemon.retry import backoff_delay
-from cdc_daemon.schema import schema_differences
 
 IDS_PER_FILTER_DELETE = 500
 NOT_READY_MARKERS = ("Not Ready or Lagging", "Could not find a leader")
@@ -135,18 +133,37 @@ class TypesenseSink:
         )
         return result
 
-    def ensure_collection(self, schema: dict[str, Any]) -> bool:
-        """Create the collection if absent (True); SchemaMismatch if it exists and differs."""
-        existing = self.get_collection(schema["name"])
-        if existing is None:
-            self._json("POST", "/collections", content=json.dumps(schema))
-            return True
-        problems = schema_differences(schema, existing)
-        if problems:
-            raise SchemaMismatch(
-                f"collection {schema['name']!r} does not match its table: " + "; ".join(problems)
-            )
-        return False
+    def create_collection(self, schema: dict[str, Any]) -> None:
+        self._json("POST", "/collections", content=json.dumps(schema))
+
+    def add_fields(self, collection: str, fields: list[dict[str, Any]]) -> str | None:
+        """Add fields in place (PATCH); None when done, else Typesense's reason for refusing."""
+        response = self._request(
+            "PATCH",
+            f"/collections/{quote(collection, safe='')}",
+            content=json.dumps({"fields": fields}),
+        )
+        return None if response.status_code == 200 else _message(response)
+
+    def delete_collection(self, physical_name: str) -> None:
+        """Drop a collection by its real name. Refuses an alias name: Typesense would drop the
+        collection behind the alias instead."""
+        if self.get_alias(physical_name) is not None:
+            raise TargetError(f"refusing to delete {physical_name!r}: it is an alias")
+        self._json("DELETE", f"/collections/{quote(physical_name, safe='')}", ok=(200, 404))
+
+    def get_alias(self, name: str) -> str | None:
+        """The collection an alias points to, or None when there is no such alias."""
+        result = self._json("GET", f"/aliases/{quote(name, safe='')}", ok=(200, 404))
+        return None if result is None else str(result["collection_name"])
+
+    def set_alias(self, name: str, collection: str) -> None:
+        """Point an alias at a collection; one atomic switch for searches."""
+        self._json(
+            "PUT",
+            f"/aliases/{quote(name, safe='')}",
+            content=json.dumps({"collection_name": collection}),
+        )
 
     def health(self) -> list[str]:
         """One problem line per node that is unreachable or refuses the key."""
@@ -164,7 +181,9 @@ class TypesenseSink:
 
     # -- documents --------------------------------------------------------------------------
 
-    def upsert(self, collection: str, documents: list[dict[str, Any]]) -> list[DocResult]:
+    def upsert(
+        self, collection: str, documents: list[dict[str, Any]], dirty_values: str = "reject"
+    ) -> list[DocResult]:
         """One JSONL import; one result per document, in order. Reads every result line."""
         if not documents:
             return []
@@ -172,7 +191,7 @@ class TypesenseSink:
         response = self._request(
             "POST",
             f"/collections/{quote(collection, safe='')}/documents/import"
-            "?action=upsert&dirty_values=reject",
+            f"?action=upsert&dirty_values={dirty_values}",
             content=body.encode("utf-8"),
         )
         if response.status_code != 200:

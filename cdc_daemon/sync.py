@@ -8,16 +8,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
+import structlog
 
 from cdc_daemon.changelog import ChangeLog, KeyFailure, LogEntry
 from cdc_daemon.database import Database, quote_ident
 from cdc_daemon.documents import build_document, row_is_live, row_key
-from cdc_daemon.errors import CollectionMissing, DocumentError
+from cdc_daemon.errors import CollectionMissing, DocumentError, TargetError
+from cdc_daemon.evolution import CollectionManager, Target
 from cdc_daemon.keys import Key, document_id, log_key_to_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import DocResult, TypesenseSink
 
 KEYS_PER_SELECT = 500
+log = structlog.get_logger("cdc_daemon.sync")
 
 
 @dataclass
@@ -81,23 +84,27 @@ class Syncer:
         sink: TypesenseSink,
         mappings: dict[str, TableMapping],
         batch_size: int,
+        collections: CollectionManager,
     ) -> None:
         self.db = db
         self.changelog = changelog
         self.sink = sink
         self.mappings = mappings
         self.batch_size = batch_size
+        self.collections = collections
+        self.targets: dict[str, Target] = {}
         self._collections_ready = False
 
-    def ensure_collections(self) -> list[str]:
-        """Create missing collections; SchemaMismatch for one that exists and differs."""
-        created = [
-            m.collection
-            for m in self.mappings.values()
-            if self.sink.ensure_collection(m.collection_schema())
-        ]
+    def ensure_collections(self) -> None:
+        """Create, extend or start rebuilding collections; SchemaMismatch for a foreign one."""
+        self.targets = self.collections.ensure(self.mappings)
         self._collections_ready = True
-        return created
+
+    def step_collections(self) -> bool:
+        """Between batches: feed backfills and finish rebuilds. True when it did some work."""
+        if not self._collections_ready:
+            self.ensure_collections()
+        return self.collections.step(self.mappings, self.targets)
 
     def sync_once(self) -> BatchReport:
         started = time.monotonic()
@@ -191,17 +198,28 @@ class Syncer:
             else:
                 by_table.setdefault(change.table, []).append(i)
         for table, indexes in by_table.items():
-            mapping = self.mappings[table]
+            target = self.targets.get(table) or Target(self.mappings[table].collection)
             upserts = [i for i in indexes if changes[i].document is not None]
             deletes = [i for i in indexes if changes[i].document is None]
+            ids = [changes[i].doc_id for i in deletes]
             upsert_results = self.sink.upsert(
-                mapping.collection, [changes[i].document or {} for i in upserts]
+                target.primary, [changes[i].document or {} for i in upserts]
             )
-            delete_results = self.sink.delete(
-                mapping.collection, [changes[i].doc_id for i in deletes]
-            )
+            delete_results = self.sink.delete(target.primary, ids)
+            if target.mirror is not None:
+                live = [i for i in upserts if any(e.op != "B" for e in changes[i].entries)]
+                self._mirror(target.mirror, [changes[i].document or {} for i in live], ids)
             for i, result in zip(upserts + deletes, upsert_results + delete_results, strict=True):
                 results[i] = result
             report.upserted[table] = sum(r.ok for r in upsert_results)
             report.deleted[table] = sum(r.ok for r in delete_results)
         return [r if r is not None else DocResult(ok=False, error="not sent") for r in results]
+
+    def _mirror(self, collection: str, documents: list[dict[str, Any]], ids: list[str]) -> None:
+        """Best effort, during a rebuild: keep the collection searches still use up to date.
+        Its answers are not acknowledged (the new collection's are); it is dropped at the swap."""
+        try:
+            self.sink.upsert(collection, documents, dirty_values="coerce_or_drop")
+            self.sink.delete(collection, ids)
+        except TargetError as exc:
+            log.debug("mirror write failed", collection=collection, error=str(exc))

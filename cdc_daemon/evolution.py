@@ -1,0 +1,228 @@
+"""Collection lifecycle: each configured collection name is an alias to `<name>__v<N>`.
+
+At start, on SIGHUP and when the app changes its schema, each table's derived schema is compared
+with its collection:
+- the same: nothing to do;
+- only new optional fields: they are added in place (PATCH) and every row is sent again;
+- anything else: `<name>__v<N+1>` is created and backfilled while live changes keep flowing (to
+  the new collection, and as a best-effort copy to the old one that searches still use); then the
+  alias is switched in one step and the old collection dropped. Searches never see a gap.
+A collection that is not ours (a plain collection with the configured name, or an alias to a
+collection not named `<name>__v<N>`) is never rebuilt: a difference is reported (SchemaMismatch).
+The rebuild's state lives in the `<log>_state` table, so a restart continues it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from cdc_daemon.backfill import Backfill
+from cdc_daemon.changelog import ChangeLog
+from cdc_daemon.database import Database, quote_ident
+from cdc_daemon.errors import SchemaMismatch
+from cdc_daemon.schema import TableMapping, added_optional_fields, schema_differences
+from cdc_daemon.sink import TypesenseSink
+from cdc_daemon.triggers import LogTables
+
+log = structlog.get_logger("cdc_daemon.evolution")
+REBUILD_PREFIX = "rebuild:"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a table's documents go. `primary` results are acknowledged; during a rebuild
+    `mirror` (the alias searches still use) gets a best-effort copy."""
+
+    primary: str
+    mirror: str | None = None
+
+
+def version_name(alias: str, version: int) -> str:
+    return f"{alias}__v{version}"
+
+
+def _version_of(alias: str, physical: str) -> int | None:
+    match = re.fullmatch(re.escape(alias) + r"__v(\d+)", physical)
+    return int(match.group(1)) if match else None
+
+
+class CollectionManager:
+    def __init__(
+        self,
+        sink: TypesenseSink,
+        db: Database,
+        names: LogTables,
+        changelog: ChangeLog,
+        batch_size: int,
+    ) -> None:
+        self.sink = sink
+        self.db = db
+        self.names = names
+        self.changelog = changelog
+        self.backfill = Backfill(db, names)
+        self.batch_size = batch_size
+        self._state = quote_ident(names.state)
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def rebuilds(self) -> dict[str, str]:
+        """Tables being rebuilt → the new collection being filled."""
+        rows = self.db.query(f"SELECT name, value FROM {self._state} WHERE name LIKE 'rebuild:%'")
+        return {name.removeprefix(REBUILD_PREFIX): value for name, value in rows}
+
+    def _set_rebuild(self, table: str, collection: str | None) -> None:
+        with self.db.write() as conn:
+            if collection is None:
+                conn.execute(f"DELETE FROM {self._state} WHERE name = ?", (REBUILD_PREFIX + table,))
+            else:
+                conn.execute(
+                    f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
+                    (REBUILD_PREFIX + table, collection),
+                )
+
+    # -- planning at start, reload and schema change ----------------------------------------------
+
+    def ensure(self, mappings: dict[str, TableMapping]) -> dict[str, Target]:
+        return {table: self._ensure(mapping) for table, mapping in mappings.items()}
+
+    def _create(self, mapping: TableMapping, physical: str) -> None:
+        if self.sink.get_collection(physical) is not None and self.sink.get_alias(physical) is None:
+            self.sink.delete_collection(physical)  # ours (by name), left over by a crash
+        self.sink.create_collection(mapping.collection_schema(physical))
+
+    def _ensure(self, mapping: TableMapping) -> Target:
+        alias = mapping.collection
+        schema = mapping.collection_schema()
+        current = self.sink.get_alias(alias)
+        if current is None:
+            existing = self.sink.get_collection(alias)
+            if existing is None:
+                self._create(mapping, version_name(alias, 1))
+                self.sink.set_alias(alias, version_name(alias, 1))
+                log.info("collection created", collection=version_name(alias, 1), alias=alias)
+                return Target(alias)
+            return self._foreign(mapping, alias, existing)
+        version = _version_of(alias, current)
+        existing = self.sink.get_collection(current)
+        if version is None:
+            if existing is None:
+                raise SchemaMismatch(f"alias {alias!r} points to {current!r}, which does not exist")
+            return self._foreign(mapping, current, existing)
+        if existing is None:  # deleted by hand: build it again, with every row
+            self._create(mapping, current)
+            self.backfill.start(mapping.table)
+            log.warning("collection was missing; recreated and backfilling", collection=current)
+            return Target(alias)
+        rebuilding = self.rebuilds().get(mapping.table)
+        if not schema_differences(schema, existing):
+            if rebuilding:
+                self._abandon(mapping, rebuilding)
+            return Target(alias)
+        if rebuilding:
+            new = self.sink.get_collection(rebuilding)
+            if new is not None and not schema_differences(schema, new):
+                log.info("rebuild continues", table=mapping.table, collection=rebuilding)
+                return Target(rebuilding, mirror=alias)
+            self._abandon(mapping, rebuilding)
+        added = added_optional_fields(schema, existing)
+        if added and self.sink.add_fields(current, added) is None:
+            self.backfill.start(mapping.table)
+            log.info(
+                "fields added; re-sending every row",
+                collection=current,
+                fields=[f["name"] for f in added],
+            )
+            return Target(alias)
+        return self._start_rebuild(
+            mapping, alias, current, version, schema_differences(schema, existing)
+        )
+
+    def _foreign(self, mapping: TableMapping, name: str, existing: dict[str, Any]) -> Target:
+        """A collection cdc-daemon did not create: used as it is, or only given new fields."""
+        schema = mapping.collection_schema(name)
+        problems = schema_differences(schema, existing)
+        if not problems:
+            return Target(mapping.collection)
+        added = added_optional_fields(schema, existing)
+        if added and self.sink.add_fields(name, added) is None:
+            self.backfill.start(mapping.table)
+            return Target(mapping.collection)
+        raise SchemaMismatch(
+            f"collection {name!r} does not match table {mapping.table!r}: "
+            + "; ".join(problems)
+            + ". It was not created by cdc-daemon, so it is never rebuilt: drop it (cdc-daemon"
+            " then creates it behind an alias and backfills) or change the config to match"
+        )
+
+    def _start_rebuild(
+        self, mapping: TableMapping, alias: str, current: str, version: int, reasons: list[str]
+    ) -> Target:
+        new = version_name(alias, version + 1)
+        self._create(mapping, new)
+        self._set_rebuild(mapping.table, new)
+        self.backfill.start(mapping.table)
+        log.warning(
+            "schema changed: rebuilding collection",
+            table=mapping.table,
+            old=current,
+            new=new,
+            reasons=reasons,
+        )
+        return Target(new, mirror=alias)
+
+    def _abandon(self, mapping: TableMapping, rebuilding: str) -> None:
+        if self.sink.get_alias(rebuilding) is None:
+            self.sink.delete_collection(rebuilding)
+        self._set_rebuild(mapping.table, None)
+        log.info("rebuild abandoned", table=mapping.table, collection=rebuilding)
+
+    def check(self, mapping: TableMapping) -> str | None:
+        """For `check`: a problem the daemon would refuse to start with, or None. Changes nothing.
+
+        Differences in a collection cdc-daemon manages are not problems: they are rebuilt."""
+        alias = mapping.collection
+        current = self.sink.get_alias(alias)
+        name = current or alias
+        if current is not None and _version_of(alias, current) is not None:
+            return None
+        existing = self.sink.get_collection(name)
+        if existing is None:
+            return f"alias {alias!r} points to {name!r}, which does not exist" if current else None
+        schema = mapping.collection_schema(name)
+        problems = schema_differences(schema, existing)
+        if not problems or added_optional_fields(schema, existing):
+            return None
+        return f"collection {name!r} does not match table {mapping.table!r}: " + "; ".join(problems)
+
+    # -- between batches ------------------------------------------------------------------------
+
+    def step(self, mappings: dict[str, TableMapping], targets: dict[str, Target]) -> bool:
+        """Feed backfills a page at a time and finish rebuilds; True when it did some work."""
+        busy = False
+        active = self.backfill.active()
+        for table, target in list(targets.items()):
+            mapping = mappings[table]
+            if table in active:
+                if self.changelog.unsynced_for_table(table, self.batch_size) < self.batch_size:
+                    self.backfill.log_next_page(mapping)
+                    busy = True
+                continue
+            if target.mirror is not None and not self.changelog.unsynced_for_table(table, 1):
+                old = self.sink.get_alias(target.mirror)
+                self.sink.set_alias(target.mirror, target.primary)
+                if old is not None and old != target.primary:
+                    self.sink.delete_collection(old)
+                self._set_rebuild(table, None)
+                targets[table] = Target(target.mirror)
+                log.info(
+                    "rebuild finished: alias switched",
+                    alias=target.mirror,
+                    collection=target.primary,
+                    dropped=old,
+                )
+                busy = True
+        return busy
