@@ -67,8 +67,10 @@ def test_added_column_is_patched_and_rows_resent(elements_env: Env) -> None:
                  "UPDATE elements SET tag = 'odd' WHERE id % 2 = 1")
         wait_for(lambda: "tag" in _fields(env, alias), message="field added")
         assert _fields(env, alias)["tag"]["optional"] is True
-        wait_for(lambda: sum(d.get("tag") == "odd" for d in env.documents("elements").values()) == 150,
-                 message="rows re-sent with the new field")
+        def tagged() -> int:
+            return sum(d.get("tag") == "odd" for d in env.documents("elements").values())
+
+        wait_for(lambda: tagged() == 150, message="rows re-sent with the new field")
         # patched in place: still the same collection behind the alias
         assert env.http.get(f"/aliases/{alias}").json()["collection_name"] == physical
     finally:
