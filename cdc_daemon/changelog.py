@@ -40,7 +40,7 @@ class KeyFailure:
 def contiguous_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
     """[1,2,3,7,8] → [(1,3),(7,8)]: range deletes are much cheaper than scattered ones."""
     ranges: list[tuple[int, int]] = []
-    for seq in sorted(seqs):
+    for seq in sorted(set(seqs)):
         if ranges and seq == ranges[-1][1] + 1:
             ranges[-1] = (ranges[-1][0], seq)
         else:

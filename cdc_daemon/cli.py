@@ -19,6 +19,7 @@ from cdc_daemon.config import Config, default_config_path, load_config
 from cdc_daemon.daemon import build_runtime, open_tables, require_installed, serve
 from cdc_daemon.drain import Drainer
 from cdc_daemon.errors import CdcError
+from cdc_daemon.evolution import rebuilds_in_progress
 from cdc_daemon.init import render_config
 from cdc_daemon.logs import configure_logging, redact
 from cdc_daemon.triggers import LogTables, install, trigger_problems, uninstall
@@ -154,6 +155,8 @@ def _status(config: Config) -> dict[str, Any]:
         status = ChangeLog(db, names, config.sync.max_attempts).status(list(mappings))
         for table, logged in backfills_in_progress(db, names).items():
             status["tables"].setdefault(table, {})["backfill_logged_rows"] = logged
+        for table, collection in rebuilds_in_progress(db, names).items():
+            status["tables"].setdefault(table, {})["rebuilding_into"] = collection
         return status
     finally:
         db.close()
@@ -177,6 +180,8 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
             + (f" (oldest {age:.1f}s)" if age is not None else "")
             + f", retrying {entry.get('retrying', 0)}, dead letters {entry.get('dead_letters', 0)}"
         )
+        if "rebuilding_into" in entry:
+            line += f", rebuilding into {entry['rebuilding_into']}"
         if "backfill_logged_rows" in entry:
             line += f", backfill in progress ({entry['backfill_logged_rows']} rows logged)"
         print(line)

@@ -70,9 +70,7 @@ class CollectionManager:
     # -- state ----------------------------------------------------------------------------------
 
     def rebuilds(self) -> dict[str, str]:
-        """Tables being rebuilt → the new collection being filled."""
-        rows = self.db.query(f"SELECT name, value FROM {self._state} WHERE name LIKE 'rebuild:%'")
-        return {name.removeprefix(REBUILD_PREFIX): value for name, value in rows}
+        return rebuilds_in_progress(self.db, self.names)
 
     def _set_rebuild(self, table: str, collection: str | None) -> None:
         with self.db.write() as conn:
@@ -226,3 +224,11 @@ class CollectionManager:
                 )
                 busy = True
         return busy
+
+
+def rebuilds_in_progress(db: Database, names: LogTables) -> dict[str, str]:
+    """Tables being rebuilt → the new collection being filled."""
+    rows = db.query(
+        f"SELECT name, value FROM {quote_ident(names.state)} WHERE name LIKE 'rebuild:%'"
+    )
+    return {name.removeprefix(REBUILD_PREFIX): value for name, value in rows}
