@@ -1,0 +1,109 @@
+"""Per-table mapping options end to end (real Typesense, app writes via stdlib sqlite3), and
+`init` output that works with no edits."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+
+from conftest import API_KEY, Env, app_exec
+
+ITEMS_DDL = (
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,"
+    " deleted INTEGER NOT NULL DEFAULT 0, secret TEXT, photo BLOB, price REAL)"
+)
+
+
+def test_where_soft_delete_include_rename(env: Env) -> None:
+    app_exec(env.db, ITEMS_DDL)
+    env.write_config([{
+        "table": "items",
+        "where": "status <> 'draft'",
+        "soft_delete": "deleted",
+        "exclude": ["secret"],
+        "rename": {"name": "title"},
+    }])
+    env.cli("install", check=True)
+    app_exec(
+        env.db,
+        "INSERT INTO items (id, name, status, secret) VALUES (1, 'one', 'live', 's1')",
+        "INSERT INTO items (id, name, status, secret) VALUES (2, 'two', 'draft', 's2')",
+        "INSERT INTO items (id, name, status, secret) VALUES (3, 'three', 'live', 's3')",
+    )
+    env.cli("run", "--once", check=True)
+    docs = env.documents("items")
+    assert set(docs) == {"1", "3"}  # the draft does not match `where`
+    assert docs["1"] == {"id": "1", "title": "one", "status": "live", "deleted": 0}
+    # a row that stops matching is deleted; a soft-deleted row is deleted; a row that starts
+    # matching appears
+    app_exec(env.db, "UPDATE items SET status = 'draft' WHERE id = 1",
+             "UPDATE items SET deleted = 1 WHERE id = 3",
+             "UPDATE items SET status = 'live' WHERE id = 2")
+    env.cli("run", "--once", check=True)
+    assert set(env.documents("items")) == {"2"}
+    report = env.verify()
+    assert report["in_sync"] is True and report["tables"]["items"]["rows"] == 1
+
+
+def test_blob_left_out_unless_included(env: Env) -> None:
+    app_exec(env.db, ITEMS_DDL)
+    env.write_config([{"table": "items", "include": ["name", "photo"]}])
+    env.cli("install", check=True)
+    app_write_blob = (
+        "INSERT INTO items (id, name, status, photo, price) VALUES (7, 'pic', 'live',"
+        " X'00FF10', 2.5)"
+    )
+    app_exec(env.db, app_write_blob)
+    env.cli("run", "--once", check=True)
+    doc = env.documents("items")["7"]
+    assert doc == {"id": "7", "name": "pic", "photo": base64.b64encode(b"\x00\xff\x10").decode()}
+    assert env.verify()["in_sync"] is True
+
+
+def test_several_tables_each_into_its_own_collection(env: Env) -> None:
+    app_exec(env.db, ITEMS_DDL,
+             "CREATE TABLE tags (item INTEGER, tag TEXT, PRIMARY KEY (item, tag)) WITHOUT ROWID")
+    env.write_config([{"table": "items"}, {"table": "tags"}])
+    env.cli("install", check=True)
+    app_exec(env.db, "INSERT INTO items (id, name, status) VALUES (1, 'one', 'live')",
+             "INSERT INTO tags VALUES (1, 'red'), (1, 'blue, \"navy\"')")
+    env.cli("run", "--once", check=True)
+    assert set(env.documents("items")) == {"1"}
+    assert set(env.documents("tags")) == {'[1,"red"]', '[1,"blue, \\"navy\\""]'}
+    app_exec(env.db, "DELETE FROM tags WHERE tag = 'red'")
+    env.cli("run", "--once", check=True)
+    assert set(env.documents("tags")) == {'[1,"blue, \\"navy\\""]'}
+    assert env.verify()["in_sync"] is True
+
+
+def test_init_output_installs_and_runs_without_edits(env: Env) -> None:
+    app_exec(env.db, ITEMS_DDL, "CREATE TABLE no_key (a, b)",
+             "INSERT INTO items (id, name, status) VALUES (1, 'one', 'live')")
+    result = subprocess.run(
+        [sys.executable, "-m", "cdc_daemon", "init", "--database", str(env.db),
+         "--typesense-url", env.typesense.url, "--api-key-env", "INIT_TEST_KEY"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "# skipped 'no_key': no PRIMARY KEY" in result.stdout
+    env.config_path.write_text(result.stdout)
+    run_env = {**os.environ, "INIT_TEST_KEY": API_KEY}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cdc_daemon", "--config",
+                               str(env.config_path), *args],
+                              capture_output=True, text=True, env=run_env, timeout=120)
+
+    for args in (("check",), ("install",), ("backfill",), ("run", "--once")):
+        done = cli(*args)
+        # check fails before install (triggers missing); everything after must pass
+        if args != ("check",):
+            assert done.returncode == 0, (args, done.stdout, done.stderr)
+    app_exec(env.db, "INSERT INTO items (id, name, status) VALUES (2, 'two', 'live')")
+    assert cli("run", "--once").returncode == 0
+    verify = cli("verify")
+    assert verify.returncode == 0, verify.stdout
+    assert "items: 2 rows, 2 documents" in verify.stdout
+    env.http.delete("/collections/items__v1")
+    env.http.delete("/aliases/items")
