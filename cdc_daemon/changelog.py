@@ -128,12 +128,13 @@ class ChangeLog:
     def _has_dead_letters(self, conn: apsw.Connection) -> bool:
         return bool(scalar(conn, f"SELECT EXISTS (SELECT 1 FROM {self._dead})"))
 
-    def enqueue(self, table: str, log_keys: Iterable[Any], op: str) -> int:
-        """Log keys as if the app had changed them (repair); returns the highest seq."""
+    def enqueue(self, table: str, log_keys: Iterable[Any], op: str, not_before: float = 0.0) -> int:
+        """Log keys as if the app had changed them (repair, re-send after a timeout), due at
+        `not_before` (unix time); returns the highest seq."""
         with self.db.write() as conn:
             conn.executemany(
-                f"INSERT INTO {self._log} (tbl, pk, op) VALUES (?, ?, ?)",
-                ((table, key, op) for key in log_keys),
+                f"INSERT INTO {self._log} (tbl, pk, op, next_attempt_at) VALUES (?, ?, ?, ?)",
+                ((table, key, op, not_before) for key in log_keys),
             )
             return int(scalar(conn, f"SELECT COALESCE(MAX(seq), 0) FROM {self._log}"))
 

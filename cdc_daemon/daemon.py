@@ -25,6 +25,7 @@ from cdc_daemon.sink import TypesenseSink
 from cdc_daemon.sync import BatchReport, Syncer
 from cdc_daemon.triggers import LogTables, ensure_log_is_ours, trigger_problems
 from cdc_daemon.wake import ChangeWaiter
+from cdc_daemon.watchdog import HeartbeatTransport
 
 log = structlog.get_logger("cdc_daemon")
 
@@ -73,15 +74,24 @@ def open_tables(config: Config) -> tuple[Database, list[TableInfo], dict[str, Ta
     return db, infos, mappings
 
 
-def build_runtime(config: Config, stop: threading.Event | None = None) -> Runtime:
+def build_runtime(
+    config: Config,
+    stop: threading.Event | None = None,
+    heartbeat: Callable[[], None] | None = None,
+) -> Runtime:
+    """`heartbeat` (the watchdog's, from `run`) is also beaten during HTTP calls."""
     api_key = read_api_key(config.typesense)
     register_secret(api_key)
     db, infos, mappings = open_tables(config)
     names = LogTables(config.log_table)
     changelog = ChangeLog(db, names, config.sync.max_attempts)
-    sink = TypesenseSink(config.typesense.nodes, lambda: api_key, config.typesense.timeout)
+    transport = HeartbeatTransport(heartbeat) if heartbeat is not None else None
+    sink = TypesenseSink(
+        config.typesense.nodes, lambda: api_key, config.typesense.timeout, transport=transport
+    )
     collections = CollectionManager(sink, db, names, changelog, config.sync.batch_size)
     syncer = Syncer(db, changelog, sink, mappings, config.sync.batch_size, collections)
+    syncer.resend_delay = 2 * config.typesense.timeout + 5
     runtime = Runtime(config, db, names, infos, mappings, changelog, sink, syncer)
     if stop is not None:
         runtime.stop = stop
@@ -135,7 +145,6 @@ class Daemon:
         self._schema_version = runtime.db.schema_version()
         self.busy = False
         self._ready_sent = False
-        self._last_watchdog = 0.0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -194,10 +203,27 @@ class Daemon:
         return report
 
     def _heartbeat(self) -> None:
-        interval = self.notifier.watchdog_interval
-        if interval is not None and time.monotonic() - self._last_watchdog >= interval:
-            self.notifier.send("WATCHDOG=1")
-            self._last_watchdog = time.monotonic()
+        self.notifier.heartbeat()
+
+    def _count_failure(self, exc: BaseException) -> None:
+        if self.metrics is not None:
+            self.metrics.record_failure(error_kind(exc), self.runtime.sink.up)
+
+    def _call_until_up(self, what: str, fn: Callable[[], object]) -> bool:
+        """Retry `fn` with backoff (watchdog fed, failures counted) until it succeeds: True.
+        False when SIGTERM came first (a clean stop, exit 0); a SIGHUP is left to the loop."""
+        while True:
+            try:
+                call_with_retry(
+                    what, fn, self.stop, on_retry=self._count_failure, sleep=self._sleep
+                )
+                return True
+            except CdcError as exc:
+                if getattr(self, "_stopping", False):
+                    return False
+                if not (self._reload_requested and exc.retryable):
+                    raise
+                self.stop.clear()  # woken by SIGHUP: keep trying; the loop reloads once up
 
     def _reload(self) -> None:
         """SIGHUP: re-read the config; a bad new config keeps the old one running."""
@@ -221,7 +247,7 @@ class Daemon:
         leaving the running objects untouched, when the new ones can't be built."""
         if config.database != self.runtime.config.database:
             raise ConfigError("database: cannot change on reload; restart the service")
-        fresh = build_runtime(config, stop=self.stop)
+        fresh = build_runtime(config, stop=self.stop, heartbeat=self.notifier.heartbeat)
         try:
             fresh.syncer.ensure_collections()
         except BaseException:
@@ -249,7 +275,8 @@ class Daemon:
         runtime = self.runtime
         for problem in trigger_problems(runtime.db, runtime.names, runtime.tables):
             log.error("trigger problem", problem=problem)
-        call_with_retry("ensure collections", runtime.syncer.ensure_collections, self.stop)
+        if not self._call_until_up("ensure collections", runtime.syncer.ensure_collections):
+            return 0
         log.info("running", database=str(runtime.db.path), tables=list(runtime.mappings), once=once)
         waiter = self._waiter()
         try:
@@ -282,19 +309,26 @@ class Daemon:
         self.notifier.close()
         self.runtime.close()
 
+    def _poll_interval(self) -> float:
+        """The longest idle wait: poll_interval, but never longer than a watchdog ping."""
+        poll = self.runtime.config.sync.poll_interval
+        return min(poll, self.notifier.watchdog_interval or poll)
+
     def _waiter(self) -> ChangeWaiter:
         runtime = self.runtime
         return ChangeWaiter(
             runtime.db.path,
             lambda: self.runtime.db.data_version(),  # the current runtime's, across reloads
-            runtime.config.sync.poll_interval,
+            self._poll_interval(),
             self.stop,
         )
 
 
 def serve(config: Config, load_config: Callable[[], Config] | None, once: bool = False) -> int:
     """`cdc-daemon run`: build everything, serve metrics if configured, run the loop."""
-    daemon = Daemon(build_runtime(config), Notifier(), None, load_config)
+    notifier = Notifier()
+    runtime = build_runtime(config, heartbeat=notifier.heartbeat)
+    daemon = Daemon(runtime, notifier, None, load_config)
     try:
         if config.metrics.listen:
             daemon.metrics = Metrics(

@@ -34,6 +34,10 @@ class TargetUnavailable(TargetError):
     retryable = True
 
 
+class TargetTimeout(TargetUnavailable):
+    """A request timed out: Typesense may still apply it, later (design.md, clusters)."""
+
+
 class CollectionMissing(TargetUnavailable):
     """The collection is gone (deleted by hand?): it is created again before the next batch."""
 

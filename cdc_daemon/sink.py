@@ -19,6 +19,7 @@ from cdc_daemon.errors import (
     AuthError,
     CollectionMissing,
     TargetError,
+    TargetTimeout,
     TargetUnavailable,
 )
 from cdc_daemon.retry import backoff_delay
@@ -107,9 +108,7 @@ class TypesenseSink:
         try:
             response = self._client.request(method, node.url + path, headers=headers, **kwargs)
         except httpx.TimeoutException:
-            raise TargetUnavailable(
-                f"{node.url}: timed out ({method} {path.split('?')[0]})"
-            ) from None
+            raise TargetTimeout(f"{node.url}: timed out ({method} {path.split('?')[0]})") from None
         except httpx.TransportError as exc:
             raise TargetUnavailable(f"{node.url}: {type(exc).__name__}: {exc}") from None
         status = response.status_code

@@ -13,7 +13,7 @@ import structlog
 from cdc_daemon.changelog import ChangeLog, KeyFailure, LogEntry
 from cdc_daemon.database import Database, quote_ident
 from cdc_daemon.documents import build_document, row_is_live, row_key
-from cdc_daemon.errors import CollectionMissing, DocumentError, TargetError
+from cdc_daemon.errors import CollectionMissing, DocumentError, TargetError, TargetTimeout
 from cdc_daemon.evolution import CollectionManager, Target
 from cdc_daemon.keys import Key, document_id, log_key_to_key
 from cdc_daemon.schema import TableMapping
@@ -93,6 +93,7 @@ class Syncer:
         self.batch_size = batch_size
         self.collections = collections
         self.targets: dict[str, Target] = {}
+        self.resend_delay = 30.0  # after a timeout; the daemon sets it from typesense.timeout
         self._collections_ready = False
 
     def ensure_collections(self) -> None:
@@ -122,6 +123,9 @@ class Syncer:
             results = self._send(changes, report)
         except CollectionMissing:
             self._collections_ready = False
+            raise
+        except TargetTimeout:
+            self._resend_later(changes)
             raise
         acked: list[int] = []
         succeeded: list[tuple[str, Any]] = []
@@ -214,6 +218,18 @@ class Syncer:
             report.upserted[table] = sum(r.ok for r in upsert_results)
             report.deleted[table] = sum(r.ok for r in delete_results)
         return [r if r is not None else DocResult(ok=False, error="not sent") for r in results]
+
+    def _resend_later(self, changes: list[_Change]) -> None:
+        """A timed-out write may still be applied later, even after newer writes (a stalled
+        cluster node forwarding it late). Its entries stay in the log and are retried as usual;
+        on top, the keys are logged again, due after a safe delay, so their current state is
+        sent once more after any late arrival."""
+        due = time.time() + self.resend_delay
+        by_table: dict[str, list[Any]] = {}
+        for change in changes:
+            by_table.setdefault(change.table, []).append(change.log_key)
+        for table, log_keys in by_table.items():
+            self.changelog.enqueue(table, log_keys, "T", not_before=due)
 
     def _mirror(self, collection: str, documents: list[dict[str, Any]], ids: list[str]) -> None:
         """Best effort, during a rebuild: keep the collection searches still use up to date.
