@@ -265,6 +265,8 @@ class TypesenseSink:
                 ) as response:
                     if response.status_code in (401, 403):
                         raise AuthError(f"{node.url}: HTTP {response.status_code} on export")
+                    if response.status_code == 404:
+                        return  # no such collection (yet): nothing in it
                     if response.status_code != 200:
                         response.read()
                         raise TargetUnavailable(
