@@ -41,6 +41,8 @@ class TableInfo:
     columns: tuple[Column, ...]
     key: tuple[str, ...]
     unique_indexes: tuple[tuple[str, ...], ...]
+    # The collation of each column of each unique index (same shape); () means all BINARY.
+    unique_collations: tuple[tuple[str, ...], ...] = ()
 
     def column(self, name: str) -> Column:
         for column in self.columns:
@@ -146,15 +148,27 @@ class Database:
         )
         key = tuple(c.name for c in sorted(columns, key=lambda c: c.key_position) if c.key_position)
         unique: list[tuple[str, ...]] = []
+        collations: list[tuple[str, ...]] = []
         for _seq, index_name, is_unique, origin, _partial in self.query(
             f"PRAGMA index_list({ident})"
         ):
             if not is_unique or origin == "pk":
                 continue
-            cols = [row[2] for row in self.query(f"PRAGMA index_info({quote_ident(index_name)})")]
-            if cols and all(col is not None for col in cols):  # expression indexes are skipped
-                unique.append(tuple(cols))
-        return TableInfo(name=name, columns=columns, key=key, unique_indexes=tuple(unique))
+            index_columns = [
+                (row[2], row[4])  # name (None for an expression), collation
+                for row in self.query(f"PRAGMA index_xinfo({quote_ident(index_name)})")
+                if row[5]  # key columns only, not the rowid / primary key appended to every index
+            ]
+            if index_columns and all(col is not None for col, _ in index_columns):
+                unique.append(tuple(col for col, _ in index_columns))
+                collations.append(tuple(coll or "BINARY" for _, coll in index_columns))
+        return TableInfo(
+            name=name,
+            columns=columns,
+            key=key,
+            unique_indexes=tuple(unique),
+            unique_collations=tuple(collations),
+        )
 
 
 class ProcessorLock:

@@ -51,6 +51,10 @@ def _key_expr(prefix: str, key: tuple[str, ...]) -> str:
     return " || ',' || ".join(f"quote({prefix}{quote_ident(col)})" for col in key)
 
 
+def _collate(collation: str) -> str:
+    return "" if collation.upper() == "BINARY" else f" COLLATE {quote_ident(collation)}"
+
+
 def expected_triggers(names: LogTables, info: TableInfo) -> dict[str, str]:
     """Trigger name → exact CREATE TRIGGER text, for one table."""
     table = quote_ident(info.name)
@@ -62,8 +66,9 @@ def expected_triggers(names: LogTables, info: TableInfo) -> dict[str, str]:
         "old_key": _key_expr("OLD.", info.key),
         "row_key": _key_expr("", info.key),
         "key_columns": ", ".join(quote_ident(c) for c in info.key),
+        # COLLATE BINARY: a NOCASE key changed only in case ('Abc' → 'abc') is a new document id.
         "key_changed": " OR ".join(
-            f"OLD.{quote_ident(c)} IS NOT NEW.{quote_ident(c)}" for c in info.key
+            f"OLD.{quote_ident(c)} IS NOT NEW.{quote_ident(c)} COLLATE BINARY" for c in info.key
         ),
     }
     wanted: dict[str, tuple[str, dict[str, str]]] = {
@@ -73,10 +78,17 @@ def expected_triggers(names: LogTables, info: TableInfo) -> dict[str, str]:
         "delete": ("trigger_delete", {}),
     }
     for i, columns in enumerate(info.unique_indexes, start=1):
+        collations = (
+            info.unique_collations[i - 1]
+            if i <= len(info.unique_collations)
+            else ("BINARY",) * len(columns)
+        )
         unique = {
             "unique_columns": ", ".join(quote_ident(c) for c in columns),
+            # Match the way the index compares (e.g. an index on `email COLLATE NOCASE`).
             "unique_match": " AND ".join(
-                f"{quote_ident(c)} = NEW.{quote_ident(c)}" for c in columns
+                f"{quote_ident(c)} = NEW.{quote_ident(c)}{_collate(coll)}"
+                for c, coll in zip(columns, collations, strict=True)
             ),
         }
         wanted[f"unique{i}_insert"] = ("trigger_unique_insert", unique)

@@ -1,0 +1,378 @@
+"""schema.py: declared types → Typesense types, table + config → mapping, schema comparison."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from cdc_daemon.errors import ConfigError
+from cdc_daemon.schema import derived_type, schema_differences
+
+from .helpers import ELEMENTS, ELEMENTS_CONFIG, SERVICE_A_COLLECTION_SCHEMA, mapping, table
+
+
+@pytest.mark.parametrize(
+    ("declared", "expected"),
+    [
+        # INTEGER/INT → int64
+        ("INTEGER", "int64"),
+        ("INT", "int64"),
+        ("integer", "int64"),
+        ("BIGINT", "int64"),
+        ("TINYINT", "int64"),
+        ("SMALLINT", "int64"),
+        ("UNSIGNED BIG INT", "int64"),
+        ("INT8", "int64"),
+        # REAL/FLOAT/DOUBLE/NUMERIC/DECIMAL → float
+        ("REAL", "float"),
+        ("FLOAT", "float"),
+        ("DOUBLE", "float"),
+        ("DOUBLE PRECISION", "float"),
+        ("real", "float"),
+        ("NUMERIC", "float"),
+        ("DECIMAL", "float"),
+        ("DECIMAL(10,5)", "float"),
+        # BOOL/BOOLEAN → bool
+        ("BOOL", "bool"),
+        ("BOOLEAN", "bool"),
+        ("boolean", "bool"),
+        # DATE/DATETIME/TIMESTAMP → string (the stored text)
+        ("DATE", "string"),
+        ("DATETIME", "string"),
+        ("TIMESTAMP", "string"),
+        # TEXT/CHAR/CLOB → string
+        ("TEXT", "string"),
+        ("CHAR", "string"),
+        ("VARCHAR", "string"),
+        ("VARCHAR(255)", "string"),
+        ("CHARACTER(20)", "string"),
+        ("NVARCHAR(100)", "string"),
+        ("NATIVE CHARACTER(70)", "string"),
+        ("CLOB", "string"),
+        # no declared type → string
+        ("", "string"),
+        # BLOB → left out
+        ("BLOB", None),
+        ("blob", None),
+    ],
+)
+def test_derived_type(declared: str, expected: str | None) -> None:
+    assert derived_type(declared) == expected
+
+
+# -- the seed ------------------------------------------------------------------------------------
+
+
+def test_seed_elements_table_gives_exactly_the_seed_collection_schema() -> None:
+    result = mapping(ELEMENTS, **{k: v for k, v in ELEMENTS_CONFIG.items() if k != "table"})
+    assert result.collection_schema() == SERVICE_A_COLLECTION_SCHEMA
+    assert result.key == ("id",)
+    assert result.key_affinities == ("INTEGER",)
+    assert result.columns == (
+        "id",
+        "element_type",
+        "element_id",
+        "sequence_number",
+        "version_number",
+        "comment",
+        "created_at",
+        "updated_at",
+    )
+
+
+def test_seed_elements_without_overrides_uses_the_interface_defaults() -> None:
+    schema = mapping(ELEMENTS).collection_schema()
+    assert schema == {
+        "name": "elements",
+        "fields": [
+            {"name": "element_type", "type": "string"},
+            {"name": "element_id", "type": "int64"},
+            {"name": "sequence_number", "type": "int64"},
+            {"name": "version_number", "type": "int64"},
+            {"name": "comment", "type": "string", "optional": True},
+            {"name": "created_at", "type": "string", "optional": True},
+            {"name": "updated_at", "type": "string", "optional": True},
+        ],
+    }
+
+
+def test_collection_schema_can_take_another_name() -> None:
+    assert mapping(ELEMENTS).collection_schema("elements_v2")["name"] == "elements_v2"
+
+
+# -- which columns become fields -----------------------------------------------------------------
+
+ITEMS = table(
+    "items",
+    [
+        ("sku", "TEXT"),
+        ("region", "TEXT"),
+        ("price", "REAL", True),
+        ("qty", "INTEGER", True),
+        ("note", "TEXT"),
+        ("photo", "BLOB"),
+        ("deleted", "BOOLEAN"),
+    ],
+    key=("sku", "region"),
+)
+
+
+def field_names(m: Any) -> list[str]:
+    return [f.name for f in m.fields]
+
+
+def test_composite_key_columns_are_fields_and_required_even_without_not_null() -> None:
+    m = mapping(ITEMS)
+    assert field_names(m) == ["sku", "region", "price", "qty", "note", "deleted"]
+    by_name = {f.name: f for f in m.fields}
+    assert not by_name["sku"].optional and not by_name["region"].optional
+    assert not by_name["price"].optional and by_name["note"].optional
+    assert by_name["deleted"].type == "bool"
+    assert m.key_affinities == ("TEXT", "TEXT")
+
+
+def test_single_column_key_named_id_is_the_document_id_not_a_field() -> None:
+    m = mapping(table("t", [("id", "TEXT"), ("name", "TEXT")], key=("id",)))
+    assert field_names(m) == ["name"]
+    assert m.columns == ("id", "name")
+
+
+def test_single_column_key_not_named_id_is_a_field() -> None:
+    m = mapping(table("t", [("code", "INTEGER"), ("name", "TEXT")], key=("code",)))
+    assert field_names(m) == ["code", "name"]
+    assert m.fields[0].type == "int64" and not m.fields[0].optional
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        table("t", [("id", "INTEGER"), ("region", "TEXT")], key=("id", "region")),
+        table("t", [("pk", "INTEGER"), ("id", "TEXT")], key=("pk",)),
+    ],
+    ids=["composite key with id", "non-key column id"],
+)
+def test_a_column_named_id_that_is_not_the_whole_key_must_be_renamed(info: Any) -> None:
+    with pytest.raises(ConfigError, match=r"tables\[1\]\.rename"):
+        mapping(info)
+    renamed = mapping(info, rename={"id": "legacy_id"})
+    assert "legacy_id" in field_names(renamed) and "id" not in field_names(renamed)
+    assert "id" not in field_names(mapping(info, exclude=["id"]))
+
+
+def test_blob_columns_are_left_out_unless_configured() -> None:
+    assert "photo" not in field_names(mapping(ITEMS))
+    included = mapping(ITEMS, include=["sku", "photo"])
+    assert field_names(included) == ["sku", "photo"]
+    assert included.fields[1].type == "string" and included.fields[1].optional
+    typed = mapping(ITEMS, fields={"photo": {"type": "string", "index": False}})
+    photo = next(f for f in typed.fields if f.name == "photo")
+    assert photo.type == "string" and not photo.index
+
+
+def test_blob_column_with_a_field_override_but_no_type_is_included_as_string() -> None:
+    m = mapping(ITEMS, fields={"photo": {"optional": True, "index": False}})
+    photo = next(f for f in m.fields if f.column == "photo")
+    assert photo.type == "string" and photo.schema() == {
+        "name": "photo",
+        "type": "string",
+        "optional": True,
+        "index": False,
+    }
+
+
+def test_include_limits_fields_but_the_key_still_identifies_rows() -> None:
+    m = mapping(ITEMS, include=["price", "note"])
+    assert field_names(m) == ["price", "note"]
+    assert m.key == ("sku", "region")
+    assert m.columns == ("sku", "region", "price", "note")
+
+
+def test_exclude_and_rename() -> None:
+    m = mapping(ITEMS, exclude=["note", "deleted"], rename={"qty": "quantity", "sku": "SKU"})
+    assert field_names(m) == ["SKU", "region", "price", "quantity"]
+    assert [f.column for f in m.fields] == ["sku", "region", "price", "qty"]
+
+
+def test_field_overrides_win() -> None:
+    m = mapping(
+        ITEMS,
+        fields={
+            "qty": {"type": "int32", "facet": True, "sort": False},
+            "price": {"optional": True},
+            "note": {"optional": False, "locale": "ja", "index": False},
+            "deleted": {"type": "string"},
+        },
+    )
+    by_name = {f.name: f.schema() for f in m.fields}
+    assert by_name["qty"] == {"name": "qty", "type": "int32", "facet": True, "sort": False}
+    assert by_name["price"] == {"name": "price", "type": "float", "optional": True}
+    assert by_name["note"] == {"name": "note", "type": "string", "index": False, "locale": "ja"}
+    assert by_name["deleted"] == {"name": "deleted", "type": "string", "optional": True}
+
+
+def test_where_soft_delete_and_collection_name_are_carried() -> None:
+    m = mapping(ITEMS, where="qty > 0", soft_delete="deleted", collection="shop_items")
+    assert m.where == "qty > 0" and m.soft_delete == "deleted"
+    assert m.collection == "shop_items" and m.table == "items"
+    assert m.columns[-1] == "deleted"  # the flag is read last
+    assert mapping(ITEMS).collection == "items"
+
+
+def test_default_sorting_field_by_column_or_field_name() -> None:
+    by_column = mapping(ITEMS, rename={"qty": "quantity"}, default_sorting_field="qty")
+    assert by_column.collection_schema()["default_sorting_field"] == "quantity"
+    by_field = mapping(ITEMS, rename={"qty": "quantity"}, default_sorting_field="quantity")
+    assert by_field.default_sorting_field == "quantity"
+    assert mapping(ITEMS, default_sorting_field="price").default_sorting_field == "price"
+    assert "default_sorting_field" not in mapping(ITEMS).collection_schema()
+
+
+@pytest.mark.parametrize(
+    ("config", "path", "words"),
+    [
+        ({"default_sorting_field": "nope"}, "tables[1].default_sorting_field", "not a field"),
+        ({"default_sorting_field": "note"}, "tables[1].default_sorting_field", "numeric"),
+        ({"default_sorting_field": "deleted"}, "tables[1].default_sorting_field", "numeric"),
+        (
+            {"default_sorting_field": "qty", "fields": {"qty": {"optional": True}}},
+            "tables[1].default_sorting_field",
+            "optional",
+        ),
+        (
+            {"default_sorting_field": "qty", "exclude": ["qty"]},
+            "tables[1].default_sorting_field",
+            "not a field",
+        ),
+        ({"include": ["price", "nope"]}, "tables[1].include", "nope"),
+        ({"exclude": ["nope"]}, "tables[1].exclude", "nope"),
+        ({"rename": {"nope": "x"}}, "tables[1].rename", "nope"),
+        ({"fields": {"nope": {"facet": True}}}, "tables[1].fields", "nope"),
+        ({"soft_delete": "nope"}, "tables[1].soft_delete", "nope"),
+        ({"rename": {"note": "price"}}, "tables[1].rename", "price"),
+        ({"rename": {"note": "id"}}, "tables[1].rename", "id"),
+    ],
+)
+def test_config_errors_name_the_key_path(config: dict[str, Any], path: str, words: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        mapping(ITEMS, **config)
+    message = str(excinfo.value)
+    assert message.startswith(path), message
+    assert words in message
+
+
+def test_table_without_primary_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^tables\[1\]\.table: .*PRIMARY KEY"):
+        mapping(table("t", [("a", "TEXT")], key=()))
+
+
+# -- comparing with what Typesense reports --------------------------------------------------------
+
+
+def typesense_reported(schema: dict[str, Any]) -> dict[str, Any]:
+    """A collection as Typesense 0.24 answers GET /collections/<name>: every property filled in."""
+    fields = [
+        {
+            "name": "id",
+            "type": "string",
+            "facet": False,
+            "optional": False,
+            "index": True,
+            "sort": False,
+            "infix": False,
+            "locale": "",
+        }
+    ]
+    for f in schema["fields"]:
+        fields.append(
+            {
+                "facet": False,
+                "index": True,
+                "infix": False,
+                "locale": "",
+                "optional": False,
+                "sort": f["type"] in ("int32", "int64", "float", "bool"),
+                **f,
+            }
+        )
+    return {
+        "name": schema["name"],
+        "created_at": 1700000000,
+        "num_documents": 12,
+        "num_memory_shards": 4,
+        "symbols_to_index": [],
+        "token_separators": [],
+        "default_sorting_field": schema.get("default_sorting_field", ""),
+        "fields": fields,
+    }
+
+
+def test_reported_defaults_are_not_differences() -> None:
+    expected = SERVICE_A_COLLECTION_SCHEMA
+    assert schema_differences(expected, typesense_reported(expected)) == []
+    assert schema_differences(expected, copy.deepcopy(expected)) == []
+    items = mapping(ITEMS, fields={"note": {"locale": "ja", "index": False}}).collection_schema()
+    assert schema_differences(items, typesense_reported(items)) == []
+
+
+def test_auto_field_is_not_a_difference() -> None:
+    actual = typesense_reported(SERVICE_A_COLLECTION_SCHEMA)
+    actual["fields"].append({"name": ".*", "type": "auto", "optional": True})
+    assert schema_differences(SERVICE_A_COLLECTION_SCHEMA, actual) == []
+
+
+def reported_with(change: Any) -> list[str]:
+    actual = typesense_reported(SERVICE_A_COLLECTION_SCHEMA)
+    change(actual)
+    return schema_differences(SERVICE_A_COLLECTION_SCHEMA, actual)
+
+
+def field_of(actual: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(f for f in actual["fields"] if f["name"] == name)
+
+
+def test_type_change_is_a_difference() -> None:
+    problems = reported_with(lambda a: field_of(a, "element_id").update(type="int64"))
+    assert len(problems) == 1
+    assert "element_id" in problems[0] and "int64" in problems[0] and "int32" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "prop", "value"),
+    [
+        ("created_at", "facet", False),
+        ("element_type", "facet", True),
+        ("comment", "optional", False),
+        ("element_type", "optional", True),
+        ("comment", "index", False),
+        ("sequence_number", "sort", False),
+        ("comment", "sort", True),
+        ("comment", "locale", "ja"),
+    ],
+)
+def test_property_change_is_a_difference(name: str, prop: str, value: Any) -> None:
+    problems = reported_with(lambda a: field_of(a, name).update({prop: value}))
+    assert len(problems) == 1, problems
+    assert name in problems[0] and prop in problems[0]
+
+
+def test_missing_and_extra_fields_are_differences() -> None:
+    def change(actual: dict[str, Any]) -> None:
+        actual["fields"] = [f for f in actual["fields"] if f["name"] != "comment"]
+        actual["fields"].append({"name": "colour", "type": "string"})
+
+    problems = reported_with(change)
+    assert len(problems) == 2
+    assert any("comment" in p and "missing" in p for p in problems)
+    assert any("colour" in p for p in problems)
+
+
+def test_default_sorting_field_change_is_a_difference() -> None:
+    problems = reported_with(lambda a: a.update(default_sorting_field="element_id"))
+    assert len(problems) == 1 and "default_sorting_field" in problems[0]
+    unsorted = mapping(ITEMS).collection_schema()
+    actual = typesense_reported(unsorted)
+    assert schema_differences(unsorted, actual) == []
+    actual["default_sorting_field"] = "qty"
+    assert len(schema_differences(unsorted, actual)) == 1
