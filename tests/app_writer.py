@@ -1,4 +1,4 @@
-"""Stands in for the app: applies SQL to the database with Python's stdlib sqlite3, in its own process.
+"""Stands in for the app: applies SQL with Python's stdlib sqlite3, in a process of its own.
 
 Usage: python app_writer.py DB  < JSON list of transactions; each transaction is a list of
 [sql, params] pairs, committed together. Prints one line per committed transaction.
