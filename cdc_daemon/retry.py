@@ -38,10 +38,12 @@ def call_with_retry(
     stop: threading.Event,
     cap: float = 30.0,
     on_retry: Callable[[BaseException], None] | None = None,
+    sleep: Callable[[float], object] | None = None,
 ) -> T:
     """Call `fn` until it succeeds, retrying retryable CdcErrors with backoff until `stop` is set.
 
-    A non-retryable error, or `stop` being set, re-raises the last error.
+    A non-retryable error, or `stop` being set, re-raises the last error. `sleep` waits between
+    tries (default: `stop.wait`; the daemon passes one that keeps the systemd watchdog fed).
     """
 
     def before_sleep(state: RetryCallState) -> None:
@@ -54,7 +56,7 @@ def call_with_retry(
         retry=retry_if_exception(_retryable),
         wait=wait_exponential_jitter(initial=0.2, max=cap, jitter=0.2),
         stop=lambda _state: stop.is_set(),
-        sleep=stop.wait,  # type: ignore[arg-type]  # returns a bool, which tenacity ignores
+        sleep=sleep or stop.wait,  # type: ignore[arg-type]  # its result is ignored
         before_sleep=before_sleep,
         reraise=True,
     )
