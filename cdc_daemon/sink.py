@@ -180,12 +180,19 @@ class TypesenseSink:
 
     # -- documents --------------------------------------------------------------------------
 
+    def _physical(self, collection: str) -> str:
+        """The real collection behind an alias. Writes are addressed to it, never to the alias:
+        Typesense 0.24.1 loses writes addressed to an alias when it restarts before its next
+        snapshot (it replays its log without resolving the alias)."""
+        return self.get_alias(collection) or collection
+
     def upsert(
         self, collection: str, documents: list[dict[str, Any]], dirty_values: str = "reject"
     ) -> list[DocResult]:
         """One JSONL import; one result per document, in order. Reads every result line."""
         if not documents:
             return []
+        collection = self._physical(collection)
         body = "\n".join(json.dumps(d, ensure_ascii=False, allow_nan=False) for d in documents)
         response = self._request(
             "POST",
@@ -202,7 +209,9 @@ class TypesenseSink:
 
     def delete(self, collection: str, ids: list[str]) -> list[DocResult]:
         """Delete documents by id; a document that is already gone counts as deleted."""
-        path = f"/collections/{quote(collection, safe='')}/documents"
+        if not ids:
+            return []
+        path = f"/collections/{quote(self._physical(collection), safe='')}/documents"
         safe = [i for i, doc_id in enumerate(ids) if _filterable(doc_id)]
         results: list[DocResult] = [OK] * len(ids)
         for i, doc_id in enumerate(ids):
@@ -272,7 +281,7 @@ class TypesenseSink:
                         raise TargetUnavailable(
                             f"{node.url}: export of {collection!r}: HTTP {response.status_code}"
                         )
-                    for line in response.iter_lines():
+                    for line in _jsonl_lines(response.iter_bytes()):
                         if line.strip():
                             yield json.loads(line)
                     return
@@ -281,6 +290,18 @@ class TypesenseSink:
                 last = TargetUnavailable(f"{node.url}: export failed: {exc}")
                 continue
         raise last
+
+
+def _jsonl_lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """Lines of a JSONL stream, split on "\\n" only: httpx's iter_lines() also splits on the
+    Unicode line breaks (U+0085, U+2028, ...) that JSON strings may hold unescaped."""
+    rest = b""
+    for chunk in chunks:
+        *lines, rest = (rest + chunk).split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8")
+    if rest:
+        yield rest.decode("utf-8")
 
 
 def _filterable(doc_id: str) -> bool:

@@ -161,3 +161,109 @@ def insert_elements(db: Path, ids: range, comment: str = "hello") -> None:
         "INSERT INTO elements (id, element_type, element_id, sequence_number, version_number,"
         " comment) VALUES (?, 'note', ?, ?, 1, ?)", [i, i, i, f"{comment} {i}"]
     ) for i in ids]])
+
+
+# -- helpers for tests/integration (appended; the fixtures above are unchanged) -----------------
+
+
+def start_daemon_logged(env: Env, *args: str, extra_env: dict[str, str] | None = None,
+                        name: str = "daemon") -> subprocess.Popen[str]:
+    """`run` as a subprocess whose stdout/stderr go to files (a PIPE nobody reads would fill up
+    and block a chatty daemon). Read the log with `read_daemon_log(env, name)`."""
+    out = open(env.tmp / f"{name}.out", "a")  # noqa: SIM115  (owned by the process)
+    err = open(env.tmp / f"{name}.log", "a")  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cdc_daemon", "--config", str(env.config_path), "run", *args],
+            stdout=out, stderr=err, text=True, cwd=env.tmp, env={**os.environ, **(extra_env or {})},
+        )
+    finally:
+        out.close()
+        err.close()
+
+
+def read_daemon_log(env: Env, name: str = "daemon") -> str:
+    path = env.tmp / f"{name}.log"
+    return path.read_text() if path.exists() else ""
+
+
+def stop_process(process: subprocess.Popen[str], timeout: float = 10) -> int:
+    """SIGTERM, wait; kill -9 if it does not exit in time. Returns the exit code."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return int(process.returncode)
+
+
+def db_scalar(db: Path, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    """One value read straight from the database (a short read transaction of its own)."""
+    import sqlite3
+
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        row = conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+    finally:
+        conn.close()
+
+
+def db_rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def log_backlog(db: Path, log_table: str = "change_log") -> int:
+    """Rows in the change log, counted directly (cheaper than `status` for tight polling)."""
+    return int(db_scalar(db, f'SELECT COUNT(*) FROM "{log_table}"'))
+
+
+def insert_many_elements(db: Path, count: int, start: int = 1, comment: str = "bulk") -> None:
+    """`count` elements rows in one app transaction, through one recursive-CTE INSERT."""
+    app_write(db, [[(
+        "WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+        " INSERT INTO elements (id, element_type, element_id, sequence_number, version_number,"
+        " comment) SELECT i, 'note', i, i, 1, ? || ' ' || i FROM n",
+        [start, start + count - 1, comment],
+    )]])
+
+
+def expected_elements(db: Path) -> dict[str, dict[str, Any]]:
+    """The documents the elements rows should become (interface.md's mapping)."""
+    docs: dict[str, dict[str, Any]] = {}
+    columns = ("element_type", "element_id", "sequence_number", "version_number", "comment",
+               "created_at", "updated_at")
+    for row in db_rows(db, f"SELECT id, {', '.join(columns)} FROM elements"):
+        doc: dict[str, Any] = {"id": str(row[0])}
+        doc.update({c: v for c, v in zip(columns, row[1:], strict=True) if v is not None})
+        docs[doc["id"]] = doc
+    return docs
+
+
+def run_cdc(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The CLI with exactly these arguments (no --config added), in `cwd`."""
+    environ = {k: v for k, v in os.environ.items() if k != "CDC_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "cdc_daemon", *args], capture_output=True, text=True,
+        timeout=timeout, cwd=cwd, env={**environ, **(extra_env or {})},
+    )
+
+
+def export_documents(env: Env, table: str) -> dict[str, dict[str, Any]]:
+    """Like Env.documents, but splits the JSONL export on "\\n" only: str.splitlines() also
+    splits inside documents holding U+0085, U+2028 and other Unicode line breaks."""
+    response = env.http.get(f"/collections/{env.collection(table)}/documents/export")
+    if response.status_code == 404:
+        return {}
+    response.raise_for_status()
+    docs = [json.loads(line) for line in response.text.split("\n") if line.strip()]
+    return {d["id"]: d for d in docs}
