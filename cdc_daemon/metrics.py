@@ -3,6 +3,7 @@ at scrape time, on a connection of their own, so a hung or dead loop still shows
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ class _LogCollector(Collector):
         self._names = names
         self._tables = tables
         self._db: Database | None = None
+        # Scrapes run on the HTTP server's threads, maybe two at once (two Prometheus servers):
+        # one read transaction at a time on the shared connection.
+        self._lock = threading.Lock()
 
     def _read(self) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
         if self._db is None:
@@ -58,12 +62,15 @@ class _LogCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("cdc_database_up", "1 when the log could be read at scrape")
-        try:
-            status, present = self._read()
-        except CdcError:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        with self._lock:
+            try:
+                status, present = self._read()
+            except CdcError:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+                status = None
+        if status is None:
             up.add_metric([], 0)
             yield up
             return
@@ -129,6 +136,10 @@ class Metrics:
         self.started.set_to_current_time()
         for kind in ERROR_KINDS:  # present from the start, so rate() and alerts see a zero
             self.errors.labels(kind)
+        for info in tables():
+            self.dead_lettered.labels(info.name)
+            for op in ("upsert", "delete"):
+                self.synced.labels(info.name, op)
         r.register(_LogCollector(database, names, tables))
         self._server: WSGIServer | None = None
         self.port = 0
