@@ -9,7 +9,7 @@ from typing import Any
 
 import apsw
 
-from cdc_daemon.database import Database, quote_ident, scalar
+from cdc_daemon.database import Database, quote_ident, scalar, select_rows
 from cdc_daemon.retry import backoff_delay
 from cdc_daemon.triggers import LogTables
 
@@ -60,9 +60,10 @@ class ChangeLog:
         """The oldest `limit` entries that are due; call inside Database.read()."""
         return [
             LogEntry(seq, table, log_key, op, attempts, ts)
-            for seq, table, log_key, op, attempts, ts in conn.execute(
-                f"SELECT seq, tbl, pk, op, attempts, ts FROM {self._log}"
-                " WHERE next_attempt_at <= ? ORDER BY seq LIMIT ?",
+            for seq, table, log_key, op, attempts, ts in select_rows(  # a key that is not
+                conn,  # UTF-8 comes back as an InvalidText, and is dead-lettered (keys.py)
+                ("seq", "tbl", "pk", "op", "attempts", "ts"),
+                f"FROM {self._log} WHERE next_attempt_at <= ? ORDER BY seq LIMIT ?",
                 (now, limit),
             )
         ]

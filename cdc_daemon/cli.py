@@ -18,7 +18,7 @@ from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import Config, default_config_path, load_config
 from cdc_daemon.daemon import build_runtime, open_tables, require_installed, serve
 from cdc_daemon.drain import Drainer
-from cdc_daemon.errors import CdcError
+from cdc_daemon.errors import CdcError, KmsUnavailable
 from cdc_daemon.evolution import rebuilds_in_progress
 from cdc_daemon.init import render_config
 from cdc_daemon.logs import configure_logging, redact
@@ -117,16 +117,21 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
     problems: list[str] = []
     try:
         problems.extend(trigger_problems(runtime.db, runtime.names, runtime.tables))
-        node_problems = runtime.sink.health()
-        problems.extend(node_problems)
-        if len(node_problems) < len(config.typesense.nodes):
-            for mapping in runtime.mappings.values():
-                try:
-                    problem = runtime.syncer.collections.check(mapping)
-                except CdcError as exc:
-                    problem = f"collection {mapping.collection!r}: {exc}"
-                if problem:
-                    problems.append(problem)
+        try:
+            runtime.keys.ready()  # a KMS key is fetched now
+        except KmsUnavailable as exc:
+            problems.append(str(exc))  # names the KMS; Typesense can't be checked without a key
+        else:
+            node_problems = runtime.sink.health()
+            problems.extend(node_problems)
+            if len(node_problems) < len(config.typesense.nodes):
+                for mapping in runtime.mappings.values():
+                    try:
+                        problem = runtime.syncer.collections.check(mapping)
+                    except CdcError as exc:
+                        problem = f"collection {mapping.collection!r}: {exc}"
+                    if problem:
+                        problems.append(problem)
     finally:
         runtime.close()
     for problem in problems:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from cdc_daemon.errors import ConfigError
 
@@ -109,18 +118,81 @@ class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+PUBLIC_KEY_ALGORITHMS = (
+    *("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    *("ES256", "ES384", "ES512", "EdDSA"),
+)
+
+
 class JwtConfig(_Strict):
     algorithms: list[str] = Field(default_factory=lambda: ["RS256"], min_length=1)
     public_key_file: Path | None = None
+    jwks_file: Path | None = None  # a JSON Web Key Set file, keys chosen by the token's `kid`
     secret_env: str | None = None
     issuer: str | None = None
     audience: str | None = None
-    roles_claim: str = "roles"
+    roles_claim: str = Field(default="roles", min_length=1)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _known_algorithms(cls, algorithms: list[str]) -> list[str]:
+        for algorithm in algorithms:
+            if algorithm.lower() == "none":
+                raise ValueError("'none' is never accepted (unsigned tokens)")
+            if algorithm not in HMAC_ALGORITHMS + PUBLIC_KEY_ALGORITHMS:
+                known = ", ".join(HMAC_ALGORITHMS + PUBLIC_KEY_ALGORITHMS)
+                raise ValueError(f"unknown algorithm {algorithm!r} (one of {known})")
+        hmac = [a for a in algorithms if a in HMAC_ALGORITHMS]
+        if hmac and len(hmac) != len(algorithms):
+            # One key, one family: a public key must never double as an HMAC secret.
+            raise ValueError("HS* and public-key algorithms cannot be mixed")
+        return algorithms
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtConfig:
+        sources = [self.public_key_file, self.jwks_file, self.secret_env]
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError("set exactly one of public_key_file, jwks_file, secret_env")
+        hmac = self.algorithms[0] in HMAC_ALGORITHMS
+        if hmac and self.secret_env is None:
+            raise ValueError(f"algorithms {self.algorithms} need secret_env (an HMAC secret)")
+        if not hmac and self.secret_env is not None:
+            raise ValueError(
+                f"secret_env is for HS256/HS384/HS512; algorithms {self.algorithms} need"
+                " public_key_file or jwks_file"
+            )
+        return self
 
 
 class AdminConfig(_Strict):
+    jwt: JwtConfig | None = None  # before `listen`: its validator looks at it
     listen: str | None = None
-    jwt: JwtConfig | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _authenticated_off_loopback(cls, listen: str | None, info: ValidationInfo) -> str | None:
+        if listen is None:
+            return None
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"{listen!r} is not HOST:PORT")
+        if info.data.get("jwt") is None and not is_loopback(host.strip("[]")):
+            raise ValueError(
+                f"{listen!r} is not a loopback address; an admin API reachable from other"
+                " hosts needs a jwt section (tokens with roles)"
+            )
+        return listen
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost`; any other name or address is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Config(_Strict):
@@ -225,9 +297,13 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
     if ts.kms is not None:
         updates["kms"] = ts.kms.model_copy(update={"token_file": resolve(ts.kms.token_file)})
     admin = config.admin
-    if admin.jwt is not None and admin.jwt.public_key_file is not None:
-        jwt = admin.jwt.model_copy(update={"public_key_file": resolve(admin.jwt.public_key_file)})
-        admin = admin.model_copy(update={"jwt": jwt})
+    if admin.jwt is not None:
+        files = {
+            name: resolve(path)
+            for name in ("public_key_file", "jwks_file")
+            if (path := getattr(admin.jwt, name)) is not None
+        }
+        admin = admin.model_copy(update={"jwt": admin.jwt.model_copy(update=files)})
     return config.model_copy(
         update={
             "database": resolve(config.database),
@@ -251,11 +327,12 @@ def read_api_key(config: TypesenseConfig) -> str:
     if config.api_key_file is not None:
         try:
             value = config.api_key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise ConfigError(
-                f"typesense.api_key_file: cannot read {config.api_key_file}: {exc.strerror}"
+                f"typesense.api_key_file: cannot read {config.api_key_file}: {reason}"
             ) from None
         if not value:
             raise ConfigError(f"typesense.api_key_file: {config.api_key_file} is empty")
         return value
-    raise ConfigError("typesense.kms: fetching keys from a KMS is not supported yet")
+    raise ConfigError("typesense.kms: the key comes from the KMS (see cdc_daemon.kms)")

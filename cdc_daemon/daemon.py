@@ -11,12 +11,14 @@ from types import FrameType
 
 import structlog
 
+from cdc_daemon.admin import AdminServer, start_admin
+from cdc_daemon.auth import JwtVerifier
 from cdc_daemon.changelog import ChangeLog
-from cdc_daemon.config import Config, read_api_key
+from cdc_daemon.config import Config
 from cdc_daemon.database import Database, ProcessorLock, TableInfo
 from cdc_daemon.errors import CdcError, ConfigError, DatabaseError
 from cdc_daemon.evolution import CollectionManager
-from cdc_daemon.logs import register_secret
+from cdc_daemon.kms import ApiKeys, StaticKey, open_api_keys
 from cdc_daemon.metrics import Metrics, error_kind
 from cdc_daemon.notify import Notifier
 from cdc_daemon.retry import backoff_delay, call_with_retry
@@ -45,9 +47,11 @@ class Runtime:
     sink: TypesenseSink
     syncer: Syncer
     stop: threading.Event = field(default_factory=threading.Event)
+    keys: ApiKeys = field(default_factory=lambda: StaticKey(""))  # the Typesense key (kms.py)
 
     def close(self) -> None:
         self.sink.close()
+        self.keys.close()
         self.db.close()
 
 
@@ -80,19 +84,26 @@ def build_runtime(
     heartbeat: Callable[[], None] | None = None,
 ) -> Runtime:
     """`heartbeat` (the watchdog's, from `run`) is also beaten during HTTP calls."""
-    api_key = read_api_key(config.typesense)
-    register_secret(api_key)
-    db, infos, mappings = open_tables(config)
+    keys = open_api_keys(config.typesense)  # a static key is read now; a KMS key on first use
+    try:
+        db, infos, mappings = open_tables(config)
+    except BaseException:
+        keys.close()
+        raise
     names = LogTables(config.log_table)
     changelog = ChangeLog(db, names, config.sync.max_attempts)
     transport = HeartbeatTransport(heartbeat) if heartbeat is not None else None
     sink = TypesenseSink(
-        config.typesense.nodes, lambda: api_key, config.typesense.timeout, transport=transport
+        config.typesense.nodes,
+        keys,
+        config.typesense.timeout,
+        transport=transport,
+        on_auth_error=keys.rejected,  # a 401 fetches a new key from the KMS (single flight)
     )
     collections = CollectionManager(sink, db, names, changelog, config.sync.batch_size)
     syncer = Syncer(db, changelog, sink, mappings, config.sync.batch_size, collections)
     syncer.resend_delay = 2 * config.typesense.timeout + 5
-    runtime = Runtime(config, db, names, infos, mappings, changelog, sink, syncer)
+    runtime = Runtime(config, db, names, infos, mappings, changelog, sink, syncer, keys=keys)
     if stop is not None:
         runtime.stop = stop
     return runtime
@@ -145,6 +156,8 @@ class Daemon:
         self._schema_version = runtime.db.schema_version()
         self.busy = False
         self._ready_sent = False
+        self.paused = threading.Event()  # set by the admin API: the loop syncs nothing
+        self.last_beat = time.monotonic()  # the loop's last sign of life (admin /healthz)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -172,6 +185,10 @@ class Daemon:
         `self.busy` says whether to go on without sleeping (a batch was read, or a backfill page
         was logged, or a rebuild finished)."""
         runtime = self.runtime
+        self.last_beat = time.monotonic()
+        if self.paused.is_set():
+            self.busy = False
+            return BatchReport()
         try:
             if runtime.db.schema_version() != self._schema_version:
                 self._replace_runtime(runtime.config, "schema changed")
@@ -203,6 +220,7 @@ class Daemon:
         return report
 
     def _heartbeat(self) -> None:
+        self.last_beat = time.monotonic()
         self.notifier.heartbeat()
 
     def _count_failure(self, exc: BaseException) -> None:
@@ -275,6 +293,8 @@ class Daemon:
         runtime = self.runtime
         for problem in trigger_problems(runtime.db, runtime.names, runtime.tables):
             log.error("trigger problem", problem=problem)
+        if not self._call_until_up("fetch the Typesense API key", runtime.keys.ready):
+            return 0  # a KMS key: retried with backoff while the KMS is unreachable
         if not self._call_until_up("ensure collections", runtime.syncer.ensure_collections):
             return 0
         log.info("running", database=str(runtime.db.path), tables=list(runtime.mappings), once=once)
@@ -329,14 +349,22 @@ def serve(config: Config, load_config: Callable[[], Config] | None, once: bool =
     notifier = Notifier()
     runtime = build_runtime(config, heartbeat=notifier.heartbeat)
     daemon = Daemon(runtime, notifier, None, load_config)
+    admin: AdminServer | None = None
     try:
         if config.metrics.listen:
             daemon.metrics = Metrics(
                 daemon.runtime.db.path, daemon.runtime.names, lambda: daemon.runtime.tables
             )
+            daemon.metrics.watch_keys(lambda: daemon.runtime.keys.stats())
             daemon.metrics.serve(config.metrics.listen)
             log.info("metrics listening", address=config.metrics.listen)
+        if config.admin.listen:
+            jwt = config.admin.jwt
+            verifier = JwtVerifier.from_config(jwt) if jwt is not None else None
+            admin = start_admin(daemon, config.admin.listen, verifier)
         daemon.install_signal_handlers()
         return daemon.run(once=once)
     finally:
+        if admin is not None:
+            admin.close()
         daemon.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,46 @@ def sqlite_errors(path: Path) -> Iterator[None]:
         raise DatabaseError(f"{path}: disk full while writing the database") from None
     except apsw.Error as exc:
         raise DatabaseError(f"{path}: {exc}") from None
+    except UnicodeDecodeError as exc:  # a read that did not go through select_rows
+        raise DatabaseError(
+            f"{path}: a text value is not valid UTF-8 (byte {exc.start}: {exc.reason})"
+        ) from None
+
+
+class InvalidText(str):
+    """Text that SQLite held but that was not valid UTF-8: each invalid byte is now U+FFFD."""
+
+
+def _decoded(value: Any, is_text: Any) -> Any:
+    if not (is_text and isinstance(value, bytes)):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return InvalidText(value.decode("utf-8", errors="replace"))
+
+
+def select_rows(
+    conn: apsw.Connection, columns: Sequence[str], rest: str, params: Any = None
+) -> list[tuple[Any, ...]]:
+    """`SELECT <columns, quoted> <rest>`: every row, without failing on invalid UTF-8.
+
+    SQLite stores whatever bytes an app hands it as TEXT; APSW refuses to decode text that is
+    not UTF-8 (UnicodeDecodeError), which would fail the whole read. Then the read is done again
+    with such columns read as bytes, and each invalid byte becomes U+FFFD (an InvalidText)."""
+    quoted = [quote_ident(c) for c in columns]
+    try:
+        return conn.execute(f"SELECT {', '.join(quoted)} {rest}", params).fetchall()
+    except UnicodeDecodeError:
+        pass
+    pairs = ", ".join(
+        f"CASE typeof({q}) WHEN 'text' THEN CAST({q} AS BLOB) ELSE {q} END, typeof({q}) = 'text'"
+        for q in quoted
+    )
+    return [
+        tuple(_decoded(row[i], row[i + 1]) for i in range(0, len(row), 2))
+        for row in conn.execute(f"SELECT {pairs} {rest}", params).fetchall()
+    ]
 
 
 def scalar(conn: apsw.Connection, sql: str, params: Any = None) -> Any:

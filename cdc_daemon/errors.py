@@ -48,6 +48,13 @@ class AuthError(TargetError):
     retryable = True
 
 
+class KmsUnavailable(CdcError):
+    """The Typesense key could not be fetched from the KMS (unreachable, refused, a bad answer,
+    an unreadable token file). Retryable: `run` keeps trying with backoff."""
+
+    retryable = True
+
+
 class SchemaMismatch(TargetError):
     """An existing collection does not match the schema derived from its table."""
 

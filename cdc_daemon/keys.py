@@ -15,6 +15,8 @@ import math
 import re
 from typing import Any
 
+from cdc_daemon.database import InvalidText
+
 KeyValue = int | float | str | bytes
 Key = tuple[KeyValue, ...]
 
@@ -73,6 +75,8 @@ def log_key_to_key(log_key: Any, width: int) -> Key:
         # A nullable non-INTEGER key column can hold NULL: such a row has no document id
         # (str(None) would be 'None', another row's key).
         raise ValueError("NULL primary key")
+    if isinstance(log_key, InvalidText):  # no id, and no way to find its row again
+        raise ValueError("the key is text that is not valid UTF-8")
     if width == 1:
         return (log_key,)
     return parse_quoted_key(str(log_key))

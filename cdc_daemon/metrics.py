@@ -17,12 +17,13 @@ from prometheus_client import (
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database, TableInfo
 from cdc_daemon.errors import CdcError, ConfigError
+from cdc_daemon.kms import KeyStats
 from cdc_daemon.sync import BatchReport
 from cdc_daemon.triggers import LogTables, expected_triggers, installed_triggers
 
@@ -38,6 +39,7 @@ ERROR_KINDS = (
     "database_busy",
     "collection_missing",
     "schema_mismatch",
+    "kms_unavailable",
 )
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -103,6 +105,37 @@ class _LogCollector(Collector):
         yield from (up, lag, backlog, table_backlog, dead, table_dead, triggers)
 
 
+class _KeyCollector(Collector):
+    """The Typesense key's source (kms.py), read at scrape: fetches from the KMS by reason and
+    result, whether the KMS answered last time, and the age of the key in use. Never the key."""
+
+    def __init__(self, stats: Callable[[], KeyStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        fetches = CounterMetricFamily(
+            "cdc_kms_fetches",
+            "Key fetches from the KMS by reason (start, interval, rejected) and result",
+            labels=["reason", "result"],
+        )
+        for reason in ("start", "interval", "rejected"):
+            for result in ("ok", "error"):
+                fetches.add_metric([reason, result], stats.fetches.get((reason, result), 0))
+        yield fetches
+        if stats.source != "kms":
+            return
+        up = GaugeMetricFamily("cdc_kms_up", "1 when the last key fetch from the KMS succeeded")
+        up.add_metric([], 1 if stats.kms_up else 0)
+        yield up
+        if stats.key_age is not None:
+            age = GaugeMetricFamily(
+                "cdc_api_key_age_seconds", "Seconds since the key in use came from the KMS"
+            )
+            age.add_metric([], stats.key_age)
+            yield age
+
+
 class Metrics:
     """The daemon's metrics; `record_*` methods are called by the loop."""
 
@@ -143,6 +176,10 @@ class Metrics:
         r.register(_LogCollector(database, names, tables))
         self._server: WSGIServer | None = None
         self.port = 0
+
+    def watch_keys(self, stats: Callable[[], KeyStats]) -> None:
+        """Serve the key source's fetch counts and state (kms.py), read at scrape."""
+        self.registry.register(_KeyCollector(stats))
 
     def record_batch(self, report: BatchReport) -> None:
         for table, count in report.upserted.items():

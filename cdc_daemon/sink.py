@@ -67,9 +67,12 @@ class TypesenseSink:
         api_key: Callable[[], str],
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        on_auth_error: Callable[[str], None] | None = None,
     ) -> None:
         self._nodes = [_Node(url) for url in nodes]
         self._api_key = api_key
+        # Called with the refused key when Typesense answers 401/403 (kms.py fetches a new one).
+        self._on_auth_error = on_auth_error
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
             transport=transport,
@@ -103,8 +106,11 @@ class TypesenseSink:
         assert last is not None
         raise last
 
-    def _send(self, node: _Node, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {"X-TYPESENSE-API-KEY": self._api_key()}
+    def _send(
+        self, node: _Node, method: str, path: str, key_retried: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        key = self._api_key()
+        headers = {"X-TYPESENSE-API-KEY": key}
         try:
             response = self._client.request(method, node.url + path, headers=headers, **kwargs)
         except httpx.TimeoutException:
@@ -115,8 +121,19 @@ class TypesenseSink:
         if status >= 500 or status == 429 or any(m in response.text for m in NOT_READY_MARKERS):
             raise TargetUnavailable(f"{node.url}: HTTP {status}: {_message(response)}")
         if status in (401, 403):
+            if self._key_refused(key) and not key_retried:
+                # A new key came (KMS rotation): the refused request was not applied; send it
+                # again, once, with the new key.
+                return self._send(node, method, path, key_retried=True, **kwargs)
             raise AuthError(f"{node.url}: HTTP {status}: the API key was refused")
         return response
+
+    def _key_refused(self, key: str) -> bool:
+        """Report a refused key; True when a different key is now available."""
+        if self._on_auth_error is None:
+            return False
+        self._on_auth_error(key)
+        return self._api_key() != key
 
     def _json(self, method: str, path: str, ok: tuple[int, ...] = (200, 201), **kw: Any) -> Any:
         response = self._request(method, path, **kw)
@@ -268,11 +285,12 @@ class TypesenseSink:
         last = TargetUnavailable("no Typesense node to export from")
         for node in self._ordered_nodes():
             url = f"{node.url}/collections/{quote(collection, safe='')}/documents/export"
+            key = self._api_key()
+            headers = {"X-TYPESENSE-API-KEY": key}
             try:
-                with self._client.stream(
-                    "GET", url, headers={"X-TYPESENSE-API-KEY": self._api_key()}
-                ) as response:
+                with self._client.stream("GET", url, headers=headers) as response:
                     if response.status_code in (401, 403):
+                        self._key_refused(key)
                         raise AuthError(f"{node.url}: HTTP {response.status_code} on export")
                     if response.status_code == 404:
                         return  # no such collection (yet): nothing in it

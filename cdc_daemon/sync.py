@@ -11,7 +11,7 @@ import apsw
 import structlog
 
 from cdc_daemon.changelog import ChangeLog, KeyFailure, LogEntry
-from cdc_daemon.database import Database, quote_ident
+from cdc_daemon.database import Database, quote_ident, select_rows
 from cdc_daemon.documents import build_document, row_is_live, row_key
 from cdc_daemon.errors import CollectionMissing, DocumentError, TargetError, TargetTimeout
 from cdc_daemon.evolution import CollectionManager, Target
@@ -54,7 +54,6 @@ def fetch_rows(
     conn: apsw.Connection, mapping: TableMapping, keys: Sequence[Key]
 ) -> dict[Key, tuple[Any, ...]]:
     """The current rows for `keys` that exist and match `where`, keyed by their primary key."""
-    columns = ", ".join(quote_ident(c) for c in mapping.columns)
     key_cols = ", ".join(quote_ident(c) for c in mapping.key)
     width = len(mapping.key)
     where = f"({mapping.where}) AND " if mapping.where else ""
@@ -68,8 +67,8 @@ def fetch_rows(
             row = "(" + ", ".join("?" * width) + ")"
             match = f"({key_cols}) IN (VALUES {', '.join([row] * len(chunk))})"
             params = [v for k in chunk for v in k]
-        sql = f"SELECT {columns} FROM {quote_ident(mapping.table)} WHERE {where}{match}"
-        for row_values in conn.execute(sql, params):
+        rest = f"FROM {quote_ident(mapping.table)} WHERE {where}{match}"
+        for row_values in select_rows(conn, mapping.columns, rest, params):  # invalid UTF-8: U+FFFD
             found[row_key(mapping, row_values)] = row_values
     return found
 

@@ -21,7 +21,7 @@ from typing import Any
 import apsw
 
 from cdc_daemon.changelog import ChangeLog
-from cdc_daemon.database import Database, quote_ident
+from cdc_daemon.database import Database, quote_ident, select_rows
 from cdc_daemon.documents import build_document, row_is_live, row_key
 from cdc_daemon.errors import DocumentError
 from cdc_daemon.keys import Key, document_id, key_from_document_id, key_to_log_key, log_key_to_key
@@ -96,8 +96,8 @@ class Verifier:
 
     def _rows(self, mapping: TableMapping) -> Iterator[tuple[Any, ...]]:
         """Every row matching `where`, in short read transactions of PAGE_SIZE rows."""
-        columns = ", ".join(quote_ident(c) for c in mapping.columns)
         key_cols = ", ".join(quote_ident(c) for c in mapping.key)
+        table = quote_ident(mapping.table)
         after: Key | None = None
         while True:
             conditions = [f"({mapping.where})"] if mapping.where else []
@@ -107,11 +107,12 @@ class Verifier:
                 params.extend(after)
             where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
             with self.db.read() as conn:
-                page = conn.execute(
-                    f"SELECT {columns} FROM {quote_ident(mapping.table)}{where}"
-                    f" ORDER BY {key_cols} LIMIT {PAGE_SIZE}",
+                page = select_rows(  # invalid UTF-8 read as fetch_rows reads it (U+FFFD)
+                    conn,
+                    mapping.columns,
+                    f"FROM {table}{where} ORDER BY {key_cols} LIMIT {PAGE_SIZE}",
                     params,
-                ).fetchall()
+                )
             if not page:
                 return
             yield from page

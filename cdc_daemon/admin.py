@@ -1,0 +1,390 @@
+"""The admin API: a small Starlette app, served by uvicorn on a thread of the daemon process.
+
+| method, path | role |
+| GET /healthz | none: 200 while the sync loop is alive (it beat recently), else 503 |
+| GET /v1/status | viewer, operator, admin |
+| POST /v1/pause, /v1/resume | operator, admin |
+| POST /v1/dead-letters/retry (body {"table": name} optional) | operator, admin |
+| POST /v1/verify (body {"repair": false, "table": name}) | operator, admin; repair: admin |
+| POST /v1/backfill (body {"table": name} optional) | admin |
+
+The one-processor rule holds: only the daemon's loop writes documents. Requests work on their own
+SQLite connection: verify compares, repair and backfill only log keys (as `verify --repair` and
+`backfill` do), and the loop syncs them. Every action is logged with the token's `sub`. With no
+`admin.jwt` (allowed on loopback only, config.py) every local caller is treated as admin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cdc_daemon.auth import JwtVerifier, Principal, Unauthorized
+from cdc_daemon.backfill import Backfill, backfills_in_progress
+from cdc_daemon.changelog import ChangeLog
+from cdc_daemon.database import Database
+from cdc_daemon.errors import CdcError
+from cdc_daemon.evolution import rebuilds_in_progress
+from cdc_daemon.logs import redact
+from cdc_daemon.verify import TableDiff, Verifier
+
+if TYPE_CHECKING:
+    from cdc_daemon.daemon import Daemon, Runtime
+
+log = structlog.get_logger("cdc_daemon.admin")
+
+VIEWER = frozenset({"viewer", "operator", "admin"})
+OPERATOR = frozenset({"operator", "admin"})
+ADMIN = frozenset({"admin"})
+MAX_BODY = 64 * 1024  # bytes
+LOCAL = Principal(subject="local (no jwt configured)", roles=ADMIN)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class AdminApi:
+    """The routes; `daemon` is the running Daemon (its runtime may be replaced by a reload)."""
+
+    def __init__(
+        self, daemon: Daemon, verifier: JwtVerifier | None, stale_after: float = 60.0
+    ) -> None:
+        self.daemon = daemon
+        self.verifier = verifier
+        self.stale_after = stale_after
+
+    def app(self) -> Starlette:
+        routes = [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/v1/status", self.status, methods=["GET"]),
+            Route("/v1/pause", self.pause, methods=["POST"]),
+            Route("/v1/resume", self.resume, methods=["POST"]),
+            Route("/v1/dead-letters/retry", self.retry_dead_letters, methods=["POST"]),
+            Route("/v1/verify", self.verify, methods=["POST"]),
+            Route("/v1/backfill", self.backfill, methods=["POST"]),
+        ]
+        handlers: dict[Any, Callable[..., Any]] = {
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        }
+        return Starlette(routes=routes, exception_handlers=handlers)
+
+    # -- auth -------------------------------------------------------------------------------
+
+    def _authorize(self, request: Request, roles: frozenset[str], action: str) -> Principal:
+        """The caller, if its token is valid (else 401) and has one of `roles` (else 403)."""
+        if self.verifier is None:
+            return LOCAL
+        client = request.client.host if request.client else "?"
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            log.warning("admin request refused", action=action, client=client, reason="no token")
+            raise ApiError(401, "a bearer token is required")
+        try:
+            principal = self.verifier.verify(token)
+        except Unauthorized as exc:
+            log.warning("admin request refused", action=action, client=client, reason=str(exc))
+            raise ApiError(401, f"invalid token: {exc}") from None
+        if not principal.has_any(roles):
+            log.warning(
+                "admin request forbidden",
+                action=action,
+                sub=principal.subject,
+                roles=sorted(principal.roles),
+                needs=sorted(roles),
+            )
+            raise ApiError(403, f"{action} needs one of the roles {', '.join(sorted(roles))}")
+        return principal
+
+    def _audit(self, principal: Principal, action: str, **details: Any) -> None:
+        log.info("admin action", action=action, sub=principal.subject, **details)
+
+    # -- routes -----------------------------------------------------------------------------
+
+    async def healthz(self, _request: Request) -> Response:
+        idle = time.monotonic() - self.daemon.last_beat
+        ok = idle < self.stale_after
+        body: dict[str, Any] = {"ok": ok, "paused": self.daemon.paused.is_set()}
+        if not ok:
+            body["error"] = f"the sync loop has not run for {idle:.0f} s"
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def status(self, request: Request) -> Response:
+        self._authorize(request, VIEWER, "status")
+        return JSONResponse(await run_in_threadpool(self._status))
+
+    async def pause(self, request: Request) -> Response:
+        principal = self._authorize(request, OPERATOR, "pause")
+        self.daemon.paused.set()
+        self._audit(principal, "pause")
+        return JSONResponse({"paused": True})
+
+    async def resume(self, request: Request) -> Response:
+        principal = self._authorize(request, OPERATOR, "resume")
+        self.daemon.paused.clear()  # the loop syncs again within poll_interval
+        self._audit(principal, "resume")
+        return JSONResponse({"paused": False})
+
+    async def retry_dead_letters(self, request: Request) -> Response:
+        principal = self._authorize(request, OPERATOR, "dead-letters retry")
+        body = await _body(request)
+        table = self._table(body)
+        count = await run_in_threadpool(self._retry_dead_letters, table)
+        self._audit(principal, "dead-letters retry", table=table, retried=count)
+        return JSONResponse({"retried": count})
+
+    async def verify(self, request: Request) -> Response:
+        principal = self._authorize(request, OPERATOR, "verify")
+        body = await _body(request)
+        repair = body.get("repair", False)
+        if not isinstance(repair, bool):
+            raise ApiError(400, "repair must be true or false")
+        if repair and not principal.has_any(ADMIN):
+            self._authorize(request, ADMIN, "verify with repair")  # logs and raises 403
+        table = self._table(body)
+        self._audit(principal, "verify", repair=repair, table=table)
+        result = await run_in_threadpool(self._verify, table, repair)
+        log.info(
+            "admin verify finished",
+            sub=principal.subject,
+            in_sync=result["in_sync"],
+            missing=result["missing"],
+            extra=result["extra"],
+            stale=result["stale"],
+        )
+        return JSONResponse(result)
+
+    async def backfill(self, request: Request) -> Response:
+        principal = self._authorize(request, ADMIN, "backfill")
+        body = await _body(request)
+        table = self._table(body)
+        result = await run_in_threadpool(self._backfill, table)
+        self._audit(principal, "backfill", table=table, **result)
+        return JSONResponse(result, status_code=202)
+
+    # -- the work, on a thread of the pool, on a connection of its own ----------------------
+
+    def _table(self, body: dict[str, Any]) -> str | None:
+        table = body.get("table")
+        if table is None:
+            return None
+        if not isinstance(table, str) or table not in self.daemon.runtime.mappings:
+            raise ApiError(400, f"table {str(table)[:100]!r} is not configured")
+        return table
+
+    @contextlib.contextmanager
+    def _database(self) -> Iterator[tuple[Runtime, Database, ChangeLog]]:
+        runtime = self.daemon.runtime
+        db = Database(runtime.db.path)
+        try:
+            yield runtime, db, ChangeLog(db, runtime.names, runtime.config.sync.max_attempts)
+        finally:
+            db.close()
+
+    def _status(self) -> dict[str, Any]:
+        with self._database() as (runtime, db, changelog):
+            status = changelog.status(list(runtime.mappings))
+            for table, logged in backfills_in_progress(db, runtime.names).items():
+                status["tables"].setdefault(table, {})["backfill_logged_rows"] = logged
+            for table, collection in rebuilds_in_progress(db, runtime.names).items():
+                status["tables"].setdefault(table, {})["rebuilding_into"] = collection
+        keys = runtime.keys.stats()
+        status["daemon"] = {
+            "paused": self.daemon.paused.is_set(),
+            "loop_idle_seconds": round(time.monotonic() - self.daemon.last_beat, 3),
+            "consecutive_failures": self.daemon.consecutive_failures,
+            "typesense_up": runtime.sink.up,
+            "api_key_source": keys.source,  # never the key
+            "kms_up": keys.kms_up,
+        }
+        return status
+
+    def _retry_dead_letters(self, table: str | None) -> int:
+        with self._database() as (_runtime, _db, changelog):
+            return changelog.retry_dead_letters(table)
+
+    def _verify(self, table: str | None, repair: bool) -> dict[str, Any]:
+        results: dict[str, TableDiff] = {}
+        queued = 0
+        with self._database() as (runtime, db, changelog):
+            verifier = Verifier(db, changelog, runtime.sink)
+            names = [table] if table else list(runtime.mappings)
+            for name in names:
+                mapping = runtime.mappings[name]
+                diff = verifier.compare(mapping)
+                if repair and not diff.in_sync:
+                    verifier.repair(mapping, diff)  # logs the keys; the loop syncs them
+                    queued += len(diff.missing) + len(diff.stale) + len(diff.extra)
+                results[name] = diff
+        summary: dict[str, Any] = {
+            "in_sync": all(d.in_sync for d in results.values()),
+            "missing": sum(len(d.missing) for d in results.values()),
+            "extra": sum(len(d.extra) for d in results.values()),
+            "stale": sum(len(d.stale) for d in results.values()),
+            "tables": {name: d.summary() for name, d in results.items()},
+        }
+        if repair:
+            summary["repair_queued"] = queued
+        return summary
+
+    def _backfill(self, table: str | None) -> dict[str, Any]:
+        with self._database() as (runtime, db, _changelog):
+            backfill = Backfill(db, runtime.names)
+            running = backfill.active()
+            started, already = [], []
+            for name in [table] if table else list(runtime.mappings):
+                if name in running:
+                    already.append(name)
+                else:
+                    backfill.start(name)  # the loop logs its pages between batches
+                    started.append(name)
+        return {"started": started, "already_running": already}
+
+
+# -- errors as JSON --------------------------------------------------------------------------
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "request body too large")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+async def _api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    headers = {"WWW-Authenticate": 'Bearer realm="cdc-daemon"'} if exc.status == 401 else None
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, CdcError):
+        message = redact(str(exc))
+        log.warning("admin request failed", path=request.url.path, error=message)
+        return JSONResponse({"error": message}, status_code=503 if exc.retryable else 500)
+    log.error("admin request crashed", path=request.url.path, error=redact(repr(exc)))
+    return JSONResponse({"error": "internal error"}, status_code=500)
+
+
+# -- the server ------------------------------------------------------------------------------
+
+
+class _ToStructlog(logging.Handler):
+    """uvicorn's own warnings, as JSON lines like every other log line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.warning("admin server", message=redact(record.getMessage()))
+
+
+def _quiet_uvicorn() -> None:
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers = [_ToStructlog(logging.WARNING)]
+        logger.propagate = False
+        logger.setLevel(logging.WARNING)
+
+
+class AdminServer:
+    """uvicorn on a daemon thread, on a socket bound here (so a busy port is a clean error)."""
+
+    def __init__(self, app: Starlette, listen: str) -> None:
+        self.app = app
+        self.listen = listen
+        self.port = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        host, _, port = self.listen.rpartition(":")
+        host = host.strip("[]")
+        try:
+            family, kind, proto, _name, address = socket.getaddrinfo(
+                host, int(port), type=socket.SOCK_STREAM
+            )[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise CdcError(f"admin.listen: cannot listen on {self.listen}: {reason}") from None
+        self._socket = sock
+        self.port = int(sock.getsockname()[1])
+        _quiet_uvicorn()
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=2,
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="cdc-admin", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.close()
+                raise CdcError(f"admin.listen: the admin server did not start on {self.listen}")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
+
+
+def start_admin(daemon: Daemon, listen: str, verifier: JwtVerifier | None) -> AdminServer:
+    """Serve the admin API for `daemon` on `listen` (HOST:PORT, checked by config.py)."""
+    config = daemon.runtime.config
+    stale_after = max(60.0, 3 * config.sync.poll_interval, 4 * config.typesense.timeout)
+    server = AdminServer(AdminApi(daemon, verifier, stale_after).app(), listen)
+    server.start()
+    log.info(
+        "admin api listening",
+        address=f"{listen.rpartition(':')[0]}:{server.port}",
+        auth="jwt" if verifier is not None else "none (loopback)",
+    )
+    return server

@@ -1,0 +1,244 @@
+"""The Typesense API key: a static one from the config, or one fetched from a KMS and rotated.
+
+KMS protocol (interface.md): `GET {url}/keys/{key_name}` with `Authorization: Bearer <token>`
+(the token file is read again for every fetch, its surrounding whitespace ignored) answers
+`{"api_key": "..."}`. The key is fetched on first use (the daemon asks for it at start, retried
+with backoff while the KMS is unreachable), again every `refresh_interval` by a background thread,
+and at once when Typesense refuses it (401/403): `rejected(key)` is single-flight, so a burst of
+refusals of one key costs one fetch, and a refusal of a key that was already replaced costs none
+(callers that fail again later each ask again; the loop's backoff paces them).
+While a refresh fails the last good key stays in use. Keys and tokens are registered with
+`logs.register_secret` before anything could print them; no message here contains them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import quote
+
+import httpx
+import structlog
+
+from cdc_daemon.config import KmsConfig, TypesenseConfig, read_api_key
+from cdc_daemon.errors import KmsUnavailable
+from cdc_daemon.logs import register_secret
+from cdc_daemon.retry import backoff_delay
+
+log = structlog.get_logger("cdc_daemon.kms")
+
+KMS_TIMEOUT = 10.0  # seconds per KMS request (at most typesense.timeout)
+RETRY_CAP = 60.0  # seconds: the longest wait between background refresh attempts that fail
+
+
+@dataclass
+class KeyStats:
+    """For metrics: fetches by (reason, result), and the state of the key in use."""
+
+    source: str  # "static" or "kms"
+    fetches: dict[tuple[str, str], int] = field(default_factory=dict)
+    kms_up: bool | None = None  # did the last fetch succeed? None: no fetch yet (or static)
+    key_age: float | None = None  # seconds since the key in use was fetched
+
+
+class ApiKeys(Protocol):
+    """What the sink and the daemon need from a key source."""
+
+    def __call__(self) -> str: ...
+
+    def ready(self) -> None:
+        """Have a key (fetch it now if needed); KmsUnavailable when it can't."""
+
+    def rejected(self, key: str) -> None:
+        """Typesense refused `key`: get a new one if that is possible."""
+
+    def stats(self) -> KeyStats: ...
+
+    def close(self) -> None: ...
+
+
+class StaticKey:
+    """`api_key`, `api_key_env` or `api_key_file`: read once, never rotated by us."""
+
+    def __init__(self, key: str) -> None:
+        register_secret(key)
+        self._key = key
+
+    def __call__(self) -> str:
+        return self._key
+
+    def ready(self) -> None:
+        return None
+
+    def rejected(self, key: str) -> None:
+        return None  # nothing to fetch: the loop backs off and reports the AuthError
+
+    def stats(self) -> KeyStats:
+        return KeyStats(source="static")
+
+    def close(self) -> None:
+        return None
+
+
+class KmsKey:
+    """A key from a KMS, refreshed every `refresh_interval` and when Typesense refuses it."""
+
+    def __init__(
+        self,
+        config: KmsConfig,
+        timeout: float = KMS_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.url = f"{config.url.rstrip('/')}/keys/{quote(config.key_name, safe='')}"
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._clock = clock
+        self._lock = threading.Lock()  # one fetch at a time (single flight)
+        self._key: str | None = None
+        self._fetched_at = float("-inf")
+        self._fetches: dict[tuple[str, str], int] = {}
+        self._up: bool | None = None
+        self._closed = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    # -- what the sink calls ----------------------------------------------------------------
+
+    def __call__(self) -> str:
+        key = self._key
+        if key is None:
+            with self._lock:
+                key = self._key if self._key is not None else self._fetch("start")
+        return key
+
+    def ready(self) -> None:
+        self()
+
+    def rejected(self, key: str) -> None:
+        """Typesense answered 401/403 to a request made with `key`: fetch once, whoever asks."""
+        refused_at = self._clock()
+        with self._lock:
+            if key != self._key:
+                return  # already replaced since that request was made
+            if self._fetched_at >= refused_at:
+                return  # another caller fetched while this one waited: single flight
+            log.warning("typesense refused the api key; fetching it again", kms=self.url)
+            with contextlib.suppress(KmsUnavailable):  # logged and counted; the caller retries
+                self._fetch("rejected")
+
+    def stats(self) -> KeyStats:
+        age = self._clock() - self._fetched_at if self._key is not None else None
+        return KeyStats(source="kms", fetches=dict(self._fetches), kms_up=self._up, key_age=age)
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._refresher is not None and self._refresher is not threading.current_thread():
+            self._refresher.join(timeout=KMS_TIMEOUT + 1)
+        self._client.close()
+
+    # -- fetching ---------------------------------------------------------------------------
+
+    def refresh(self, reason: str = "interval") -> str:
+        with self._lock:
+            return self._fetch(reason)
+
+    def _fetch(self, reason: str) -> str:
+        """One GET; call with the lock held. Keeps the old key when it fails."""
+        try:
+            key = self._get()
+        except KmsUnavailable as exc:
+            self._count(reason, "error")
+            self._up = False
+            log.warning("kms fetch failed", reason=reason, error=str(exc))
+            raise
+        self._count(reason, "ok")
+        self._up = True
+        changed = key != self._key
+        self._key = key
+        self._fetched_at = self._clock()
+        log.info("api key fetched from the kms", kms=self.url, reason=reason, changed=changed)
+        self._start_refresher()
+        return key
+
+    def _count(self, reason: str, result: str) -> None:
+        self._fetches[(reason, result)] = self._fetches.get((reason, result), 0) + 1
+
+    def _token(self) -> str:
+        path = self.config.token_file
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise KmsUnavailable(
+                f"typesense.kms.token_file: cannot read {path}: {reason}"
+            ) from None
+        if not token:
+            raise KmsUnavailable(f"typesense.kms.token_file: {path} is empty")
+        register_secret(token)
+        return token
+
+    def _get(self) -> str:
+        token = self._token()
+        where = f"typesense.kms: {self.url}"
+        try:
+            response = self._client.get(self.url, headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            raise KmsUnavailable(f"{where}: unreachable ({type(exc).__name__})") from None
+        if response.status_code != 200:
+            # The body is not shown: a misbehaving KMS could echo the token or a key.
+            raise KmsUnavailable(f"{where}: HTTP {response.status_code}")
+        try:
+            key = response.json().get("api_key")
+        except (ValueError, AttributeError):
+            raise KmsUnavailable(f"{where}: the answer is not a JSON object") from None
+        if not isinstance(key, str) or not key.strip():
+            raise KmsUnavailable(f"{where}: the answer has no api_key")
+        key = key.strip()
+        register_secret(key)
+        return key
+
+    # -- periodic refresh -------------------------------------------------------------------
+
+    def _start_refresher(self) -> None:
+        if self._refresher is None and not self._closed.is_set():
+            self._refresher = threading.Thread(
+                target=self._refresh_loop, name="cdc-kms-refresh", daemon=True
+            )
+            self._refresher.start()
+
+    def _refresh_loop(self) -> None:
+        failures = 0
+        while True:
+            if failures:
+                wait = backoff_delay(failures, initial=1.0, cap=RETRY_CAP)
+                wait = min(wait, self.config.refresh_interval)
+            else:
+                due = self._fetched_at + self.config.refresh_interval
+                wait = max(0.0, due - self._clock())
+            if self._closed.wait(wait):
+                return
+            with self._lock:
+                due = self._fetched_at + self.config.refresh_interval
+                if failures == 0 and self._clock() < due:
+                    continue  # refreshed meanwhile (a 401): wait for the new due time
+                try:
+                    self._fetch("interval")
+                    failures = 0
+                except KmsUnavailable:
+                    failures += 1
+
+
+def open_api_keys(config: TypesenseConfig, timeout: float | None = None) -> ApiKeys:
+    """The key source the config names; a static key is read now (ConfigError if it can't be),
+    a KMS key is fetched on first use."""
+    if config.kms is not None:
+        return KmsKey(config.kms, timeout=min(KMS_TIMEOUT, timeout or config.timeout))
+    return StaticKey(read_api_key(config))
