@@ -66,6 +66,22 @@ class TableConfig(_Strict):
     rename: dict[str, str] = Field(default_factory=dict)
     where: str | None = Field(default=None, min_length=1)
     soft_delete: str | None = None
+    # Many hosts, one collection: this host's documents get ids `<id_prefix><key>`; it only
+    # ever deletes, verifies and repairs documents with its own prefix.
+    id_prefix: str | None = Field(default=None, min_length=1)
+    # False on every host but one for a shared collection: the others never create, change,
+    # rebuild or drop it; they wait for it and follow the managing host's migrations.
+    manage_collection: bool = True
+
+    @field_validator("id_prefix")
+    @classmethod
+    def _prefix_ends_with_separator(cls, prefix: str | None) -> str | None:
+        if prefix is not None and (prefix[-1].isalnum() or "`" in prefix):
+            raise ValueError(
+                f"id_prefix {prefix!r} must end with a separator such as ':' (so that no host's"
+                " prefix starts another's) and contain no backtick"
+            )
+        return prefix
 
     @property
     def collection_name(self) -> str:
@@ -86,6 +102,11 @@ class TypesenseConfig(_Strict):
     api_key_file: Path | None = None
     kms: KmsConfig | None = None
     timeout: float = Field(default=30, gt=0)
+    # Tried before `nodes` (e.g. the node on this host); may also be one of `nodes`.
+    nearest_node: str | None = None
+    # Put in front of every collection (and alias) name: one instance's collections never
+    # collide with another's on a shared cluster.
+    collection_prefix: str = ""
 
     @field_validator("nodes")
     @classmethod
@@ -94,6 +115,13 @@ class TypesenseConfig(_Strict):
             if not node.startswith(("http://", "https://")):
                 raise ValueError(f"node {node!r} must start with http:// or https://")
         return [node.rstrip("/") for node in nodes]
+
+    @field_validator("nearest_node")
+    @classmethod
+    def _nearest_is_url(cls, node: str | None) -> str | None:
+        if node is not None and not node.startswith(("http://", "https://")):
+            raise ValueError(f"node {node!r} must start with http:// or https://")
+        return node.rstrip("/") if node is not None else None
 
     @model_validator(mode="after")
     def _exactly_one_key_source(self) -> TypesenseConfig:

@@ -67,7 +67,9 @@ def open_tables(config: Config) -> tuple[Database, list[TableInfo], dict[str, Ta
                 )
             infos.append(db.table_info(table.table))
         mappings = {
-            t.table: build_mapping(info, t, where=f"tables[{i}]")
+            t.table: build_mapping(
+                info, t, where=f"tables[{i}]", collection_prefix=config.typesense.collection_prefix
+            )
             for i, (t, info) in enumerate(zip(config.tables, infos, strict=True))
         }
         if config.log_table in mappings:
@@ -98,6 +100,7 @@ def build_runtime(
         keys,
         config.typesense.timeout,
         transport=transport,
+        nearest_node=config.typesense.nearest_node,
         on_auth_error=keys.rejected,  # a 401 fetches a new key from the KMS (single flight)
     )
     collections = CollectionManager(sink, db, names, changelog, config.sync.batch_size)
@@ -193,6 +196,7 @@ class Daemon:
             if runtime.db.schema_version() != self._schema_version:
                 self._replace_runtime(runtime.config, "schema changed")
                 runtime = self.runtime
+            runtime.sink.probe_idle_nodes()  # standby nodes' health, and recovered nodes
             collections_busy = runtime.syncer.step_collections()
             report = runtime.syncer.sync_once()
         except CdcError as exc:
@@ -268,6 +272,13 @@ class Daemon:
         fresh = build_runtime(config, stop=self.stop, heartbeat=self.notifier.heartbeat)
         try:
             fresh.syncer.ensure_collections()
+        except CdcError as exc:
+            if not exc.retryable:
+                fresh.close()
+                raise
+            # Typesense down, or a shared collection not ready: the new runtime prepares its
+            # collections before its first batch (retried with backoff like any batch).
+            log.warning("collections not ready yet", error=str(exc))
         except BaseException:
             fresh.close()
             raise
@@ -355,6 +366,7 @@ def serve(config: Config, load_config: Callable[[], Config] | None, once: bool =
             daemon.metrics = Metrics(
                 daemon.runtime.db.path, daemon.runtime.names, lambda: daemon.runtime.tables
             )
+            daemon.metrics.watch_nodes(lambda: daemon.runtime.sink.node_health())
             daemon.metrics.watch_keys(lambda: daemon.runtime.keys.stats())
             daemon.metrics.serve(config.metrics.listen)
             log.info("metrics listening", address=config.metrics.listen)

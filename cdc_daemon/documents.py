@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cdc_daemon.errors import DocumentError
-from cdc_daemon.keys import Key, document_id
+from cdc_daemon.keys import Key
 from cdc_daemon.schema import FieldMap, TableMapping
 
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -74,7 +74,7 @@ def build_document(mapping: TableMapping, row: Sequence[Any]) -> dict[str, Any]:
     key = row_key(mapping, row)
     if any(value is None for value in key):
         raise DocumentError(f"NULL in the primary key {mapping.key} of {mapping.table!r}")
-    document: dict[str, Any] = {"id": document_id(key)}
+    document: dict[str, Any] = {"id": mapping.doc_id(key)}
     offset = len(mapping.key)
     for i, field in enumerate(mapping.fields):
         value = row[offset + i]

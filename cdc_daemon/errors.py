@@ -42,6 +42,11 @@ class CollectionMissing(TargetUnavailable):
     """The collection is gone (deleted by hand?): it is created again before the next batch."""
 
 
+class CollectionWaiting(CollectionMissing):
+    """A shared collection another host manages (manage_collection: false) is missing or does
+    not fit this table yet: wait for that host to create or migrate it."""
+
+
 class AuthError(TargetError):
     """Typesense refused the API key (401/403). Retryable: the key may be rotated."""
 

@@ -10,11 +10,22 @@ with its collection:
 A collection that is not ours (a plain collection with the configured name, or an alias to a
 collection not named `<name>__v<N>`) is never rebuilt: a difference is reported (SchemaMismatch).
 The rebuild's state lives in the `<log>_state` table, so a restart continues it.
+
+Shared collections (several hosts, `id_prefix`): one host manages the collection; the others
+(`manage_collection: false`) never create, change, rebuild or drop it. They follow: they write to
+the alias while their documents fit the collection behind it, follow the managing host's rebuild
+into `<name>__v<N+1>` as soon as it exists (and their documents fit it), send every row of their
+own again whenever the collection they write to changes, and otherwise wait (CollectionWaiting,
+retried with backoff; nothing is acknowledged meanwhile). Creating is safe when two hosts start
+at once: an existing collection with the same schema is adopted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,13 +34,20 @@ import structlog
 from cdc_daemon.backfill import Backfill
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database, quote_ident
-from cdc_daemon.errors import SchemaMismatch
-from cdc_daemon.schema import TableMapping, added_optional_fields, schema_differences
+from cdc_daemon.errors import CollectionWaiting, SchemaMismatch, TargetError
+from cdc_daemon.schema import (
+    TableMapping,
+    added_optional_fields,
+    fit_problems,
+    schema_differences,
+)
 from cdc_daemon.sink import TypesenseSink
 from cdc_daemon.triggers import LogTables
 
 log = structlog.get_logger("cdc_daemon.evolution")
 REBUILD_PREFIX = "rebuild:"
+FOLLOW_PREFIX = "follow:"
+FOLLOW_INTERVAL = 10.0  # seconds between a following host's looks at a shared collection
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,8 @@ class CollectionManager:
         self.backfill = Backfill(db, names)
         self.batch_size = batch_size
         self._state = quote_ident(names.state)
+        self.follow_interval = FOLLOW_INTERVAL
+        self._follow_due = time.monotonic() + FOLLOW_INTERVAL
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -85,12 +105,30 @@ class CollectionManager:
     # -- planning at start, reload and schema change ----------------------------------------------
 
     def ensure(self, mappings: dict[str, TableMapping]) -> dict[str, Target]:
-        return {table: self._ensure(mapping) for table, mapping in mappings.items()}
+        self._follow_due = time.monotonic() + self.follow_interval
+        return {
+            table: self._ensure(mapping) if mapping.manage_collection else self._follow(mapping)
+            for table, mapping in mappings.items()
+        }
 
-    def _create(self, mapping: TableMapping, physical: str) -> None:
-        if self.sink.get_collection(physical) is not None and self.sink.get_alias(physical) is None:
-            self.sink.delete_collection(physical)  # ours (by name), left over by a crash
-        self.sink.create_collection(mapping.collection_schema(physical))
+    def _create(self, mapping: TableMapping, physical: str, fresh: bool = False) -> None:
+        """Create `physical` from the table. One that exists already (left over by a crash, a
+        create that timed out but was applied, another host starting at the same moment) is
+        adopted when its schema matches, else dropped and created again; `fresh` (a rebuild)
+        always starts from an empty collection."""
+        schema = mapping.collection_schema(physical)
+        existing = self.sink.get_collection(physical)
+        if existing is not None and self.sink.get_alias(physical) is None:
+            if not fresh and not schema_differences(schema, existing):
+                return
+            self.sink.delete_collection(physical)  # ours (by name), left over
+        if not self.sink.create_collection(schema):
+            existing = self.sink.get_collection(physical)
+            if existing is None or schema_differences(schema, existing):
+                raise TargetError(
+                    f"collection {physical!r} was just created by someone else with another"
+                    " schema: is a second host managing it? (manage_collection)"
+                )
 
     def _ensure(self, mapping: TableMapping) -> Target:
         alias = mapping.collection
@@ -160,7 +198,7 @@ class CollectionManager:
         self, mapping: TableMapping, alias: str, current: str, version: int, reasons: list[str]
     ) -> Target:
         new = version_name(alias, version + 1)
-        self._create(mapping, new)
+        self._create(mapping, new, fresh=True)
         self._set_rebuild(mapping.table, new)
         self.backfill.start(mapping.table)
         log.warning(
@@ -178,10 +216,73 @@ class CollectionManager:
         self._set_rebuild(mapping.table, None)
         log.info("rebuild abandoned", table=mapping.table, collection=rebuilding)
 
+    # -- following a shared collection another host manages --------------------------------------
+
+    def _follow(self, mapping: TableMapping) -> Target:
+        target, physical, collection = self._follow_target(mapping)
+        self._followed(mapping, physical, collection)
+        return target
+
+    def _follow_target(self, mapping: TableMapping) -> tuple[Target, str, dict[str, Any]]:
+        """Where a following host writes: the managing host's rebuild target when there is one
+        that fits, else the alias when it fits; CollectionWaiting otherwise. Changes nothing."""
+        alias = mapping.collection
+        schema = mapping.collection_schema()
+        current = self.sink.get_alias(alias)
+        physical = current or alias
+        existing = self.sink.get_collection(physical)
+        if existing is None:
+            raise CollectionWaiting(
+                f"collection {alias!r} does not exist yet; it is created by the host that manages"
+                " it (manage_collection: true): waiting"
+            )
+        version = _version_of(alias, physical) if current is not None else None
+        if version is not None:
+            upcoming = version_name(alias, version + 1)
+            new = self.sink.get_collection(upcoming)
+            if new is not None and not fit_problems(schema, new):
+                return Target(upcoming, mirror=alias), upcoming, new
+        problems = fit_problems(schema, existing)
+        if problems:
+            raise CollectionWaiting(
+                f"collection {physical!r} (managed by another host) does not fit table"
+                f" {mapping.table!r}: " + "; ".join(problems) + ": waiting for it to be migrated"
+            )
+        return Target(alias), physical, existing
+
+    def _followed(self, mapping: TableMapping, physical: str, collection: dict[str, Any]) -> None:
+        """Remember which collection (and which of our schemas) this host's rows were sent to;
+        when that changes (the managing host swapped in a rebuild, or recreated it, or our
+        table changed), send every row of ours again."""
+        mark = json.dumps(
+            [physical, collection.get("created_at"), mapping.collection_schema("")],
+            sort_keys=True,
+        )
+        value = f"{physical} {hashlib.sha256(mark.encode()).hexdigest()[:16]}"
+        name = FOLLOW_PREFIX + mapping.table
+        if self.db.scalar(f"SELECT value FROM {self._state} WHERE name = ?", (name,)) == value:
+            return
+        with self.db.write() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)", (name, value)
+            )
+        self.backfill.start(mapping.table)
+        log.info(
+            "following shared collection: sending every row",
+            table=mapping.table,
+            collection=physical,
+        )
+
     def check(self, mapping: TableMapping) -> str | None:
         """For `check`: a problem the daemon would refuse to start with, or None. Changes nothing.
 
         Differences in a collection cdc-daemon manages are not problems: they are rebuilt."""
+        if not mapping.manage_collection:
+            try:
+                self._follow_target(mapping)
+            except CollectionWaiting as exc:
+                return str(exc)
+            return None
         alias = mapping.collection
         current = self.sink.get_alias(alias)
         name = current or alias
@@ -199,8 +300,22 @@ class CollectionManager:
     # -- between batches ------------------------------------------------------------------------
 
     def step(self, mappings: dict[str, TableMapping], targets: dict[str, Target]) -> bool:
-        """Feed backfills a page at a time and finish rebuilds; True when it did some work."""
+        """Feed backfills a page at a time, finish rebuilds, and (hosts following a shared
+        collection, every `follow_interval`) look where to write; True when it did some work."""
         busy = False
+        if time.monotonic() >= self._follow_due:
+            self._follow_due = time.monotonic() + self.follow_interval
+            for table, target in list(targets.items()):
+                if not mappings[table].manage_collection:
+                    targets[table] = self._follow(mappings[table])
+                    if targets[table] != target:
+                        log.info(
+                            "shared collection moved",
+                            table=table,
+                            was=target.primary,
+                            now=targets[table].primary,
+                        )
+                        busy = True
         active = self.backfill.active()
         for table, target in list(targets.items()):
             mapping = mappings[table]
@@ -209,6 +324,8 @@ class CollectionManager:
                     self.backfill.log_next_page(mapping)
                     busy = True
                 continue
+            if not mapping.manage_collection:
+                continue  # the managing host switches the alias; we notice in _follow
             if target.mirror is not None and not self.changelog.unsynced_for_table(table, 1):
                 old = self.sink.get_alias(target.mirror)
                 self.sink.set_alias(target.mirror, target.primary)

@@ -105,6 +105,23 @@ class _LogCollector(Collector):
         yield from (up, lag, backlog, table_backlog, dead, table_dead, triggers)
 
 
+class _NodeCollector(Collector):
+    """cdc_typesense_node_up{node}: each Typesense node's health as the sink sees it, at scrape."""
+
+    def __init__(self, health: Callable[[], dict[str, bool]]) -> None:
+        self._health = health
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "cdc_typesense_node_up",
+            "1 while the node answers (its last request or /health probe succeeded)",
+            labels=["node"],
+        )
+        for node, up in self._health().items():
+            gauge.add_metric([node], 1 if up else 0)
+        yield gauge
+
+
 class _KeyCollector(Collector):
     """The Typesense key's source (kms.py), read at scrape: fetches from the KMS by reason and
     result, whether the KMS answered last time, and the age of the key in use. Never the key."""
@@ -176,6 +193,10 @@ class Metrics:
         r.register(_LogCollector(database, names, tables))
         self._server: WSGIServer | None = None
         self.port = 0
+
+    def watch_nodes(self, health: Callable[[], dict[str, bool]]) -> None:
+        """Serve per-node health (`TypesenseSink.node_health`), read at scrape."""
+        self.registry.register(_NodeCollector(health))
 
     def watch_keys(self, stats: Callable[[], KeyStats]) -> None:
         """Serve the key source's fetch counts and state (kms.py), read at scrape."""

@@ -8,7 +8,7 @@ from typing import Any
 from cdc_daemon.config import TableConfig
 from cdc_daemon.database import TableInfo
 from cdc_daemon.errors import ConfigError
-from cdc_daemon.keys import affinity
+from cdc_daemon.keys import Key, affinity, document_id, key_from_document_id
 
 NUMERIC_TYPES = {"int32", "int64", "float"}
 
@@ -51,6 +51,17 @@ class TableMapping:
     default_sorting_field: str | None
     where: str | None
     soft_delete: str | None
+    id_prefix: str = ""  # documents' ids are `id_prefix + document_id(key)`
+    manage_collection: bool = True  # False: a shared collection another host manages
+
+    def doc_id(self, key: Key) -> str:
+        return self.id_prefix + document_id(key)
+
+    def key_of(self, doc_id: str) -> Key | None:
+        """The key a document id stands for; None for another host's document (prefix)."""
+        if not doc_id.startswith(self.id_prefix):
+            return None
+        return key_from_document_id(doc_id[len(self.id_prefix) :], self.key_affinities)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -85,8 +96,12 @@ def derived_type(declared_type: str) -> str | None:
     return "string"  # DATE, DATETIME, TIMESTAMP and anything else: the stored text
 
 
-def build_mapping(info: TableInfo, config: TableConfig, where: str = "tables[?]") -> TableMapping:
-    """Combine the table's columns with its config entry; ConfigError names the bad key."""
+def build_mapping(
+    info: TableInfo, config: TableConfig, where: str = "tables[?]", collection_prefix: str = ""
+) -> TableMapping:
+    """Combine the table's columns with its config entry; ConfigError names the bad key.
+
+    `collection_prefix` (typesense.collection_prefix) goes in front of the collection's name."""
     if not info.key:
         raise ConfigError(
             f"{where}.table: table {info.name!r} has no PRIMARY KEY; cdc-daemon needs an explicit"
@@ -162,13 +177,15 @@ def build_mapping(info: TableInfo, config: TableConfig, where: str = "tables[?]"
         sorting = target.name
     return TableMapping(
         table=info.name,
-        collection=config.collection_name,
+        collection=collection_prefix + config.collection_name,
         key=info.key,
         key_affinities=tuple(affinity(info.column(k).declared_type) for k in info.key),
         fields=tuple(fields),
         default_sorting_field=sorting,
         where=config.where,
         soft_delete=config.soft_delete,
+        id_prefix=config.id_prefix or "",
+        manage_collection=config.manage_collection,
     )
 
 
@@ -231,3 +248,26 @@ def added_optional_fields(expected: dict[str, Any], actual: dict[str, Any]) -> l
     if schema_differences(unchanged, actual):
         return []
     return added
+
+
+def fit_problems(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """Why this table's documents would not fit a collection another host manages ([] = they
+    fit): a field the collection requires that the table may leave out, or a different type.
+    Fields the collection lacks are fine (Typesense keeps them unindexed until they are added),
+    and so are facet/sort/index differences (the managing host's choice)."""
+    problems: list[str] = []
+    want = {f["name"]: f for f in expected["fields"]}
+    for field in actual.get("fields", []):
+        name = field["name"]
+        if name in ("id", ".*"):
+            continue
+        ours = want.get(name)
+        if ours is None:
+            if not _effective(field, "optional"):
+                problems.append(f"the collection requires field {name!r}, which the table lacks")
+            continue
+        if ours["type"] != field.get("type"):
+            problems.append(f"field {name!r} is {field.get('type')} there, {ours['type']} here")
+        elif ours.get("optional") and not _effective(field, "optional"):
+            problems.append(f"field {name!r} is required there but optional here")
+    return problems

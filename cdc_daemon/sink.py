@@ -26,6 +26,9 @@ from cdc_daemon.retry import backoff_delay
 
 IDS_PER_FILTER_DELETE = 500
 NOT_READY_MARKERS = ("Not Ready or Lagging", "Could not find a leader")
+NODE_BACKOFF_CAP = 15.0  # seconds; a recovered node gets traffic again within this
+HUNG_BACKOFF_CAP = 300.0  # seconds; for a node whose writes hang (each try costs a timeout)
+PROBE_TIMEOUT_CAP = 5.0  # seconds for a node's /health probe (at most typesense.timeout)
 
 
 @dataclass(frozen=True)
@@ -41,25 +44,67 @@ OK = DocResult(ok=True)
 
 
 class _Node:
+    """One node's health: failures in a row, and until when it is left alone (backoff).
+
+    A node where a write hung or its connection broke after sending is healthy again only after
+    a write succeeds there: answering reads (or `/health`) proves little when its writes hang
+    (a follower cut off from the leader), and resetting its backoff on a read would cost a
+    timeout on every batch."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.failures = 0
         self.down_until = 0.0
+        self.last_error = ""
+        self.last_contact = 0.0  # monotonic time of the last answer or failure
+        self.write_failed = False
 
-    def healthy(self, now: float) -> bool:
-        return now >= self.down_until
+    @property
+    def up(self) -> bool:
+        return self.failures == 0
 
-    def mark_failed(self) -> None:
+    def due(self, now: float) -> bool:
+        """Healthy, or its backoff is over (it gets a /health probe before real traffic)."""
+        return self.failures == 0 or now >= self.down_until
+
+    def mark_failed(self, error: str, write: bool = False, hung_initial: float = 10.0) -> None:
+        """`write`: a write hung or broke there. Such a node is left alone much longer (from
+        `hung_initial` seconds, doubling up to HUNG_BACKOFF_CAP): each try costs a timeout and
+        a re-send of the batch."""
+        self.last_contact = time.monotonic()
         self.failures += 1
-        self.down_until = time.monotonic() + backoff_delay(self.failures, cap=30.0)
+        self.last_error = error
+        self.write_failed = self.write_failed or write
+        if self.write_failed:
+            delay = backoff_delay(self.failures, initial=hung_initial, cap=HUNG_BACKOFF_CAP)
+        else:
+            delay = backoff_delay(self.failures, initial=0.5, cap=NODE_BACKOFF_CAP)
+        self.down_until = time.monotonic() + delay
 
-    def mark_ok(self) -> None:
+    def mark_ok(self, write: bool = False) -> None:
+        self.last_contact = time.monotonic()
+        if self.write_failed and not write:
+            return
         self.failures = 0
         self.down_until = 0.0
+        self.last_error = ""
+        self.write_failed = False
 
 
 class TypesenseSink:
-    """A Typesense server or cluster. `api_key` is called for every request (keys rotate)."""
+    """A Typesense server or cluster. `api_key` is called for every request (keys rotate).
+
+    Cluster client: `nodes` in order of preference (`nearest_node`, when given, first). Each
+    request goes to the first node that is healthy; a node that fails (connection error, timeout,
+    5xx, 429, "Not Ready or Lagging", "Could not find a leader") is marked down with backoff and
+    the request moves on to the next node. A node whose backoff is over gets a cheap `/health`
+    probe before real traffic, so a slow or dead node costs a probe, not a write. When every node
+    is backing off, all are tried anyway (soonest first): the caller's own backoff paces that.
+
+    Writes whose outcome is unknown (the request may have reached a node: a timeout or a
+    connection lost after sending) are counted in `uncertain_writes`; a cluster can apply such a
+    write later, after newer ones, so the caller re-sends those keys after a safe delay.
+    """
 
     def __init__(
         self,
@@ -67,59 +112,133 @@ class TypesenseSink:
         api_key: Callable[[], str],
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        nearest_node: str | None = None,
         on_auth_error: Callable[[str], None] | None = None,
     ) -> None:
-        self._nodes = [_Node(url) for url in nodes]
+        urls = ([nearest_node] if nearest_node else []) + nodes
+        self._nodes = [_Node(url) for url in dict.fromkeys(urls)]  # order kept, no duplicates
         self._api_key = api_key
         # Called with the refused key when Typesense answers 401/403 (kms.py fetches a new one).
         self._on_auth_error = on_auth_error
+        self._timeout = timeout
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
             transport=transport,
             headers={"Content-Type": "application/json"},
         )
         self.up = False  # did the last call reach a node that answered?
+        self.uncertain_writes = 0  # writes that may have been applied although they failed
 
     def close(self) -> None:
         self._client.close()
 
-    # -- the request layer: node choice, error translation ---------------------------------
+    def node_health(self) -> dict[str, bool]:
+        """Each node (preference order) → False while its last request or probe failed."""
+        return {node.url: node.up for node in self._nodes}
 
-    def _ordered_nodes(self) -> list[_Node]:
+    def probe_idle_nodes(self, max_age: float = 30.0) -> None:
+        """Between batches: a `/health` probe for each healthy node nobody asked for `max_age`
+        seconds (a standby node that died is known before it is needed) and for each failed
+        node whose backoff is over. A failed *standby* node (one after a healthy node in the
+        order, so it gets no traffic) or one that was refused or not ready counts as recovered
+        when its probe passes; a preferred node whose writes hung only when a write passes
+        (`/health` can be ok on a node whose writes hang)."""
         now = time.monotonic()
-        healthy = [n for n in self._nodes if n.healthy(now)]
-        return healthy or sorted(self._nodes, key=lambda n: n.down_until)
+        standby = False
+        for node in self._nodes:
+            was_up = node.up
+            wanted = node.due(now) and (not was_up or now - node.last_contact >= max_age)
+            if wanted and self._probe(node):
+                node.mark_ok(write=was_up or standby)
+            standby = standby or node.up
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    # -- the request layer: node choice, failover, error translation ------------------------
+
+    def _candidates(self) -> list[tuple[_Node, bool]]:
+        """Nodes to try, in order, each with whether it needs a probe first."""
+        now = time.monotonic()
+        due = [(n, not n.up) for n in self._nodes if n.due(now)]
+        if due:
+            return due
+        return [(n, False) for n in sorted(self._nodes, key=lambda n: n.down_until)]
+
+    def _probe(self, node: _Node) -> bool:
+        """GET /health with a short timeout: is a node that failed before worth a request?"""
+        try:
+            response = self._client.get(
+                node.url + "/health", timeout=min(self._timeout, PROBE_TIMEOUT_CAP)
+            )
+            ok = response.status_code == 200 and response.json().get("ok") is True
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            node.mark_failed(f"{node.url}: /health: {type(exc).__name__}")
+            return False
+        if not ok:
+            node.mark_failed(f"{node.url}: /health: HTTP {response.status_code}")
+        return ok
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        node_check: Callable[[httpx.Response], str | None] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """Send to the first healthy node; fail over to the next on node-level failures.
+
+        `node_check` may call an answered request a node-level failure (its text), e.g. an
+        import whose every line says the node is not ready: the next node is tried."""
         last: TargetUnavailable | None = None
-        for node in self._ordered_nodes():
+        for node, probe in self._candidates():
+            if probe and not self._probe(node):
+                last = TargetUnavailable(node.last_error)
+                continue
+            uncertain = self.uncertain_writes
             try:
                 response = self._send(node, method, path, **kwargs)
+                failure = node_check(response) if node_check is not None else None
+                if failure is not None:
+                    raise TargetUnavailable(f"{node.url}: {failure}")
             except TargetUnavailable as exc:
-                node.mark_failed()
+                # A write that reached the node and hung or broke: /health proves little there.
+                node.mark_failed(
+                    str(exc),
+                    write=self.uncertain_writes != uncertain,
+                    hung_initial=max(10.0, 2 * self._timeout),
+                )
                 last = exc
                 continue
-            node.mark_ok()
+            node.mark_ok(write=method != "GET")
             self.up = True
             return response
         self.up = False
-        assert last is not None
-        raise last
+        raise last or TargetUnavailable("no Typesense node configured")
 
     def _send(
         self, node: _Node, method: str, path: str, key_retried: bool = False, **kwargs: Any
     ) -> httpx.Response:
         key = self._api_key()
         headers = {"X-TYPESENSE-API-KEY": key}
+        what = f"{method} {path.split('?')[0]}"
         try:
             response = self._client.request(method, node.url + path, headers=headers, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Never reached the node: certainly not applied.
+            raise TargetUnavailable(f"{node.url}: {type(exc).__name__}: {exc} ({what})") from None
         except httpx.TimeoutException:
-            raise TargetTimeout(f"{node.url}: timed out ({method} {path.split('?')[0]})") from None
+            self._note_uncertain(method)
+            raise TargetTimeout(f"{node.url}: timed out ({what})") from None
         except httpx.TransportError as exc:
-            raise TargetUnavailable(f"{node.url}: {type(exc).__name__}: {exc}") from None
+            # Sent, then the connection broke (e.g. a follower whose leader just died answers
+            # "HTTP/1.1 0"): the node may still have forwarded or applied it.
+            self._note_uncertain(method)
+            raise TargetUnavailable(f"{node.url}: {type(exc).__name__}: {exc} ({what})") from None
         status = response.status_code
-        if status >= 500 or status == 429 or any(m in response.text for m in NOT_READY_MARKERS):
-            raise TargetUnavailable(f"{node.url}: HTTP {status}: {_message(response)}")
+        if (
+            status >= 500
+            or status == 429
+            or (status >= 400 and any(m in response.text for m in NOT_READY_MARKERS))
+        ):
+            raise TargetUnavailable(f"{node.url}: HTTP {status}: {_message(response)} ({what})")
         if status in (401, 403):
             if self._key_refused(key) and not key_retried:
                 # A new key came (KMS rotation): the refused request was not applied; send it
@@ -135,6 +254,10 @@ class TypesenseSink:
         self._on_auth_error(key)
         return self._api_key() != key
 
+    def _note_uncertain(self, method: str) -> None:
+        if method != "GET":
+            self.uncertain_writes += 1
+
     def _json(self, method: str, path: str, ok: tuple[int, ...] = (200, 201), **kw: Any) -> Any:
         response = self._request(method, path, **kw)
         if response.status_code not in ok:
@@ -149,8 +272,16 @@ class TypesenseSink:
         )
         return result
 
-    def create_collection(self, schema: dict[str, Any]) -> None:
-        self._json("POST", "/collections", content=json.dumps(schema))
+    def create_collection(self, schema: dict[str, Any]) -> bool:
+        """False when a collection of that name exists already (another host created it at the
+        same time, or an earlier create timed out but was applied)."""
+        response = self._request("POST", "/collections", content=json.dumps(schema))
+        if response.status_code == 409:
+            return False
+        if response.status_code not in (200, 201):
+            status = response.status_code
+            raise TargetError(f"POST /collections: HTTP {status}: {_message(response)}")
+        return True
 
     def add_fields(self, collection: str, fields: list[dict[str, Any]]) -> str | None:
         """Add fields in place (PATCH); None when done, else Typesense's reason for refusing."""
@@ -182,10 +313,15 @@ class TypesenseSink:
         )
 
     def health(self) -> list[str]:
-        """One problem line per node that is unreachable or refuses the key."""
+        """For `check`: every node, in order; one problem line per node that is unreachable, not
+        ready (`/health`) or refuses the key. Names each failing node."""
         problems = []
         for node in self._nodes:
             try:
+                ready = self._send(node, "GET", "/health")
+                if ready.status_code != 200 or not _json_ok(ready):
+                    problems.append(f"typesense node {node.url}: not ready: {_message(ready)}")
+                    continue
                 response = self._send(node, "GET", "/collections?limit=1")
                 if response.status_code != 200:
                     problems.append(f"typesense node {node.url}: HTTP {response.status_code}")
@@ -201,7 +337,17 @@ class TypesenseSink:
         """The real collection behind an alias. Writes are addressed to it, never to the alias:
         Typesense 0.24.1 loses writes addressed to an alias when it restarts before its next
         snapshot (it replays its log without resolving the alias)."""
-        return self.get_alias(collection) or collection
+        return self.get_alias(collection) or self._no_alias(collection)
+
+    def _no_alias(self, name: str) -> str:
+        """The collection a write goes to when the node asked knows no alias `name`: GET
+        /collections/<name> resolves an alias too, so a follower that has not applied a new
+        alias yet answers 404 here (retried later) instead of the write being addressed to the
+        alias name, which a node catching up by replaying its log would lose."""
+        found = self.get_collection(name)
+        if found is None:
+            raise CollectionMissing(f"collection {name!r} not found (yet) on the node asked")
+        return str(found.get("name") or name)
 
     def upsert(
         self, collection: str, documents: list[dict[str, Any]], dirty_values: str = "reject"
@@ -215,6 +361,7 @@ class TypesenseSink:
             "POST",
             f"/collections/{quote(collection, safe='')}/documents/import"
             f"?action=upsert&dirty_values={dirty_values}",
+            node_check=_import_not_ready,
             content=body.encode("utf-8"),
         )
         if response.status_code != 200:
@@ -281,10 +428,17 @@ class TypesenseSink:
         return result
 
     def export(self, collection: str) -> Iterator[dict[str, Any]]:
-        """Stream every document of a collection (JSONL), without holding them all in memory."""
-        last = TargetUnavailable("no Typesense node to export from")
-        for node in self._ordered_nodes():
+        """Stream every document of a collection (JSONL), without holding them all in memory.
+
+        Fails over to the next node only before the first document: a stream broken half-way
+        raises TargetUnavailable (starting again elsewhere would repeat documents)."""
+        last: TargetUnavailable | None = None
+        for node, probe in self._candidates():
+            if probe and not self._probe(node):
+                last = TargetUnavailable(node.last_error)
+                continue
             url = f"{node.url}/collections/{quote(collection, safe='')}/documents/export"
+            started = False
             key = self._api_key()
             headers = {"X-TYPESENSE-API-KEY": key}
             try:
@@ -292,22 +446,27 @@ class TypesenseSink:
                     if response.status_code in (401, 403):
                         self._key_refused(key)
                         raise AuthError(f"{node.url}: HTTP {response.status_code} on export")
-                    if response.status_code == 404:
-                        return  # no such collection (yet): nothing in it
-                    if response.status_code != 200:
+                    if response.status_code != 404 and response.status_code != 200:
                         response.read()
                         raise TargetUnavailable(
                             f"{node.url}: export of {collection!r}: HTTP {response.status_code}"
                         )
-                    for line in _jsonl_lines(response.iter_bytes()):
-                        if line.strip():
-                            yield json.loads(line)
-                    return
-            except httpx.TransportError as exc:
-                node.mark_failed()
-                last = TargetUnavailable(f"{node.url}: export failed: {exc}")
-                continue
-        raise last
+                    if response.status_code == 200:  # 404: no such collection (yet): empty
+                        for line in _jsonl_lines(response.iter_bytes()):
+                            if line.strip():
+                                started = True
+                                yield json.loads(line)
+                node.mark_ok()
+                self.up = True
+                return
+            except (httpx.TransportError, TargetUnavailable) as exc:
+                error = TargetUnavailable(f"{node.url}: export of {collection!r} failed: {exc}")
+                node.mark_failed(str(error))
+                if started:
+                    raise error from None
+                last = error
+        self.up = False
+        raise last or TargetUnavailable("no Typesense node to export from")
 
 
 def _jsonl_lines(chunks: Iterator[bytes]) -> Iterator[str]:
@@ -338,6 +497,25 @@ def _import_line(line: str) -> DocResult:
     code = int(result.get("code") or 0)
     retryable = code >= 500 or code in (0, 429) or any(m in error for m in NOT_READY_MARKERS)
     return DocResult(ok=False, error=f"{code}: {error}" if code else error, retryable=retryable)
+
+
+def _import_not_ready(response: httpx.Response) -> str | None:
+    """An import answered 200 whose every line says the node is not ready: a node failure."""
+    if response.status_code != 200:
+        return None
+    lines = [line for line in response.text.split("\n") if line.strip()]
+    if not lines or not any(m in lines[0] for m in NOT_READY_MARKERS):
+        return None
+    if all(any(m in line for m in NOT_READY_MARKERS) for line in lines):
+        return f"import refused: {lines[0][:200]}"
+    return None
+
+
+def _json_ok(response: httpx.Response) -> bool:
+    try:
+        return response.json().get("ok") is True
+    except (ValueError, AttributeError):
+        return False
 
 
 def _message(response: httpx.Response) -> str:

@@ -13,9 +13,9 @@ import structlog
 from cdc_daemon.changelog import ChangeLog, KeyFailure, LogEntry
 from cdc_daemon.database import Database, quote_ident, select_rows
 from cdc_daemon.documents import build_document, row_is_live, row_key
-from cdc_daemon.errors import CollectionMissing, DocumentError, TargetError, TargetTimeout
+from cdc_daemon.errors import CollectionMissing, DocumentError, TargetError
 from cdc_daemon.evolution import CollectionManager, Target
-from cdc_daemon.keys import Key, document_id, log_key_to_key
+from cdc_daemon.keys import Key, log_key_to_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import DocResult, TypesenseSink
 
@@ -104,7 +104,11 @@ class Syncer:
         """Between batches: feed backfills and finish rebuilds. True when it did some work."""
         if not self._collections_ready:
             self.ensure_collections()
-        return self.collections.step(self.mappings, self.targets)
+        try:
+            return self.collections.step(self.mappings, self.targets)
+        except CollectionMissing:
+            self._collections_ready = False  # look again before the next batch
+            raise
 
     def sync_once(self) -> BatchReport:
         started = time.monotonic()
@@ -118,14 +122,17 @@ class Syncer:
         report.entries, report.keys = len(entries), len(changes)
         report.first_seq = min(e.seq for e in entries)
         report.last_seq = max(e.seq for e in entries)
+        uncertain = self.sink.uncertain_writes
         try:
             results = self._send(changes, report)
         except CollectionMissing:
             self._collections_ready = False
             raise
-        except TargetTimeout:
-            self._resend_later(changes)
-            raise
+        finally:
+            # A write that timed out or lost its connection may be applied later, even when
+            # another node then took the batch (failover): re-send these keys after a delay.
+            if self.sink.uncertain_writes != uncertain:
+                self._resend_later(changes)
         acked: list[int] = []
         succeeded: list[tuple[str, Any]] = []
         failures: list[KeyFailure] = []
@@ -178,7 +185,7 @@ class Syncer:
         for change in changes:
             try:
                 change.key = log_key_to_key(change.log_key, len(mapping.key))
-                change.doc_id = document_id(change.key)
+                change.doc_id = mapping.doc_id(change.key)
             except (ValueError, TypeError) as exc:
                 change.error = f"unreadable key {change.log_key!r}: {exc}"
         rows = fetch_rows(conn, mapping, [c.key for c in changes if c.key is not None])
@@ -219,10 +226,11 @@ class Syncer:
         return [r if r is not None else DocResult(ok=False, error="not sent") for r in results]
 
     def _resend_later(self, changes: list[_Change]) -> None:
-        """A timed-out write may still be applied later, even after newer writes (a stalled
-        cluster node forwarding it late). Its entries stay in the log and are retried as usual;
-        on top, the keys are logged again, due after a safe delay, so their current state is
-        sent once more after any late arrival."""
+        """A timed-out write (or one whose connection broke after sending) may still be applied
+        later, even after newer writes (a stalled cluster node forwarding it late). Its entries
+        stay in the log and are retried as usual (or are acknowledged when another node took
+        the batch); on top, the keys are logged again, due after a safe delay, so their current
+        state is sent once more after any late arrival."""
         due = time.time() + self.resend_delay
         by_table: dict[str, list[Any]] = {}
         for change in changes:

@@ -2,10 +2,12 @@
 
 The collection is exported (JSONL stream) into a scratch SQLite file as (id, digest); then the
 table is read in short pages by primary key and each expected document's digest is looked up.
-Memory stays flat whatever the size. Keys with changes still in the log are not counted (they
-are in flight). When there are few differences, each is checked once more, row and document,
-to rule out races with concurrent writes. Repair logs the differing keys, so the normal sync
-path (one processor, current row state) fixes them.
+Memory stays flat whatever the size. With `id_prefix` (a collection shared by several hosts) only
+this host's documents are compared: other prefixes are skipped, never reported or repaired. Keys
+with changes still in the log are not counted (they are in flight). When there are few
+differences, each is checked once more, row and document, to rule out races with concurrent
+writes. Repair logs the differing keys, so the normal sync path (one processor, current row
+state) fixes them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database, quote_ident, select_rows
 from cdc_daemon.documents import build_document, row_is_live, row_key
 from cdc_daemon.errors import DocumentError
-from cdc_daemon.keys import Key, document_id, key_from_document_id, key_to_log_key, log_key_to_key
+from cdc_daemon.keys import Key, document_id, key_to_log_key, log_key_to_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import TypesenseSink
 from cdc_daemon.sync import fetch_rows
@@ -144,7 +146,9 @@ class Verifier:
                 if found[0][0] != digest(expected):
                     diff.stale.append(key)
             for (doc_id,) in scratch.execute("SELECT id FROM docs WHERE seen = 0"):
-                diff.extra.append(key_from_document_id(doc_id, mapping.key_affinities))
+                extra = mapping.key_of(doc_id)
+                if extra is not None:
+                    diff.extra.append(extra)
             scratch.close()
         self._drop_in_flight(mapping, diff)
         if len(diff.missing) + len(diff.stale) + len(diff.extra) <= RECHECK_LIMIT:
@@ -162,6 +166,8 @@ class Verifier:
             batch.clear()
 
         for document in self.sink.export(mapping.collection):
+            if not str(document["id"]).startswith(mapping.id_prefix):
+                continue  # another host's document in a shared collection (id_prefix)
             diff.documents += 1
             batch.append((str(document["id"]), digest(document)))
             if len(batch) >= 5000:
@@ -190,7 +196,7 @@ class Verifier:
         with self.db.read() as conn:
             row = fetch_rows(conn, mapping, [key]).get(key)
         expected = self._expected(mapping, row) if row is not None else None
-        actual = self.sink.get_document(mapping.collection, document_id(key))
+        actual = self.sink.get_document(mapping.collection, mapping.doc_id(key))
         if expected is None or actual is None:
             return expected is None and actual is None
         return digest(expected) == digest(actual)
