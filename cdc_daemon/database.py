@@ -141,15 +141,22 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[apsw.Connection]:
-        """One short write transaction (BEGIN IMMEDIATE); never hold it across HTTP."""
+        """One short write transaction (BEGIN IMMEDIATE); never hold it across HTTP.
+
+        Whatever fails, COMMIT included, the transaction is rolled back, unless SQLite did that
+        itself (SQLITE_FULL, IOERR: a second ROLLBACK would replace the real error). A COMMIT
+        that fails with SQLITE_BUSY (rollback journal: an app reader keeps its SHARED lock past
+        busy_timeout) leaves the transaction open, holding a lock that shuts the app out."""
         with sqlite_errors(self.path):
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                if not self.conn.get_autocommit():
+                    with contextlib.suppress(apsw.Error):  # keep the error that brought us here
+                        self.conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
 
     def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         with sqlite_errors(self.path):
