@@ -236,6 +236,8 @@ def _cmd_backfill(config: Config, args: argparse.Namespace) -> int:
                 task = bar.add_task(mapping.table, total=None, rate="-")
 
                 def show(progress: BackfillProgress, task: Any = task) -> None:
+                    if progress.resumed_from and progress.done == progress.resumed_from:
+                        print(f"{progress.table}: resuming after {progress.done} rows")
                     speed = bar.tasks[task].speed
                     bar.update(
                         task,

@@ -315,6 +315,7 @@ class Daemon:
                 if self._reload_requested:
                     self._reload()
                 if self.stop.is_set():
+                    log.info("stopping: nothing unsynced was acknowledged")
                     return 0
                 self._heartbeat()
                 report = self.iteration()

@@ -100,13 +100,17 @@ class Env:
         self.config_path.write_text(yaml.safe_dump(config))
         return self.config_path
 
-    def cli(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 120, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "cdc_daemon", "--config", str(self.config_path), *args],
             capture_output=True, text=True, timeout=timeout, cwd=self.tmp,
         )
         if check:
-            assert result.returncode == 0, f"{args}: rc={result.returncode}\n{result.stdout}\n{result.stderr}"
+            assert result.returncode == 0, (
+                f"{args}: rc={result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def start_daemon(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -121,7 +125,7 @@ class Env:
         if response.status_code == 404:
             return {}
         response.raise_for_status()
-        docs = [json.loads(line) for line in response.text.splitlines() if line.strip()]
+        docs = [json.loads(line) for line in response.text.split("\n") if line.strip()]
         return {d["id"]: d for d in docs}
 
     def verify(self, *args: str) -> dict[str, Any]:
