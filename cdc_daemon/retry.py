@@ -22,7 +22,7 @@ log = structlog.get_logger("cdc_daemon.retry")
 
 def backoff_delay(attempt: int, initial: float = 0.2, cap: float = 30.0) -> float:
     """Seconds to wait before try number `attempt + 1` (attempt counts from 1)."""
-    wait = wait_exponential_jitter(initial=initial, max=cap, jitter=initial)
+    wait = wait_exponential_jitter(multiplier=initial, max=cap, jitter=initial)
     state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
     state.attempt_number = max(1, attempt)
     return float(wait(state))
@@ -54,7 +54,7 @@ def call_with_retry(
 
     retrying = Retrying(
         retry=retry_if_exception(_retryable),
-        wait=wait_exponential_jitter(initial=0.2, max=cap, jitter=0.2),
+        wait=wait_exponential_jitter(multiplier=0.2, max=cap, jitter=0.2),
         stop=lambda _state: stop.is_set(),
         sleep=sleep or stop.wait,  # type: ignore[arg-type]  # its result is ignored
         before_sleep=before_sleep,
