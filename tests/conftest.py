@@ -33,6 +33,38 @@ ELEMENTS_DDL = """CREATE TABLE elements (
 )"""
 
 
+# The seed's elements configuration (interface.md's example, under the seed's collection name).
+ELEMENTS_CONFIG: dict[str, Any] = {
+    "table": "elements",
+    "collection": "service_a_collection",
+    "fields": {
+        "element_id": {"type": "int32"},
+        "sequence_number": {"type": "int32"},
+        "version_number": {"type": "int32"},
+        "created_at": {"facet": True},
+        "updated_at": {"facet": True},
+    },
+    "default_sorting_field": "sequence_number",
+}
+
+# The seed's SERVICE_A_COLLECTION_SCHEMA without its `id` entry (Typesense's document id, which
+# is not a schema field in ours), in the seed's order.
+SERVICE_A_COLLECTION_SCHEMA: dict[str, Any] = {
+    "name": "service_a_collection",
+    "fields": [
+        {"name": "element_type", "type": "string"},
+        {"name": "element_id", "type": "int32"},
+        {"name": "sequence_number", "type": "int32"},
+        {"name": "version_number", "type": "int32"},
+        {"name": "comment", "type": "string", "optional": True},
+        {"name": "created_at", "type": "string", "facet": True, "optional": True},
+        {"name": "updated_at", "type": "string", "facet": True, "optional": True},
+    ],
+    "default_sorting_field": "sequence_number",
+}
+
+
+
 @pytest.fixture(scope="session")
 def typesense(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTypesense]:
     """One real Typesense for the session. A server that cannot start fails the run; never skips."""
@@ -42,8 +74,8 @@ def typesense(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTypesen
     server.stop()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
-             message: str = "condition") -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, message: str = "condition",
+             interval: float = 0.05) -> Any:
     """Poll until `condition()` is truthy; fail with `message` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -149,13 +181,7 @@ def env(tmp_path: Path, typesense: LocalTypesense, request: pytest.FixtureReques
 def elements_env(env: Env) -> Env:
     """The seed's `elements` table, installed and configured like the seed's collection schema."""
     app_exec(env.db, "PRAGMA journal_mode=WAL", ELEMENTS_DDL)
-    env.write_config([{
-        "table": "elements",
-        "fields": {"element_id": {"type": "int32"}, "sequence_number": {"type": "int32"},
-                   "version_number": {"type": "int32"}, "created_at": {"facet": True},
-                   "updated_at": {"facet": True}},
-        "default_sorting_field": "sequence_number",
-    }])
+    env.write_config([{k: v for k, v in ELEMENTS_CONFIG.items() if k != "collection"}])
     env.cli("install", check=True)
     return env
 

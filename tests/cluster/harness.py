@@ -21,26 +21,13 @@ from typing import Any
 
 import httpx
 import yaml
+from conftest import wait_for
 
 from cdc_daemon.localserver import LocalTypesense, free_port, server_binary
 
 HERE = Path(__file__).parent
 API_KEY = "cluster-test-key"
 HEADERS = {"X-TYPESENSE-API-KEY": API_KEY}
-
-
-def wait_for(
-    condition: Callable[[], Any], timeout: float, message: str, interval: float = 0.1
-) -> Any:
-    """Poll until `condition()` is truthy; AssertionError naming `message` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 class Cluster:

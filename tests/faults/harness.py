@@ -39,19 +39,6 @@ FIGURES: list[dict[str, Any]] = []  # every fault's figures, for the terminal su
 LOG_TABLE = "change_log"
 
 
-def wait_until(condition: Callable[[], Any], timeout: float, message: str,
-               interval: float = 0.05) -> Any:
-    """Poll `condition` until truthy; AssertionError naming `message` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
-
-
 def _normalize(value: Any) -> Any:
     """JSON numbers come back from Typesense as ints or floats: compare 3.0 and 3 as equal."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import apsw
 import pytest
+from conftest import ELEMENTS_DDL, SERVICE_A_COLLECTION_SCHEMA
 
 from cdc_daemon.config import TableConfig
 from cdc_daemon.database import Column, TableInfo
@@ -20,31 +21,6 @@ from cdc_daemon.triggers import (
 )
 
 from .helpers import AppError, World
-
-ELEMENTS_DDL = """CREATE TABLE elements (
-  id INTEGER PRIMARY KEY,
-  element_type VARCHAR NOT NULL,
-  element_id INTEGER NOT NULL,
-  sequence_number INTEGER NOT NULL,
-  version_number INTEGER NOT NULL,
-  comment VARCHAR,
-  created_at DATETIME DEFAULT (CURRENT_TIMESTAMP),
-  updated_at DATETIME DEFAULT (CURRENT_TIMESTAMP)
-)"""
-
-SERVICE_A_COLLECTION_SCHEMA = {
-    "name": "service_a_collection",
-    "fields": [
-        {"name": "element_type", "type": "string"},
-        {"name": "element_id", "type": "int32"},
-        {"name": "sequence_number", "type": "int32"},
-        {"name": "version_number", "type": "int32"},
-        {"name": "comment", "type": "string", "optional": True},
-        {"name": "created_at", "type": "string", "facet": True, "optional": True},
-        {"name": "updated_at", "type": "string", "facet": True, "optional": True},
-    ],
-    "default_sorting_field": "sequence_number",
-}
 
 TABLES = (
     "CREATE TABLE a (id INTEGER PRIMARY KEY, email TEXT UNIQUE, v TEXT)",

@@ -6,6 +6,9 @@ import math
 import struct
 from typing import Any
 
+from conftest import ELEMENTS_CONFIG as ELEMENTS_CONFIG  # the seed, re-exported
+from conftest import SERVICE_A_COLLECTION_SCHEMA as SERVICE_A_COLLECTION_SCHEMA
+
 from cdc_daemon.config import TableConfig
 from cdc_daemon.database import Column, TableInfo
 from cdc_daemon.schema import TableMapping, build_mapping
@@ -42,37 +45,6 @@ ELEMENTS = table(
     ],
     key=("id",),
 )
-
-# The seed's elements configuration (interface.md's example, under the seed's collection name).
-ELEMENTS_CONFIG: dict[str, Any] = {
-    "table": "elements",
-    "collection": "service_a_collection",
-    "fields": {
-        "element_id": {"type": "int32"},
-        "sequence_number": {"type": "int32"},
-        "version_number": {"type": "int32"},
-        "created_at": {"facet": True},
-        "updated_at": {"facet": True},
-    },
-    "default_sorting_field": "sequence_number",
-}
-
-# The seed's SERVICE_A_COLLECTION_SCHEMA without its `id` entry (Typesense's document id, which
-# is not a schema field in ours), in the seed's order.
-SERVICE_A_COLLECTION_SCHEMA: dict[str, Any] = {
-    "name": "service_a_collection",
-    "fields": [
-        {"name": "element_type", "type": "string"},
-        {"name": "element_id", "type": "int32"},
-        {"name": "sequence_number", "type": "int32"},
-        {"name": "version_number", "type": "int32"},
-        {"name": "comment", "type": "string", "optional": True},
-        {"name": "created_at", "type": "string", "facet": True, "optional": True},
-        {"name": "updated_at", "type": "string", "facet": True, "optional": True},
-    ],
-    "default_sorting_field": "sequence_number",
-}
-
 
 def mapping(info: TableInfo, **config: Any) -> TableMapping:
     return build_mapping(info, TableConfig(table=info.name, **config), where="tables[1]")
