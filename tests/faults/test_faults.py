@@ -20,10 +20,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import wait_for as wait_until
 
 from cdc_daemon.localserver import LocalTypesense, free_port
 
-from .harness import API_KEY, HERE, FaultWorld, kill9, wait_until
+from .harness import API_KEY, HERE, FaultWorld, kill9
 from .proxy import FaultProxy, Gate, Request, Verdict
 
 KILLS = 24
