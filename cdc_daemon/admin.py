@@ -35,12 +35,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cdc_daemon.auth import JwtVerifier, Principal, Unauthorized
-from cdc_daemon.backfill import Backfill, backfills_in_progress
+from cdc_daemon.backfill import Backfill
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database
 from cdc_daemon.errors import CdcError
-from cdc_daemon.evolution import rebuilds_in_progress
 from cdc_daemon.logs import redact
+from cdc_daemon.status import sync_status
 from cdc_daemon.verify import TableDiff, Verifier
 
 if TYPE_CHECKING:
@@ -203,12 +203,8 @@ class AdminApi:
             db.close()
 
     def _status(self) -> dict[str, Any]:
-        with self._database() as (runtime, db, changelog):
-            status = changelog.status(list(runtime.mappings))
-            for table, logged in backfills_in_progress(db, runtime.names).items():
-                status["tables"].setdefault(table, {})["backfill_logged_rows"] = logged
-            for table, collection in rebuilds_in_progress(db, runtime.names).items():
-                status["tables"].setdefault(table, {})["rebuilding_into"] = collection
+        with self._database() as (runtime, db, _changelog):
+            status = sync_status(db, runtime.names, list(runtime.mappings))
         keys = runtime.keys.stats()
         status["daemon"] = {
             "paused": self.daemon.paused.is_set(),

@@ -13,15 +13,15 @@ from typing import Any
 import structlog
 
 from cdc_daemon import __version__
-from cdc_daemon.backfill import Backfill, BackfillProgress, backfills_in_progress
+from cdc_daemon.backfill import Backfill, BackfillProgress
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import Config, default_config_path, load_config
 from cdc_daemon.daemon import build_runtime, open_tables, require_installed, serve
 from cdc_daemon.drain import Drainer
 from cdc_daemon.errors import CdcError, KmsUnavailable
-from cdc_daemon.evolution import rebuilds_in_progress
 from cdc_daemon.init import render_config
 from cdc_daemon.logs import configure_logging, redact
+from cdc_daemon.status import sync_status
 from cdc_daemon.triggers import LogTables, install, trigger_problems, uninstall
 from cdc_daemon.verify import TableDiff, Verifier
 
@@ -157,12 +157,7 @@ def _status(config: Config) -> dict[str, Any]:
     try:
         names = LogTables(config.log_table)
         require_installed(db, names)
-        status = ChangeLog(db, names, config.sync.max_attempts).status(list(mappings))
-        for table, logged in backfills_in_progress(db, names).items():
-            status["tables"].setdefault(table, {})["backfill_logged_rows"] = logged
-        for table, collection in rebuilds_in_progress(db, names).items():
-            status["tables"].setdefault(table, {})["rebuilding_into"] = collection
-        return status
+        return sync_status(db, names, list(mappings))
     finally:
         db.close()
 
