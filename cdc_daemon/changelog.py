@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import apsw
 
@@ -16,8 +16,7 @@ from cdc_daemon.triggers import LogTables
 RETRYABLE_DELAY = 1.0  # seconds before a key whose failure was not its fault is tried again
 
 
-@dataclass(frozen=True)
-class LogEntry:
+class LogEntry(NamedTuple):  # a tuple: built for every entry read, 3x cheaper than a dataclass
     seq: int
     table: str
     log_key: Any
@@ -56,15 +55,18 @@ class ChangeLog:
         self._log = quote_ident(names.log)
         self._dead = quote_ident(names.dead)
 
-    def read_batch(self, conn: apsw.Connection, limit: int, now: float) -> list[LogEntry]:
-        """The oldest `limit` entries that are due; call inside Database.read()."""
+    def read_batch(
+        self, conn: apsw.Connection, limit: int, now: float, after: int = 0
+    ) -> list[LogEntry]:
+        """The oldest `limit` entries that are due (with a seq above `after`); call inside
+        Database.read()."""
         return [
             LogEntry(seq, table, log_key, op, attempts, ts)
             for seq, table, log_key, op, attempts, ts in select_rows(  # a key that is not
                 conn,  # UTF-8 comes back as an InvalidText, and is dead-lettered (keys.py)
                 ("seq", "tbl", "pk", "op", "attempts", "ts"),
-                f"FROM {self._log} WHERE next_attempt_at <= ? ORDER BY seq LIMIT ?",
-                (now, limit),
+                f"FROM {self._log} WHERE seq > ? AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
+                (after, now, limit),
             )
         ]
 

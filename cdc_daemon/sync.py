@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,11 +14,11 @@ import structlog
 from cdc_daemon.changelog import ChangeLog, KeyFailure, LogEntry
 from cdc_daemon.database import Database, quote_ident, select_rows
 from cdc_daemon.documents import build_document, row_is_live, row_key
-from cdc_daemon.errors import CollectionMissing, DocumentError, TargetError
+from cdc_daemon.errors import CdcError, CollectionMissing, DocumentError, TargetError
 from cdc_daemon.evolution import CollectionManager, Target
 from cdc_daemon.keys import Key, log_key_to_key
 from cdc_daemon.schema import TableMapping
-from cdc_daemon.sink import DocResult, TypesenseSink
+from cdc_daemon.sink import DocResult, TypesenseSink, encode_document
 
 KEYS_PER_SELECT = 500
 log = structlog.get_logger("cdc_daemon.sync")
@@ -47,6 +48,7 @@ class _Change:
     key: Key | None = None
     doc_id: str = ""
     document: dict[str, Any] | None = None  # set: upsert; None: delete
+    line: str = ""  # the document as JSON, encoded while reading (off the send's critical path)
     error: str | None = None
 
 
@@ -93,7 +95,9 @@ class Syncer:
         self.collections = collections
         self.targets: dict[str, Target] = {}
         self.resend_delay = 30.0  # after a timeout; the daemon sets it from typesense.timeout
+        self.read_ahead = True  # read the next batch while a full one is being sent
         self._collections_ready = False
+        self._next: list[_Change] | None = None  # read ahead, sent by the next sync_once
 
     def ensure_collections(self) -> None:
         """Create, extend or start rebuilding collections; SchemaMismatch for a foreign one."""
@@ -115,7 +119,7 @@ class Syncer:
         if not self._collections_ready:
             self.ensure_collections()
         report = BatchReport()
-        changes = self._read()
+        changes, self._next = self._next or self._read(), None
         if not changes:
             return report
         entries = [e for c in changes for e in c.entries]
@@ -123,8 +127,12 @@ class Syncer:
         report.first_seq = min(e.seq for e in entries)
         report.last_seq = max(e.seq for e in entries)
         uncertain = self.sink.uncertain_writes
+        ahead = None
         try:
-            results = self._send(changes, report)
+            if self.read_ahead and report.entries >= self.batch_size:  # more is likely waiting
+                results, ahead = self._send_reading_ahead(changes, report, report.last_seq)
+            else:
+                results = self._send(changes, report)
         except CollectionMissing:
             self._collections_ready = False
             raise
@@ -151,6 +159,7 @@ class Syncer:
                     )
                 )
         dead = self.changelog.commit(acked, succeeded, failures)
+        self._next = ahead  # only once this batch is acknowledged: on any failure it is dropped
         report.failed = len(failures)
         for failure in dead:
             report.dead_by_table[failure.table] = report.dead_by_table.get(failure.table, 0) + 1
@@ -158,10 +167,38 @@ class Syncer:
         report.duration = time.monotonic() - started
         return report
 
-    def _read(self) -> list[_Change]:
-        """The due log entries and the rows they point at, in one read transaction."""
+    def _send_reading_ahead(
+        self, changes: list[_Change], report: BatchReport, after: int
+    ) -> tuple[list[DocResult], list[_Change] | None]:
+        """Send this batch while a helper thread reads the next one (the due entries after seq
+        `after`, and their rows, in a snapshot of its own) and builds its documents.
+
+        Safe because the batch read ahead is sent only after this one was acknowledged (imports
+        stay sequential: per-key order holds, a later snapshot's document is sent later), and is
+        dropped when this one fails. The helper is joined before this returns, so the database
+        connection is never used by two threads at once; HTTP stays on this (the loop's) thread.
+        """
+        ahead: list[list[_Change]] = []
+
+        def read() -> None:
+            try:
+                ahead.append(self._read(after))
+            except CdcError as exc:  # not fatal: the next sync_once reads again
+                log.debug("read-ahead failed", error=str(exc))
+
+        reader = threading.Thread(target=read, name="cdc-read-ahead", daemon=True)
+        reader.start()
+        try:
+            results = self._send(changes, report)
+        finally:
+            reader.join()
+        return results, (ahead[0] if ahead else None)
+
+    def _read(self, after: int = 0) -> list[_Change]:
+        """The due log entries (after seq `after`) and the rows they point at, in one read
+        transaction."""
         with self.db.read() as conn:
-            entries = self.changelog.read_batch(conn, self.batch_size, time.time())
+            entries = self.changelog.read_batch(conn, self.batch_size, time.time(), after)
             changes: dict[tuple[str, Any], _Change] = {}
             for entry in entries:
                 ident = (entry.table, entry.log_key)
@@ -195,7 +232,8 @@ class Syncer:
                 continue
             try:
                 change.document = build_document(mapping, row)
-            except DocumentError as exc:
+                change.line = encode_document(change.document)
+            except (DocumentError, ValueError, TypeError) as exc:  # one bad row, not the batch
                 change.error = str(exc)
 
     def _send(self, changes: list[_Change], report: BatchReport) -> list[DocResult]:
@@ -212,13 +250,11 @@ class Syncer:
             upserts = [i for i in indexes if changes[i].document is not None]
             deletes = [i for i in indexes if changes[i].document is None]
             ids = [changes[i].doc_id for i in deletes]
-            upsert_results = self.sink.upsert(
-                target.primary, [changes[i].document or {} for i in upserts]
-            )
+            upsert_results = self.sink.upsert(target.primary, [changes[i].line for i in upserts])
             delete_results = self.sink.delete(target.primary, ids)
             if target.mirror is not None:
                 live = [i for i in upserts if any(e.op != "B" for e in changes[i].entries)]
-                self._mirror(target.mirror, [changes[i].document or {} for i in live], ids)
+                self._mirror(target.mirror, [changes[i].line for i in live], ids)
             for i, result in zip(upserts + deletes, upsert_results + delete_results, strict=True):
                 results[i] = result
             report.upserted[table] = sum(r.ok for r in upsert_results)
@@ -238,7 +274,7 @@ class Syncer:
         for table, log_keys in by_table.items():
             self.changelog.enqueue(table, log_keys, "T", not_before=due)
 
-    def _mirror(self, collection: str, documents: list[dict[str, Any]], ids: list[str]) -> None:
+    def _mirror(self, collection: str, documents: list[str], ids: list[str]) -> None:
         """Best effort, during a rebuild: keep the collection searches still use up to date.
         Its answers are not acknowledged (the new collection's are); it is dropped at the swap."""
         try:
