@@ -1,0 +1,260 @@
+"""End-to-end throughput: rows committed by an app → searchable in Typesense, against the raw
+import ceiling and against one request per row, all measured in the same run.
+
+    .venv/bin/python benchmarks/throughput.py [--quick] [--sizes 100000,1000000] [--repeats 2]
+
+For each size N and each repeat:
+- raw: the same documents (built from the rows exactly as the daemon builds them, JSON-encoded
+  before the clock starts) imported straight into a fresh collection, one sequential
+  `import?action=upsert` per batch, at batch sizes 100 / 1,000 / 5,000; the best is the ceiling;
+- e2e: a fresh app database with the triggers installed and `cdc-daemon run` (a subprocess,
+  batch_size 100 / 1,000 / 5,000) waiting; the clock starts when the app process starts
+  committing N rows (stdlib sqlite3, 1,000-row transactions, as fast as it can) and stops when
+  the collection counts N documents (polled every 50 ms);
+- naive: a sample of rows (new ids) sent one `POST .../documents?action=upsert` each over one
+  keep-alive connection, into the raw collection right after its N documents were imported (so
+  at the same collection size); its rate is extrapolated to N.
+Raw and e2e runs of a batch size follow each other (the machine's load drifts). Ratios are taken
+within a repeat (e2e vs that repeat's best raw), then the median over repeats.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import (
+    World,
+    app,
+    app_result,
+    arguments,
+    cdc,
+    cpu_seconds,
+    machine,
+    median,
+    print_table,
+    save,
+    wait_until,
+)
+
+from cdc_daemon.config import load_config
+from cdc_daemon.daemon import open_tables
+from cdc_daemon.database import quote_ident
+from cdc_daemon.documents import build_document
+
+BATCHES = (100, 1000, 5000)
+APP_TXN = 1000
+
+
+def source_documents(world: World, rows: int) -> tuple[dict[str, Any], list[str]]:
+    """Rows written by the app (no triggers), turned into the daemon's documents and schema."""
+    db = world.app_db(f"source_{rows}")
+    app_result(app("bulk", db, "--rows", str(rows), "--txn", "10000"))
+    config = load_config(world.config(db, "source"))
+    database, _infos, mappings = open_tables(config)
+    try:
+        mapping = mappings["elements"]
+        columns = ", ".join(quote_ident(c) for c in mapping.columns)
+        lines = [
+            json.dumps(build_document(mapping, row), ensure_ascii=False, allow_nan=False)
+            for row in database.query(f"SELECT {columns} FROM elements ORDER BY id")
+        ]
+        schema = mapping.collection_schema("")
+    finally:
+        database.close()
+    shutil.rmtree(db.parent)
+    return schema, lines
+
+
+def raw_import(
+    world: World,
+    schema: dict[str, Any],
+    lines: list[str],
+    batch: int,
+    name: str,
+    naive_sample: list[str] | None = None,
+) -> dict[str, Any]:
+    assert world.typesense is not None and world.typesense.process is not None
+    world.ts.post("/collections", json={**schema, "name": name}).raise_for_status()
+    bodies = ["\n".join(lines[i : i + batch]).encode() for i in range(0, len(lines), batch)]
+    server_cpu = cpu_seconds(world.typesense.process.pid)
+    started = time.perf_counter()
+    for body in bodies:
+        response = world.ts.post(
+            f"/collections/{name}/documents/import",
+            params={"action": "upsert", "dirty_values": "reject"},
+            content=body,
+        )
+        response.raise_for_status()
+        lines_ok = response.text.count('"success":true')
+        if lines_ok != body.count(b"\n") + 1:
+            raise RuntimeError(f"raw import: failed lines: {response.text[:300]}")
+    seconds = time.perf_counter() - started
+    server_cpu = cpu_seconds(world.typesense.process.pid) - server_cpu
+    count = world.num_documents(name)
+    result = {
+        "batch": batch,
+        "seconds": seconds,
+        "docs_per_s": len(lines) / seconds,
+        "server_cpu_s": server_cpu,
+    }
+    if naive_sample:
+        result["naive"] = naive(world, naive_sample, name, first_id=len(lines) + 1)
+    world.ts.delete(f"/collections/{name}")
+    if count != len(lines):
+        raise RuntimeError(f"raw import: {count} documents, expected {len(lines)}")
+    return result
+
+
+def end_to_end(world: World, rows: int, batch: int, name: str) -> dict[str, Any]:
+    assert world.typesense is not None and world.typesense.process is not None
+    db = world.app_db(name)
+    config = world.config(db, name, batch_size=batch)
+    cdc(config, "install")
+    daemon = world.daemon(config)
+    wait_until(
+        lambda: world.ts.get(f"/aliases/{name}").status_code == 200, 60, what="collection"
+    )
+    physical = world.ts.get(f"/aliases/{name}").json()["collection_name"]
+    daemon_cpu, server_cpu = daemon.cpu_seconds(), cpu_seconds(world.typesense.process.pid)
+    started = time.monotonic()
+    writer = app("bulk", db, "--rows", str(rows), "--txn", str(APP_TXN))
+    done = wait_until(
+        lambda: world.num_documents(physical) >= rows, 3600, interval=0.05, what="all documents"
+    )
+    seconds = done - started
+    daemon_cpu = daemon.cpu_seconds() - daemon_cpu
+    server_cpu = cpu_seconds(world.typesense.process.pid) - server_cpu
+    written = app_result(writer)
+    if daemon.stop() != 0:
+        raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
+    world.drop_collection(name)
+    shutil.rmtree(db.parent)
+    return {
+        "batch": batch,
+        "seconds": seconds,
+        "docs_per_s": rows / seconds,
+        "app_commit_s": written["wall_s"],
+        "tail_after_last_commit_s": seconds - written["wall_s"],
+        "daemon_cpu_s": daemon_cpu,
+        "server_cpu_s": server_cpu,
+    }
+
+
+def naive(world: World, lines: list[str], name: str, first_id: int) -> dict[str, Any]:
+    """One request per row into `name`, with ids from `first_id` on (new documents)."""
+    bodies = [
+        json.dumps({**json.loads(line), "id": str(first_id + i)}, ensure_ascii=False).encode()
+        for i, line in enumerate(lines)
+    ]
+    started = time.perf_counter()
+    for body in bodies:
+        response = world.ts.post(
+            f"/collections/{name}/documents",
+            params={"action": "upsert", "dirty_values": "reject"},
+            content=body,
+        )
+        if response.status_code not in (200, 201):
+            raise RuntimeError(f"naive upsert: HTTP {response.status_code}: {response.text}")
+    seconds = time.perf_counter() - started
+    return {"docs": len(lines), "seconds": seconds, "docs_per_s": len(lines) / seconds}
+
+
+def main() -> None:
+    args = arguments(__doc__ or "", sizes={"default": None, "help": "comma-separated row counts"})
+    sizes = (
+        [int(s) for s in args.sizes.split(",")]
+        if args.sizes
+        else ([10_000] if args.quick else [100_000, 1_000_000])
+    )
+    repeats = args.repeats or 2
+    naive_rows = 300 if args.quick else 2000
+    report: dict[str, Any] = {
+        "benchmark": "throughput",
+        "command": "benchmarks/throughput.py" + (" --quick" if args.quick else ""),
+        "machine": machine(),
+        "app_transaction_rows": APP_TXN,
+        "naive_sample": naive_rows,
+        "sizes": {},
+    }
+    with World("throughput") as world:
+        world.start_typesense()
+        report["machine"]["typesense"] = world.ts.get("/debug").json().get("version")
+        for rows in sizes:
+            schema, lines = source_documents(world, rows)
+            runs: list[dict[str, Any]] = []
+            for rep in range(repeats):
+                run: dict[str, Any] = {"raw": [], "e2e": []}
+                for batch in BATCHES:  # raw and e2e back to back: the load drifts
+                    sample = lines[:naive_rows] if batch == BATCHES[-1] else None
+                    raw = raw_import(world, schema, lines, batch, f"raw_{rows}_{batch}", sample)
+                    e2e = end_to_end(world, rows, batch, f"e2e_{rows}_{batch}_{rep}")
+                    run["raw"].append(raw)
+                    run["e2e"].append(e2e)
+                    print(f"  {rows:,} rows, repeat {rep + 1}, batch {batch}: raw"
+                          f" {raw['docs_per_s']:,.0f} docs/s, e2e {e2e['docs_per_s']:,.0f} docs/s",
+                          flush=True)
+                run["naive"] = run["raw"][-1].pop("naive")
+                ceiling = max(r["docs_per_s"] for r in run["raw"])
+                for e2e, raw in zip(run["e2e"], run["raw"], strict=True):
+                    e2e["vs_raw_ceiling"] = e2e["docs_per_s"] / ceiling
+                    e2e["vs_raw_same_batch"] = e2e["docs_per_s"] / raw["docs_per_s"]
+                    e2e["vs_naive"] = e2e["docs_per_s"] / run["naive"]["docs_per_s"]
+                run["raw_ceiling_docs_per_s"] = ceiling
+                runs.append(run)
+            report["sizes"][str(rows)] = {"runs": runs, "summary": summarize(runs)}
+            table(rows, report["sizes"][str(rows)]["summary"])
+        report["load"] = world.load.read()
+    report["machine"]["other_processes_end"] = machine()["other_processes"]
+    print(f"\nload during the run: {report['load']}")
+    save("throughput", report)
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "raw_ceiling_docs_per_s": median([r["raw_ceiling_docs_per_s"] for r in runs]),
+        "naive_docs_per_s": median([r["naive"]["docs_per_s"] for r in runs]),
+        "raw": {},
+        "e2e": {},
+    }
+    for i, batch in enumerate(BATCHES):
+        summary["raw"][str(batch)] = median([r["raw"][i]["docs_per_s"] for r in runs])
+        summary["e2e"][str(batch)] = {
+            key: median([r["e2e"][i][key] for r in runs])
+            for key in ("docs_per_s", "vs_raw_ceiling", "vs_raw_same_batch", "vs_naive",
+                        "tail_after_last_commit_s", "daemon_cpu_s", "server_cpu_s")
+        }
+        summary["e2e"][str(batch)]["all_vs_raw_ceiling"] = [
+            round(r["e2e"][i]["vs_raw_ceiling"], 3) for r in runs
+        ]
+    return summary
+
+
+def table(rows: int, summary: dict[str, Any]) -> None:
+    lines = []
+    for batch in BATCHES:
+        e2e = summary["e2e"][str(batch)]
+        lines.append([
+            batch,
+            summary["raw"][str(batch)],
+            e2e["docs_per_s"],
+            f"{e2e['vs_raw_ceiling']:.0%}",
+            " ".join(f"{x:.0%}" for x in e2e["all_vs_raw_ceiling"]),
+            f"{e2e['vs_naive']:.0f}x",
+            e2e["daemon_cpu_s"] * 1000 / rows * 1000,
+        ])
+    print_table(
+        f"{rows:,} rows (median of runs): raw ceiling {summary['raw_ceiling_docs_per_s']:,.0f}"
+        f" docs/s, naive {summary['naive_docs_per_s']:,.0f} docs/s",
+        ["batch", "raw docs/s", "e2e docs/s", "e2e/ceiling", "each run", "e2e/naive",
+         "daemon cpu us/doc"],
+        lines,
+    )
+
+
+if __name__ == "__main__":
+    Path(__file__).parent.joinpath("results").mkdir(exist_ok=True)
+    main()
