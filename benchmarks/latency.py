@@ -124,6 +124,14 @@ def phase(
     }
 
 
+def histogram(latencies_ms: list[float]) -> dict[str, int]:
+    """Counts per 5 ms bucket ("0-5": ...), instead of every sample in the JSON."""
+    counts: dict[int, int] = {}
+    for x in latencies_ms:
+        counts[int(x // 5) * 5] = counts.get(int(x // 5) * 5, 0) + 1
+    return {f"{low}-{low + 5}": counts[low] for low in sorted(counts)}
+
+
 def main() -> None:
     args = arguments(
         __doc__ or "",
@@ -169,7 +177,7 @@ def main() -> None:
             raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
     rows = []
     for rate, runs in phases.items():
-        pooled = [x for r in runs for x in r["latencies_ms"]]
+        pooled = [x for r in runs for x in r.pop("latencies_ms")]
         summary = {
             "achieved_rate": median([r["achieved_rate"] for r in runs]),
             "p50_ms": percentile(pooled, 50),
@@ -179,6 +187,7 @@ def main() -> None:
             "p99_each_run_ms": [round(r["p99_ms"], 1) for r in runs],
             "daemon_cpu_share": median([r["daemon_cpu_share"] for r in runs]),
             "search_rtt_p50_ms": median([r["search_rtt_p50_ms"] for r in runs]),
+            "histogram_ms": histogram(pooled),
         }
         report["rates"][str(int(rate))] = {"summary": summary, "runs": runs}
         rows.append([
