@@ -44,7 +44,10 @@ class DocResult:
 OK = DocResult(ok=True)
 SUCCESS_LINE = '{"success":true}'  # what Typesense 0.24 answers for an accepted document
 # One encoder for every document: json.dumps() with options builds a new one per call.
-encode_document = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+# ASCII only (non-ASCII as \uXXXX escapes): Typesense 0.24.1 can drop a multi-byte UTF-8
+# character that straddles a buffer boundary of a large import (seen: one emoji lost from a
+# 1 MiB text under load); escapes have no bytes to split.
+encode_document = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
 
 
 class _Node:
