@@ -12,6 +12,7 @@ from typing import Any
 
 from conftest import (
     API_KEY,
+    ELEMENTS_CONFIG,
     ELEMENTS_DDL,
     Env,
     app_exec,
@@ -28,13 +29,7 @@ from conftest import (
 
 from cdc_daemon.localserver import LocalTypesense
 
-ELEMENTS = {
-    "table": "elements",
-    "fields": {"element_id": {"type": "int32"}, "sequence_number": {"type": "int32"},
-               "version_number": {"type": "int32"}, "created_at": {"facet": True},
-               "updated_at": {"facet": True}},
-    "default_sorting_field": "sequence_number",
-}
+ELEMENTS = {k: v for k, v in ELEMENTS_CONFIG.items() if k != "collection"}  # the seed
 
 
 def setup_elements(env: Env, **overrides: Any) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
-import struct
 import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from unit.helpers import same_key as same_key  # one definition, shared
+from unit.helpers import same_value as same_value
 
 from cdc_daemon.config import TableConfig
 from cdc_daemon.database import Database, TableInfo
@@ -179,16 +180,3 @@ def same_keys(a: list[Key] | set[Key], b: list[Key] | set[Key]) -> bool:
         return Counter(tuple((type(v).__name__, v) for v in k) for k in keys)
 
     return typed(a) == typed(b)
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equal with the same type; floats bit for bit (so 0.3 != 0.1 + 0.2, inf == inf)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float):
-        return struct.pack("<d", a) == struct.pack("<d", b) or (math.isnan(a) and math.isnan(b))
-    return bool(a == b)
-
-
-def same_key(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
