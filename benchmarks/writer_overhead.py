@@ -12,8 +12,9 @@ alternate (without, with, without, with, ...); the ratio is the median of the wi
 rates, by wall time and by the app's own CPU time.
 
 --diagnose (on by default in full mode) adds, for WAL + NORMAL, what-if log tables behind the
-same triggers, to show where a triggered insert's time goes: without AUTOINCREMENT (no
-sqlite_sequence update), without the `ts` default expression, with only (seq, tbl, pk, op).
+same triggers, to show where a triggered insert's time goes: with AUTOINCREMENT (a
+sqlite_sequence update per commit: the log had it before), without the `ts` default expression,
+with only (seq, tbl, pk, op).
 """
 
 from __future__ import annotations
@@ -37,16 +38,15 @@ from cdc_daemon.database import Database
 from cdc_daemon.triggers import LogTables, install
 
 TS = "(julianday('now') - 2440587.5) * 86400.0"
+REST = "tbl TEXT NOT NULL, pk, op TEXT NOT NULL"
+RETRY = (
+    "attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT"
+)
 WHAT_IF = {
-    "no AUTOINCREMENT": "seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL, pk, op TEXT NOT NULL,"
-    f" ts REAL NOT NULL DEFAULT ({TS}), attempts INTEGER NOT NULL DEFAULT 0,"
-    " next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT",
-    "no ts default": "seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, pk,"
-    " op TEXT NOT NULL, ts REAL, attempts INTEGER NOT NULL DEFAULT 0,"
-    " next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT",
-    "4 columns, AUTOINCREMENT": "seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, pk,"
-    " op TEXT NOT NULL",
-    "4 columns": "seq INTEGER PRIMARY KEY, tbl TEXT NOT NULL, pk, op TEXT NOT NULL",
+    "with AUTOINCREMENT (as before)": f"seq INTEGER PRIMARY KEY AUTOINCREMENT, {REST},"
+    f" ts REAL NOT NULL DEFAULT ({TS}), {RETRY}",
+    "no ts default": f"seq INTEGER PRIMARY KEY, {REST}, ts REAL, {RETRY}",
+    "4 columns": f"seq INTEGER PRIMARY KEY, {REST}",
 }
 
 

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import apsw
+import structlog
 
 from cdc_daemon.database import Database, quote_ident, scalar, select_rows
 from cdc_daemon.retry import backoff_delay
-from cdc_daemon.triggers import LogTables
+from cdc_daemon.triggers import ACKNOWLEDGING, DELETED_BY_OTHERS, LogTables
 
 RETRYABLE_DELAY = 1.0  # seconds before a key whose failure was not its fault is tried again
+log = structlog.get_logger("cdc_daemon.changelog")
 
 
 class LogEntry(NamedTuple):  # a tuple: built for every entry read, 3x cheaper than a dataclass
@@ -54,6 +56,7 @@ class ChangeLog:
         self.max_attempts = max_attempts
         self._log = quote_ident(names.log)
         self._dead = quote_ident(names.dead)
+        self._state = quote_ident(names.state)
 
     def read_batch(
         self, conn: apsw.Connection, limit: int, now: float, after: int = 0
@@ -70,17 +73,41 @@ class ChangeLog:
             )
         ]
 
+    def deleted_by_others(self, conn: apsw.Connection) -> int:
+        """Log entries deleted by anything but the daemon, ever (counted by the log's guard
+        trigger). Read with a batch; a different count when acknowledging it means its seqs may
+        have been used again for newer changes (the log has no AUTOINCREMENT)."""
+        return int(
+            scalar(
+                conn,
+                f"SELECT COALESCE((SELECT value FROM {self._state} WHERE name = ?), 0)",
+                (DELETED_BY_OTHERS,),
+            )
+        )
+
     def commit(
-        self, acked: list[int], succeeded_keys: list[tuple[str, Any]], failures: list[KeyFailure]
+        self,
+        acked: list[int],
+        succeeded_keys: list[tuple[str, Any]],
+        failures: list[KeyFailure],
+        deleted_by_others: int,
     ) -> list[KeyFailure]:
         """Delete acknowledged seqs, back off or dead-letter failures: one short write.
 
-        Returns the failures that were dead-lettered.
+        `deleted_by_others` is deleted_by_others() as read with the batch: if it moved, nothing
+        is written (the entries are read and sent again: harmless). Returns the failures that
+        were dead-lettered.
         """
         now = time.time()
         dead: list[KeyFailure] = []
         with self.db.write() as conn:
-            delete = [seq for seq in acked]
+            if self.deleted_by_others(conn) != deleted_by_others:
+                log.warning(
+                    "log entries were deleted by something else since this batch was read;"
+                    " not acknowledging it, it is read again"
+                )
+                return []
+            delete = list(acked)
             for failure in failures:
                 keep = max(e.seq for e in failure.entries)
                 delete.extend(e.seq for e in failure.entries if e.seq != keep)
@@ -107,9 +134,12 @@ class ChangeLog:
                             keep,
                         ),
                     )
+            # Our own deletes, not counted by the guard trigger: the marker is never committed.
+            conn.execute(f"INSERT INTO {self._state} VALUES (?, 1)", (ACKNOWLEDGING,))
             conn.executemany(
                 f"DELETE FROM {self._log} WHERE seq BETWEEN ? AND ?", contiguous_ranges(delete)
             )
+            conn.execute(f"DELETE FROM {self._state} WHERE name = ?", (ACKNOWLEDGING,))
             if succeeded_keys and self._has_dead_letters(conn):
                 conn.executemany(
                     f"DELETE FROM {self._dead} WHERE tbl = ? AND pk IS ?", succeeded_keys

@@ -52,6 +52,14 @@ class _Change:
     error: str | None = None
 
 
+@dataclass
+class _Batch:
+    """The changes read in one snapshot, and the log's deleted-by-others count in it."""
+
+    changes: list[_Change]
+    deleted_by_others: int
+
+
 def fetch_rows(
     conn: apsw.Connection, mapping: TableMapping, keys: Sequence[Key]
 ) -> dict[Key, tuple[Any, ...]]:
@@ -97,7 +105,7 @@ class Syncer:
         self.resend_delay = 30.0  # after a timeout; the daemon sets it from typesense.timeout
         self.read_ahead = True  # read the next batch while a full one is being sent
         self._collections_ready = False
-        self._next: list[_Change] | None = None  # read ahead, sent by the next sync_once
+        self._next: _Batch | None = None  # read ahead, sent by the next sync_once
 
     def ensure_collections(self) -> None:
         """Create, extend or start rebuilding collections; SchemaMismatch for a foreign one."""
@@ -119,7 +127,8 @@ class Syncer:
         if not self._collections_ready:
             self.ensure_collections()
         report = BatchReport()
-        changes, self._next = self._next or self._read(), None
+        batch, self._next = self._next or self._read(), None
+        changes = batch.changes
         if not changes:
             return report
         entries = [e for c in changes for e in c.entries]
@@ -158,7 +167,7 @@ class Syncer:
                         retryable=result.retryable,
                     )
                 )
-        dead = self.changelog.commit(acked, succeeded, failures)
+        dead = self.changelog.commit(acked, succeeded, failures, batch.deleted_by_others)
         self._next = ahead  # only once this batch is acknowledged: on any failure it is dropped
         report.failed = len(failures)
         for failure in dead:
@@ -169,7 +178,7 @@ class Syncer:
 
     def _send_reading_ahead(
         self, changes: list[_Change], report: BatchReport, after: int
-    ) -> tuple[list[DocResult], list[_Change] | None]:
+    ) -> tuple[list[DocResult], _Batch | None]:
         """Send this batch while a helper thread reads the next one (the due entries after seq
         `after`, and their rows, in a snapshot of its own) and builds its documents.
 
@@ -178,7 +187,7 @@ class Syncer:
         dropped when this one fails. The helper is joined before this returns, so the database
         connection is never used by two threads at once; HTTP stays on this (the loop's) thread.
         """
-        ahead: list[list[_Change]] = []
+        ahead: list[_Batch] = []
 
         def read() -> None:
             try:
@@ -194,11 +203,12 @@ class Syncer:
             reader.join()
         return results, (ahead[0] if ahead else None)
 
-    def _read(self, after: int = 0) -> list[_Change]:
+    def _read(self, after: int = 0) -> _Batch:
         """The due log entries (after seq `after`) and the rows they point at, in one read
         transaction."""
         with self.db.read() as conn:
             entries = self.changelog.read_batch(conn, self.batch_size, time.time(), after)
+            deleted_by_others = self.changelog.deleted_by_others(conn) if entries else 0
             changes: dict[tuple[str, Any], _Change] = {}
             for entry in entries:
                 ident = (entry.table, entry.log_key)
@@ -210,7 +220,7 @@ class Syncer:
                 by_table.setdefault(change.table, []).append(change)
             for table, table_changes in by_table.items():
                 self._resolve(conn, table, table_changes)
-        return list(changes.values())
+        return _Batch(list(changes.values()), deleted_by_others)
 
     def _resolve(self, conn: apsw.Connection, table: str, changes: list[_Change]) -> None:
         """Attach to each change its current document (upsert) or None (delete), or an error."""

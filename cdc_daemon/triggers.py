@@ -11,6 +11,9 @@ from cdc_daemon.database import Database, TableInfo, quote_ident, quote_literal
 from cdc_daemon.errors import ConfigError
 
 LOG_MARKER = "cdc-daemon change log"
+# Names in the state table that the log's guard trigger (sql/trigger_log_guard.sql) uses.
+ACKNOWLEDGING = "acknowledging"  # present only inside the daemon's own acknowledging transaction
+DELETED_BY_OTHERS = "deleted-by-others"  # log entries deleted by anything else, counted
 
 
 def _sql_dir() -> Path:
@@ -101,6 +104,15 @@ def expected_triggers(names: LogTables, info: TableInfo) -> dict[str, str]:
     return result
 
 
+def log_guard_trigger(names: LogTables) -> dict[str, str]:
+    """The trigger on the log itself that counts entries deleted by anyone but the daemon."""
+    name = names.trigger_name(names.log, "guard")
+    sql = template("trigger_log_guard").substitute(
+        name=quote_ident(name), log=quote_ident(names.log), state=quote_ident(names.state)
+    )
+    return {name: sql.strip()}
+
+
 def ensure_log_is_ours(db: Database, names: LogTables) -> bool:
     """True if the log exists (and is ours); ConfigError if a foreign table has its name."""
     rows = db.query("SELECT sql FROM sqlite_master WHERE name = ? AND type = 'table'", (names.log,))
@@ -140,7 +152,7 @@ def install(db: Database, names: LogTables, tables: list[TableInfo]) -> list[str
             )
         )
         present = installed_triggers(db, names)
-        wanted: dict[str, str] = {}
+        wanted = log_guard_trigger(names)
         for info in tables:
             wanted.update(expected_triggers(names, info))
         for name, (table, sql) in present.items():
@@ -174,10 +186,12 @@ def trigger_problems(db: Database, names: LogTables, tables: list[TableInfo]) ->
     if not ensure_log_is_ours(db, names):
         problems.append(f"log table {names.log!r} is missing: run `cdc-daemon install`")
     present = installed_triggers(db, names)
-    for info in tables:
-        for name, sql in expected_triggers(names, info).items():
+    wanted = [(names.log, log_guard_trigger(names))]
+    wanted += [(info.name, expected_triggers(names, info)) for info in tables]
+    for table, triggers in wanted:
+        for name, sql in triggers.items():
             if name not in present:
-                problems.append(f"table {info.name!r}: trigger {name!r} is missing")
+                problems.append(f"table {table!r}: trigger {name!r} is missing")
             elif present[name][1] != sql:
-                problems.append(f"table {info.name!r}: trigger {name!r} is outdated")
+                problems.append(f"table {table!r}: trigger {name!r} is outdated")
     return problems

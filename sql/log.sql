@@ -1,7 +1,11 @@
 -- The change log and its side tables. ${log}, ${dead} and ${state} are quoted identifiers.
 -- Must run on SQLite 3.31+ (the app's own SQLite may be old): no unixepoch(), no concat().
+-- seq has no AUTOINCREMENT (it costs the app's one-row commits ~20%): a seq can be used again
+-- once the log is emptied. The daemon only deletes what it read, and a delete by anyone else is
+-- counted by the log's guard trigger (trigger_log_guard.sql), so an acknowledgement that could hit
+-- a reused seq is refused (changelog.py).
 CREATE TABLE IF NOT EXISTS ${log} ( -- cdc-daemon change log v1
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  seq INTEGER PRIMARY KEY,
   tbl TEXT NOT NULL,
   pk,
   op TEXT NOT NULL,

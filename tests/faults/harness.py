@@ -137,6 +137,12 @@ class FaultWorld:
         self.daemon_config_path.write_text(yaml.safe_dump(
             self._config([daemon_url or self.typesense_url], sync, timeout, metrics)))
         self.cli("install", check=True)
+        self.app_sql(  # the log has no AUTOINCREMENT: count what is ever logged here
+            "CREATE TABLE harness_logged (n INTEGER NOT NULL)",
+            "INSERT INTO harness_logged VALUES (0)",
+            f'CREATE TRIGGER harness_logged AFTER INSERT ON "{LOG_TABLE}"'
+            " BEGIN UPDATE harness_logged SET n = n + 1; END",
+        )
         config = load_config(self.config_path)
         db, _infos, mappings = open_tables(config)
         db.close()
@@ -262,14 +268,20 @@ class FaultWorld:
         return int(self.scalar(f'SELECT COUNT(*) FROM "{LOG_TABLE}"'))
 
     def logged(self) -> int:
-        """Log entries ever written (AUTOINCREMENT keeps counting after deletes)."""
-        return int(self.scalar(
-            f"SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{LOG_TABLE}'), 0)"))
+        """Log entries ever written (counted by the trigger setup() adds)."""
+        return int(self.scalar("SELECT n FROM harness_logged"))
 
     def dead_letters(self) -> set[str]:
+        return self._labels(f'SELECT tbl, pk FROM "{LOG_TABLE}_dead"')
+
+    def logged_keys(self) -> set[str]:
+        """The keys in the log now, as the set check's "table:id" labels."""
+        return self._labels(f'SELECT tbl, pk FROM "{LOG_TABLE}"')
+
+    def _labels(self, select: str) -> set[str]:
         conn = sqlite3.connect(self.db, timeout=30)
         try:
-            rows = conn.execute(f'SELECT tbl, pk FROM "{LOG_TABLE}_dead"').fetchall()
+            rows = conn.execute(select).fetchall()
         finally:
             conn.close()
         mappings = self.mappings()

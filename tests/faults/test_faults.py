@@ -24,7 +24,7 @@ from conftest import wait_for as wait_until
 
 from cdc_daemon.localserver import LocalTypesense, free_port
 
-from .harness import API_KEY, HERE, FaultWorld, kill9
+from .harness import API_KEY, HERE, LOG_TABLE, FaultWorld, kill9
 from .proxy import FaultProxy, Gate, Request, Verdict
 
 KILLS = 24
@@ -513,6 +513,45 @@ def test_log_emptied_by_hand(make_world: Callable[..., FaultWorld], seed: int) -
                  removed_by_hand=world.removed_by_hand, verify_missing=len(gap.lost),
                  verify_extra=len(gap.unexpected), verify_stale=len(gap.stale),
                  repaired=repaired.get("repaired"))
+    assert check.clean, check.summary()
+
+
+def test_log_emptied_while_a_batch_is_in_flight(make_world: Callable[..., FaultWorld],
+                                                proxy: FaultProxy, seed: int) -> None:
+    """The log is emptied by hand while the daemon holds a batch at its import; the app goes on
+    and its new changes take the emptied log's seqs again (no AUTOINCREMENT). The held batch's
+    acknowledgement must not delete them: every change made after the emptying reaches
+    Typesense without any repair."""
+    world = make_world()
+    gate = Gate()
+    proxy.before = gate.before
+    world.setup(daemon_url=proxy.url, sync={"batch_size": 50})
+    world.start_daemon()
+    gate.close()
+    world.finish_workload(world.start_workload(seed, rate=200, max_transactions=150), stop=False)
+    wait_until(lambda: gate.waiting >= 1, timeout=30, message="a batch held before its import")
+    world.removed_by_hand = world.app_sql(f'DELETE FROM "{LOG_TABLE}"')
+    world.finish_workload(world.start_workload(seed + 1, rate=200, max_transactions=150),
+                          stop=False)
+    changed_after = world.logged_keys()
+    assert world.scalar(f'SELECT MIN(seq) FROM "{LOG_TABLE}"') == 1  # the seqs are used again
+    gate.open()
+    started = time.monotonic()
+    wait_until(lambda: world.backlog() == 0, timeout=60, message="the new changes synced")
+    convergence = time.monotonic() - started
+    gap = world.set_check()
+    missed = sorted(set(gap.lost + gap.unexpected + gap.stale) & changed_after)
+    assert not missed, f"changes made after the emptying never reached Typesense: {missed[:10]}"
+    refused = world.daemon_log().count("deleted by something else")
+    assert refused >= 1
+    rc, repaired = world.verify("--repair")  # what the emptying itself lost
+    assert rc == 0, repaired
+    _, check = world.wait_converged(timeout=60)
+    assert world.stop_daemon() == 0
+    world.record("change log emptied during a batch", seed, check, convergence,
+                 removed_by_hand=world.removed_by_hand, changed_after=len(changed_after),
+                 acknowledgements_refused=refused, lost_to_the_emptying=len(gap.lost),
+                 stale_after_the_emptying=len(gap.stale))
     assert check.clean, check.summary()
 
 

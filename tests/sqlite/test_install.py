@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import apsw
 import pytest
 from conftest import ELEMENTS_DDL, SERVICE_A_COLLECTION_SCHEMA
 
+from cdc_daemon.changelog import ChangeLog, KeyFailure
 from cdc_daemon.config import TableConfig
 from cdc_daemon.database import Column, TableInfo
 from cdc_daemon.errors import ConfigError, DatabaseError
@@ -83,6 +86,7 @@ def test_install_creates_log_tables_and_triggers(world: World) -> None:
     assert changes[0] == "created log table 'change_log'"
     names = set(installed_triggers(world.open(), world.names))
     assert names == {
+        "change_log:change_log:guard",
         "change_log:a:insert",
         "change_log:a:update",
         "change_log:a:update_key",
@@ -169,16 +173,17 @@ def test_trigger_problems_reports_missing_and_outdated(world: World) -> None:
     infos = [world.info("a"), world.info("b")]
     fresh = trigger_problems(db, world.names, infos)
     assert fresh[0] == "log table 'change_log' is missing: run `cdc-daemon install`"
-    assert len(fresh) == 1 + 10
+    assert len(fresh) == 1 + 1 + 10  # the log, its guard trigger, the tables' triggers
     world.install("a", "b")
     assert trigger_problems(db, world.names, infos) == []
 
-    world.sql('DROP TRIGGER "change_log:a:delete"')
+    world.sql('DROP TRIGGER "change_log:a:delete"', 'DROP TRIGGER "change_log:change_log:guard"')
     sql = expected_triggers(world.names, infos[1])["change_log:b:insert"]
     world.sql('DROP TRIGGER "change_log:b:insert"', sql.replace("'I'", "'X'"))
     assert sorted(trigger_problems(db, world.names, infos)) == [
         "table 'a': trigger 'change_log:a:delete' is missing",
         "table 'b': trigger 'change_log:b:insert' is outdated",
+        "table 'change_log': trigger 'change_log:change_log:guard' is missing",
     ]
     world.install("a", "b")
     assert trigger_problems(db, world.names, infos) == []
@@ -203,7 +208,7 @@ def test_uninstall_removes_only_our_triggers(world: World) -> None:
     world.install("a", "b")
     world.sql("INSERT INTO a VALUES (1, 'e', 'v')")
     changes = uninstall(world.open(), world.names, drop_log=False)
-    assert len(changes) == 10 and all(c.startswith("removed trigger") for c in changes)
+    assert len(changes) == 11 and all(c.startswith("removed trigger") for c in changes)
     assert set(installed_triggers(world.open(), world.names)) == set()
     names = {r[1] for r in schema_rows(world)}
     assert "app_audit" in names
@@ -235,20 +240,46 @@ def test_uninstall_drop_log_removes_the_tables(world: World) -> None:
     assert world.keys() == {(3,): 1}
 
 
-def test_seq_is_autoincrement_never_reused(world: World) -> None:
+def test_log_seq_has_no_autoincrement_and_only_others_deletes_are_counted(world: World) -> None:
     world.sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
     world.install("t")
     log_sql = world.open().scalar("SELECT sql FROM sqlite_master WHERE name = 'change_log'")
-    assert "AUTOINCREMENT" in log_sql.upper()
+    assert "AUTOINCREMENT" not in log_sql.upper()  # the app's commits pay ~20% less
+    changelog = ChangeLog(world.open(), world.names, max_attempts=3)
+    world.sql("INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)")
+    with world.open().read() as conn:
+        assert changelog.deleted_by_others(conn) == 0
+    changelog.commit([1], [], [], deleted_by_others=0)  # the daemon's own delete: not counted
+    with world.open().read() as conn:
+        assert changelog.deleted_by_others(conn) == 0
+    world.sql("DELETE FROM change_log")  # someone else's, from the app's connection
+    with world.open().read() as conn:
+        assert changelog.deleted_by_others(conn) == 1
+    assert world.sql("SELECT name FROM change_log_state") == [("deleted-by-others",)]
+
+
+def test_an_acknowledgement_never_deletes_a_reused_seq(world: World) -> None:
+    """Without AUTOINCREMENT, emptying the log by hand lets new changes take the seqs of a batch
+    the daemon is still sending. Its acknowledgement must not delete them: it is refused."""
+    world.sql("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    world.install("t")
     world.sql("INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)", "INSERT INTO t VALUES (3)")
-    assert [e.seq for e in world.log()] == [1, 2, 3]
-    world.clear_log()  # the log is empty again, as after a fully acknowledged batch
-    world.sql("INSERT INTO t VALUES (4)")
-    assert [e.seq for e in world.log()] == [4]
-    with world.open().write() as conn:
-        conn.execute("DELETE FROM change_log WHERE seq <= 4")
-    world.sql("DELETE FROM t")
-    assert [e.seq for e in world.log()] == [5, 6, 7, 8]
+    changelog = ChangeLog(world.open(), world.names, max_attempts=3)
+    with world.open().read() as conn:  # the daemon reads a batch...
+        batch = changelog.read_batch(conn, 100, now=time.time())
+        seen = changelog.deleted_by_others(conn)
+    assert [e.seq for e in batch] == [1, 2, 3]
+    world.sql("DELETE FROM change_log")  # ...someone empties the log, the app goes on...
+    world.sql("UPDATE t SET id = id + 10 WHERE id = 1", "DELETE FROM t WHERE id = 2")
+    assert [(e.seq, e.op) for e in world.log()] == [(1, "D"), (2, "U"), (3, "D")]
+    failure = KeyFailure("t", 3, (batch[2],), "rejected", retryable=False)
+    assert changelog.commit([1, 2], [("t", 1)], [failure], deleted_by_others=seen) == []
+    assert [(e.seq, e.op) for e in world.log()] == [(1, "D"), (2, "U"), (3, "D")]
+    assert world.sql("SELECT attempts FROM change_log WHERE seq = 3") == [(0,)]
+    with world.open().read() as conn:  # read again, the same acknowledgement goes through
+        seen = changelog.deleted_by_others(conn)
+    changelog.commit([1, 2, 3], [], [], deleted_by_others=seen)
+    assert world.log() == []
 
 
 def test_triggers_work_where_double_quoted_strings_are_disabled(world: World) -> None:
