@@ -6,10 +6,12 @@ retries in this module: the sync loop (through retry.py) decides when to try aga
 
 from __future__ import annotations
 
+import codecs
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 from urllib.parse import quote
 
@@ -48,6 +50,23 @@ SUCCESS_LINE = '{"success":true}'  # what Typesense 0.24 answers for an accepted
 # character that straddles a buffer boundary of a large import (seen: one emoji lost from a
 # 1 MiB text under load); escapes have no bytes to split.
 encode_document = json.JSONEncoder(ensure_ascii=True, allow_nan=False).encode
+
+
+def _escape_non_ascii(error: UnicodeError) -> tuple[str, int]:
+    """A codec error handler: a run of non-ASCII characters (only ever inside JSON strings)
+    becomes the \\uXXXX escapes json.dumps(ensure_ascii=True) writes for it."""
+    assert isinstance(error, UnicodeEncodeError)
+    run = error.object[error.start : error.end]
+    return encode_basestring_ascii(run)[1:-1], error.end
+
+
+codecs.register_error("cdc-json-ascii", _escape_non_ascii)
+
+
+def ascii_json_body(lines: Iterable[str]) -> bytes:
+    """JSONL lines as an ASCII-only body (lines built by SQLite may hold raw UTF-8; see above).
+    An ASCII body costs one encode; the handler runs only for non-ASCII characters."""
+    return "\n".join(lines).encode("ascii", "cdc-json-ascii")
 
 
 class _Node:
@@ -381,18 +400,23 @@ class TypesenseSink:
         if not documents:
             return []
         collection = self._physical(collection)
-        body = "\n".join(d if isinstance(d, str) else encode_document(d) for d in documents)
+        body = ascii_json_body(d if isinstance(d, str) else encode_document(d) for d in documents)
         response = self._request(
             "POST",
             f"/collections/{quote(collection, safe='')}/documents/import"
             f"?action=upsert&dirty_values={dirty_values}",
             node_check=_import_not_ready,
-            content=body.encode("utf-8"),
+            content=body,
         )
         if response.status_code != 200:
             self._aliases.clear()
             raise _collection_error(collection, response)
-        lines = [line for line in response.text.split("\n") if line.strip()]
+        text = response.text
+        # Nearly always every line succeeded. A failed line quotes its document as an escaped
+        # JSON string, so it can never contain SUCCESS_LINE itself: counting is exact.
+        if text.count(SUCCESS_LINE) == len(documents) == text.rstrip("\n").count("\n") + 1:
+            return [OK] * len(documents)
+        lines = [line for line in text.split("\n") if line.strip()]
         results = [_import_line(line) for line in lines[: len(documents)]]
         missing = DocResult(ok=False, error="no result line for this document", retryable=True)
         return results + [missing] * (len(documents) - len(results))
@@ -538,7 +562,7 @@ def _import_line(line: str) -> DocResult:
 
 def _import_not_ready(response: httpx.Response) -> str | None:
     """An import answered 200 whose every line says the node is not ready: a node failure."""
-    if response.status_code != 200:
+    if response.status_code != 200 or not any(m in response.text for m in NOT_READY_MARKERS):
         return None
     lines = [line for line in response.text.split("\n") if line.strip()]
     if not lines or not any(m in lines[0] for m in NOT_READY_MARKERS):

@@ -13,6 +13,7 @@ import structlog
 
 from cdc_daemon.changelog import ChangeLog, KeyFailure, LogEntry
 from cdc_daemon.database import Database, quote_ident, select_rows
+from cdc_daemon.document_sql import document_sql, fetch_documents
 from cdc_daemon.documents import build_document, row_is_live, row_key
 from cdc_daemon.errors import CdcError, CollectionMissing, DocumentError, TargetError
 from cdc_daemon.evolution import CollectionManager, Target
@@ -47,8 +48,7 @@ class _Change:
     entries: list[LogEntry]
     key: Key | None = None
     doc_id: str = ""
-    document: dict[str, Any] | None = None  # set: upsert; None: delete
-    line: str = ""  # the document as JSON, encoded while reading (off the send's critical path)
+    line: str | None = None  # the document as JSON (built while reading): upsert; None: delete
     error: str | None = None
 
 
@@ -106,6 +106,7 @@ class Syncer:
         self.read_ahead = True  # read the next batch while a full one is being sent
         self._collections_ready = False
         self._next: _Batch | None = None  # read ahead, sent by the next sync_once
+        self._document_sql = {table: document_sql(m) for table, m in mappings.items()}
 
     def ensure_collections(self) -> None:
         """Create, extend or start rebuilding collections; SchemaMismatch for a foreign one."""
@@ -235,14 +236,21 @@ class Syncer:
                 change.doc_id = mapping.doc_id(change.key)
             except (ValueError, TypeError) as exc:
                 change.error = f"unreadable key {change.log_key!r}: {exc}"
-        rows = fetch_rows(conn, mapping, [c.key for c in changes if c.key is not None])
+        keys = [c.key for c in changes if c.key is not None]
+        sql = self._document_sql.get(table)
+        built = fetch_documents(conn, mapping, sql, keys, KEYS_PER_SELECT) if sql else None
+        # Rows whose documents SQLite did not build (all of them, without a fast path).
+        slow = keys if built is None else [key for key, line in built.items() if line is None]
+        rows = fetch_rows(conn, mapping, slow) if slow else {}
         for change in changes:
-            row = rows.get(change.key) if change.key is not None else None
-            if row is None or not row_is_live(mapping, row):
+            if change.key is None:
                 continue
+            change.line = built.get(change.key) if built is not None else None
+            row = rows.get(change.key)
+            if change.line is not None or row is None or not row_is_live(mapping, row):
+                continue  # built by SQLite, or a delete
             try:
-                change.document = build_document(mapping, row)
-                change.line = encode_document(change.document)
+                change.line = encode_document(build_document(mapping, row))
             except (DocumentError, ValueError, TypeError) as exc:  # one bad row, not the batch
                 change.error = str(exc)
 
@@ -257,15 +265,22 @@ class Syncer:
                 by_table.setdefault(change.table, []).append(i)
         for table, indexes in by_table.items():
             target = self.targets.get(table) or Target(self.mappings[table].collection)
-            upserts = [i for i in indexes if changes[i].document is not None]
-            deletes = [i for i in indexes if changes[i].document is None]
+            upserts: list[tuple[int, str]] = []  # (index, document line)
+            deletes: list[int] = []
+            for i in indexes:
+                line = changes[i].line
+                if line is None:
+                    deletes.append(i)
+                else:
+                    upserts.append((i, line))
             ids = [changes[i].doc_id for i in deletes]
-            upsert_results = self.sink.upsert(target.primary, [changes[i].line for i in upserts])
+            upsert_results = self.sink.upsert(target.primary, [line for _, line in upserts])
             delete_results = self.sink.delete(target.primary, ids)
             if target.mirror is not None:
-                live = [i for i in upserts if any(e.op != "B" for e in changes[i].entries)]
-                self._mirror(target.mirror, [changes[i].line for i in live], ids)
-            for i, result in zip(upserts + deletes, upsert_results + delete_results, strict=True):
+                live = [line for i, line in upserts if any(e.op != "B" for e in changes[i].entries)]
+                self._mirror(target.mirror, live, ids)
+            order = [i for i, _ in upserts] + deletes
+            for i, result in zip(order, upsert_results + delete_results, strict=True):
                 results[i] = result
             report.upserted[table] = sum(r.ok for r in upsert_results)
             report.deleted[table] = sum(r.ok for r in delete_results)
