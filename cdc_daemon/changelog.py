@@ -63,15 +63,13 @@ class ChangeLog:
     ) -> list[LogEntry]:
         """The oldest `limit` entries that are due (with a seq above `after`); call inside
         Database.read()."""
-        return [
-            LogEntry(seq, table, log_key, op, attempts, ts)
-            for seq, table, log_key, op, attempts, ts in select_rows(  # a key that is not
-                conn,  # UTF-8 comes back as an InvalidText, and is dead-lettered (keys.py)
-                ("seq", "tbl", "pk", "op", "attempts", "ts"),
-                f"FROM {self._log} WHERE seq > ? AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
-                (after, now, limit),
-            )
-        ]
+        rows = select_rows(  # a key that is not UTF-8 comes back as an InvalidText, and is
+            conn,  # dead-lettered (keys.py)
+            ("seq", "tbl", "pk", "op", "attempts", "ts"),  # LogEntry's fields
+            f"FROM {self._log} WHERE seq > ? AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
+            (after, now, limit),
+        )
+        return list(map(LogEntry._make, rows))
 
     def deleted_by_others(self, conn: apsw.Connection) -> int:
         """Log entries deleted by anything but the daemon, ever (counted by the log's guard
@@ -87,12 +85,14 @@ class ChangeLog:
 
     def commit(
         self,
-        acked: list[int],
-        succeeded_keys: list[tuple[str, Any]],
+        acked: list[tuple[int, int]],
+        succeeded_keys: Iterable[tuple[str, Any]],
         failures: list[KeyFailure],
         deleted_by_others: int,
     ) -> list[KeyFailure]:
-        """Delete acknowledged seqs, back off or dead-letter failures: one short write.
+        """Delete the acknowledged seq ranges, back off or dead-letter failures, clear the dead
+        letters of keys that succeeded (`succeeded_keys` is read only if there are any): one
+        short write.
 
         `deleted_by_others` is deleted_by_others() as read with the batch: if it moved, nothing
         is written (the entries are read and sent again: harmless). Returns the failures that
@@ -110,7 +110,7 @@ class ChangeLog:
             delete = list(acked)
             for failure in failures:
                 keep = max(e.seq for e in failure.entries)
-                delete.extend(e.seq for e in failure.entries if e.seq != keep)
+                delete.extend((e.seq, e.seq) for e in failure.entries if e.seq != keep)
                 attempts = max(e.attempts for e in failure.entries)
                 if failure.retryable:
                     conn.execute(
@@ -121,7 +121,7 @@ class ChangeLog:
                 attempts += 1
                 if attempts >= self.max_attempts:
                     dead.append(failure)
-                    delete.append(keep)
+                    delete.append((keep, keep))
                     self._dead_letter(conn, failure, attempts, now)
                 else:
                     conn.execute(
@@ -136,11 +136,9 @@ class ChangeLog:
                     )
             # Our own deletes, not counted by the guard trigger: the marker is never committed.
             conn.execute(f"INSERT INTO {self._state} VALUES (?, 1)", (ACKNOWLEDGING,))
-            conn.executemany(
-                f"DELETE FROM {self._log} WHERE seq BETWEEN ? AND ?", contiguous_ranges(delete)
-            )
+            conn.executemany(f"DELETE FROM {self._log} WHERE seq BETWEEN ? AND ?", delete)
             conn.execute(f"DELETE FROM {self._state} WHERE name = ?", (ACKNOWLEDGING,))
-            if succeeded_keys and self._has_dead_letters(conn):
+            if self._has_dead_letters(conn):
                 conn.executemany(
                     f"DELETE FROM {self._dead} WHERE tbl = ? AND pk IS ?", succeeded_keys
                 )

@@ -295,11 +295,13 @@ class Daemon:
             raise DatabaseError(
                 f"{self.runtime.db.path}: another cdc-daemon (pid {lock.holder()}) is syncing it"
             )
-        # Each batch allocates a few objects per document, so full collections come often, and
-        # each walked every object left from start-up (modules, clients): 2-3 us per document.
-        # Frozen, those are never scanned again.
+        # A batch allocates a few objects per document, all gone once it is acknowledged. With
+        # the default thresholds the collector ran every 700 of them and walked them again and
+        # again, and every object left from start-up (modules, clients): 2-3 us per document.
+        # Start-up objects are frozen (never scanned again); young ones are collected rarely.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
         try:
             return self._loop(once)
         finally:

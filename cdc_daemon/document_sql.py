@@ -20,7 +20,7 @@ from functools import cache
 import apsw
 
 from cdc_daemon.database import quote_ident, quote_literal
-from cdc_daemon.keys import Key
+from cdc_daemon.keys import Key, KeyValue
 from cdc_daemon.schema import FieldMap, TableMapping
 
 INT32 = "BETWEEN -2147483648 AND 2147483647"
@@ -84,12 +84,13 @@ def document_sql(mapping: TableMapping) -> str | None:
 
 def fetch_documents(
     conn: apsw.Connection, mapping: TableMapping, sql: str, keys: Sequence[Key], chunk: int
-) -> dict[Key, str | None] | None:
-    """key → its document's JSON text, or None for a row that takes the Python path; keys with
-    no (matching) row are left out. None when some text is not UTF-8 (then all go to Python)."""
+) -> dict[KeyValue, str | None] | None:
+    """The key's value → its document's JSON text, or None for a row that takes the Python
+    path; keys with no (matching) row are left out. None when some text is not UTF-8 (then
+    all of them go to Python)."""
     key = quote_ident(mapping.key[0])
     where = f"({mapping.where}) AND " if mapping.where else ""
-    found: dict[Key, str | None] = {}
+    found: dict[KeyValue, str | None] = {}
     try:
         for start in range(0, len(keys), chunk):
             values = [k[0] for k in keys[start : start + chunk]]
@@ -97,8 +98,7 @@ def fetch_documents(
                 f"SELECT {key}, {sql} FROM {quote_ident(mapping.table)}"
                 f" WHERE {where}{key} IN ({', '.join('?' * len(values))})"
             )
-            for value, text in conn.execute(query, values):
-                found[(value,)] = text
+            found.update(conn.execute(query, values))
     except UnicodeDecodeError:
         return None
     return found

@@ -11,7 +11,7 @@ from typing import Any
 import apsw
 import structlog
 
-from cdc_daemon.changelog import ChangeLog, KeyFailure, LogEntry
+from cdc_daemon.changelog import ChangeLog, KeyFailure, LogEntry, contiguous_ranges
 from cdc_daemon.database import Database, quote_ident, select_rows
 from cdc_daemon.document_sql import document_sql, fetch_documents
 from cdc_daemon.documents import build_document, row_is_live, row_key
@@ -22,6 +22,7 @@ from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import DocResult, TypesenseSink, encode_document
 
 KEYS_PER_SELECT = 500
+NOT_SENT = DocResult(ok=False, error="not sent")
 log = structlog.get_logger("cdc_daemon.sync")
 
 
@@ -53,11 +54,28 @@ class _Change:
 
 
 @dataclass
+class _TableWrite:
+    """What a batch sends to one table's collection: indexes into the batch's changes."""
+
+    table: str
+    upserts: list[int] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # the upserts' documents
+    deletes: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)  # the deletes' document ids
+
+
+@dataclass
 class _Batch:
-    """The changes read in one snapshot, and the log's deleted-by-others count in it."""
+    """The changes read in one snapshot, planned for sending: all of it is prepared while
+    reading (off the send's critical path when read ahead), so that between two imports the
+    loop does little more than acknowledge."""
 
     changes: list[_Change]
-    deleted_by_others: int
+    deleted_by_others: int  # the log's count in the same snapshot (ChangeLog.commit)
+    seqs: list[int]  # every entry's seq, ascending
+    ranges: list[tuple[int, int]]  # the same, as contiguous ranges: the acknowledgement
+    writes: list[_TableWrite]
+    refused: list[int]  # changes that failed before sending (change.error)
 
 
 def fetch_rows(
@@ -132,17 +150,15 @@ class Syncer:
         changes = batch.changes
         if not changes:
             return report
-        entries = [e for c in changes for e in c.entries]
-        report.entries, report.keys = len(entries), len(changes)
-        report.first_seq = min(e.seq for e in entries)
-        report.last_seq = max(e.seq for e in entries)
+        report.entries, report.keys = len(batch.seqs), len(changes)
+        report.first_seq, report.last_seq = batch.seqs[0], batch.seqs[-1]
         uncertain = self.sink.uncertain_writes
         ahead = None
         try:
             if self.read_ahead and report.entries >= self.batch_size:  # more is likely waiting
-                results, ahead = self._send_reading_ahead(changes, report, report.last_seq)
+                results, ahead = self._send_reading_ahead(batch, report, report.last_seq)
             else:
-                results = self._send(changes, report)
+                results = self._send(batch, report)
         except CollectionMissing:
             self._collections_ready = False
             raise
@@ -151,23 +167,25 @@ class Syncer:
             # another node then took the batch (failover): re-send these keys after a delay.
             if self.sink.uncertain_writes != uncertain:
                 self._resend_later(changes)
-        acked: list[int] = []
-        succeeded: list[tuple[str, Any]] = []
-        failures: list[KeyFailure] = []
-        for change, result in zip(changes, results, strict=True):
-            if result.ok:
-                acked.extend(e.seq for e in change.entries)
-                succeeded.append((change.table, change.log_key))
-            else:
-                failures.append(
-                    KeyFailure(
-                        table=change.table,
-                        log_key=change.log_key,
-                        entries=tuple(change.entries),
-                        error=result.error or "failed",
-                        retryable=result.retryable,
-                    )
-                )
+        failed = [i for i, result in enumerate(results) if not result.ok]
+        acked = batch.ranges
+        if failed:
+            failed_set = set(failed)
+            acked = contiguous_ranges(
+                e.seq for i, c in enumerate(changes) if i not in failed_set for e in c.entries
+            )
+        failures = [
+            KeyFailure(
+                table=changes[i].table,
+                log_key=changes[i].log_key,
+                entries=tuple(changes[i].entries),
+                error=results[i].error or "failed",
+                retryable=results[i].retryable,
+            )
+            for i in failed
+        ]
+        # Only read when there are dead letters to clear: a generator costs nothing otherwise.
+        succeeded = ((c.table, c.log_key) for c, r in zip(changes, results, strict=True) if r.ok)
         dead = self.changelog.commit(acked, succeeded, failures, batch.deleted_by_others)
         self._next = ahead  # only once this batch is acknowledged: on any failure it is dropped
         report.failed = len(failures)
@@ -178,7 +196,7 @@ class Syncer:
         return report
 
     def _send_reading_ahead(
-        self, changes: list[_Change], report: BatchReport, after: int
+        self, batch: _Batch, report: BatchReport, after: int
     ) -> tuple[list[DocResult], _Batch | None]:
         """Send this batch while a helper thread reads the next one (the due entries after seq
         `after`, and their rows, in a snapshot of its own) and builds its documents.
@@ -199,7 +217,7 @@ class Syncer:
         reader = threading.Thread(target=read, name="cdc-read-ahead", daemon=True)
         reader.start()
         try:
-            results = self._send(changes, report)
+            results = self._send(batch, report)
         finally:
             reader.join()
         return results, (ahead[0] if ahead else None)
@@ -221,7 +239,28 @@ class Syncer:
                 by_table.setdefault(change.table, []).append(change)
             for table, table_changes in by_table.items():
                 self._resolve(conn, table, table_changes)
-        return _Batch(list(changes.values()), deleted_by_others)
+        return self._plan(list(changes.values()), deleted_by_others)
+
+    @staticmethod
+    def _plan(changes: list[_Change], deleted_by_others: int) -> _Batch:
+        seqs = sorted(e.seq for c in changes for e in c.entries)
+        writes: dict[str, _TableWrite] = {}
+        refused: list[int] = []
+        for i, change in enumerate(changes):
+            if change.error is not None:
+                refused.append(i)
+                continue
+            write = writes.get(change.table)
+            if write is None:
+                write = writes[change.table] = _TableWrite(change.table)
+            if change.line is None:
+                write.deletes.append(i)
+                write.ids.append(change.doc_id)
+            else:
+                write.upserts.append(i)
+                write.lines.append(change.line)
+        ranges = contiguous_ranges(seqs)
+        return _Batch(changes, deleted_by_others, seqs, ranges, list(writes.values()), refused)
 
     def _resolve(self, conn: apsw.Connection, table: str, changes: list[_Change]) -> None:
         """Attach to each change its current document (upsert) or None (delete), or an error."""
@@ -233,58 +272,51 @@ class Syncer:
         for change in changes:
             try:
                 change.key = log_key_to_key(change.log_key, len(mapping.key))
-                change.doc_id = mapping.doc_id(change.key)
             except (ValueError, TypeError) as exc:
                 change.error = f"unreadable key {change.log_key!r}: {exc}"
         keys = [c.key for c in changes if c.key is not None]
         sql = self._document_sql.get(table)
         built = fetch_documents(conn, mapping, sql, keys, KEYS_PER_SELECT) if sql else None
         # Rows whose documents SQLite did not build (all of them, without a fast path).
-        slow = keys if built is None else [key for key, line in built.items() if line is None]
+        slow = keys if built is None else [(v,) for v, line in built.items() if line is None]
         rows = fetch_rows(conn, mapping, slow) if slow else {}
         for change in changes:
             if change.key is None:
                 continue
-            change.line = built.get(change.key) if built is not None else None
+            if built is not None:
+                change.line = built.get(change.key[0])
             row = rows.get(change.key)
-            if change.line is not None or row is None or not row_is_live(mapping, row):
-                continue  # built by SQLite, or a delete
             try:
-                change.line = encode_document(build_document(mapping, row))
+                if change.line is None and row is not None and row_is_live(mapping, row):
+                    change.line = encode_document(build_document(mapping, row))
+                elif change.line is None:  # a delete: only here is the document id needed
+                    change.doc_id = mapping.doc_id(change.key)
             except (DocumentError, ValueError, TypeError) as exc:  # one bad row, not the batch
                 change.error = str(exc)
 
-    def _send(self, changes: list[_Change], report: BatchReport) -> list[DocResult]:
+    def _send(self, batch: _Batch, report: BatchReport) -> list[DocResult]:
         """Upserts per collection, then deletes; one result per change, in order."""
-        results: list[DocResult | None] = [None] * len(changes)
-        by_table: dict[str, list[int]] = {}
-        for i, change in enumerate(changes):
-            if change.error is not None:
-                results[i] = DocResult(ok=False, error=change.error)
-            else:
-                by_table.setdefault(change.table, []).append(i)
-        for table, indexes in by_table.items():
-            target = self.targets.get(table) or Target(self.mappings[table].collection)
-            upserts: list[tuple[int, str]] = []  # (index, document line)
-            deletes: list[int] = []
-            for i in indexes:
-                line = changes[i].line
-                if line is None:
-                    deletes.append(i)
-                else:
-                    upserts.append((i, line))
-            ids = [changes[i].doc_id for i in deletes]
-            upsert_results = self.sink.upsert(target.primary, [line for _, line in upserts])
-            delete_results = self.sink.delete(target.primary, ids)
+        changes = batch.changes
+        results = [NOT_SENT] * len(changes)
+        for i in batch.refused:
+            results[i] = DocResult(ok=False, error=changes[i].error)
+        for write in batch.writes:
+            target = self.targets.get(write.table) or Target(self.mappings[write.table].collection)
+            upsert_results = self.sink.upsert(target.primary, write.lines)
+            delete_results = self.sink.delete(target.primary, write.ids)
             if target.mirror is not None:
-                live = [line for i, line in upserts if any(e.op != "B" for e in changes[i].entries)]
-                self._mirror(target.mirror, live, ids)
-            order = [i for i, _ in upserts] + deletes
+                live = [
+                    line
+                    for i, line in zip(write.upserts, write.lines, strict=True)
+                    if any(e.op != "B" for e in changes[i].entries)
+                ]
+                self._mirror(target.mirror, live, write.ids)
+            order = write.upserts + write.deletes
             for i, result in zip(order, upsert_results + delete_results, strict=True):
                 results[i] = result
-            report.upserted[table] = sum(r.ok for r in upsert_results)
-            report.deleted[table] = sum(r.ok for r in delete_results)
-        return [r if r is not None else DocResult(ok=False, error="not sent") for r in results]
+            report.upserted[write.table] = sum(r.ok for r in upsert_results)
+            report.deleted[write.table] = sum(r.ok for r in delete_results)
+        return results
 
     def _resend_later(self, changes: list[_Change]) -> None:
         """A timed-out write (or one whose connection broke after sending) may still be applied

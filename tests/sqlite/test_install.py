@@ -249,7 +249,7 @@ def test_log_seq_has_no_autoincrement_and_only_others_deletes_are_counted(world:
     world.sql("INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)")
     with world.open().read() as conn:
         assert changelog.deleted_by_others(conn) == 0
-    changelog.commit([1], [], [], deleted_by_others=0)  # the daemon's own delete: not counted
+    changelog.commit([(1, 1)], [], [], deleted_by_others=0)  # the daemon's own delete: not counted
     with world.open().read() as conn:
         assert changelog.deleted_by_others(conn) == 0
     world.sql("DELETE FROM change_log")  # someone else's, from the app's connection
@@ -273,12 +273,12 @@ def test_an_acknowledgement_never_deletes_a_reused_seq(world: World) -> None:
     world.sql("UPDATE t SET id = id + 10 WHERE id = 1", "DELETE FROM t WHERE id = 2")
     assert [(e.seq, e.op) for e in world.log()] == [(1, "D"), (2, "U"), (3, "D")]
     failure = KeyFailure("t", 3, (batch[2],), "rejected", retryable=False)
-    assert changelog.commit([1, 2], [("t", 1)], [failure], deleted_by_others=seen) == []
+    assert changelog.commit([(1, 2)], [("t", 1)], [failure], deleted_by_others=seen) == []
     assert [(e.seq, e.op) for e in world.log()] == [(1, "D"), (2, "U"), (3, "D")]
     assert world.sql("SELECT attempts FROM change_log WHERE seq = 3") == [(0,)]
     with world.open().read() as conn:  # read again, the same acknowledgement goes through
         seen = changelog.deleted_by_others(conn)
-    changelog.commit([1, 2, 3], [], [], deleted_by_others=seen)
+    changelog.commit([(1, 3)], [], [], deleted_by_others=seen)
     assert world.log() == []
 
 
