@@ -51,6 +51,10 @@ class Runtime:
     keys: ApiKeys = field(default_factory=lambda: StaticKey(""))  # the Typesense key (kms.py)
 
     def close(self) -> None:
+        try:
+            self.syncer.commit_pending()
+        except CdcError as exc:  # harmless: those changes are sent again by the next run
+            log.warning("last acknowledgement not written", error=str(exc))
         self.sink.close()
         self.keys.close()
         self.db.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,16 @@ class _Batch:
     refused: list[int]  # changes that failed before sending (change.error)
 
 
+@dataclass
+class _Ack:
+    """A batch's acknowledgement, for ChangeLog.commit."""
+
+    acked: list[tuple[int, int]]
+    succeeded: Iterable[tuple[str, Any]]
+    failures: list[KeyFailure]
+    deleted_by_others: int
+
+
 def fetch_rows(
     conn: apsw.Connection, mapping: TableMapping, keys: Sequence[Key]
 ) -> dict[Key, tuple[Any, ...]]:
@@ -124,6 +134,7 @@ class Syncer:
         self.read_ahead = True  # read the next batch while a full one is being sent
         self._collections_ready = False
         self._next: _Batch | None = None  # read ahead, sent by the next sync_once
+        self._pending: _Ack | None = None  # the last batch's acknowledgement, not written yet
         self._document_sql = {table: document_sql(m) for table, m in mappings.items()}
 
     def ensure_collections(self) -> None:
@@ -149,6 +160,7 @@ class Syncer:
         batch, self._next = self._next or self._read(), None
         changes = batch.changes
         if not changes:
+            self._commit_pending(report)
             return report
         report.entries, report.keys = len(batch.seqs), len(changes)
         report.first_seq, report.last_seq = batch.seqs[0], batch.seqs[-1]
@@ -158,6 +170,7 @@ class Syncer:
             if self.read_ahead and report.entries >= self.batch_size:  # more is likely waiting
                 results, ahead = self._send_reading_ahead(batch, report, report.last_seq)
             else:
+                self._commit_pending(report)
                 results = self._send(batch, report)
         except CollectionMissing:
             self._collections_ready = False
@@ -186,40 +199,68 @@ class Syncer:
         ]
         # Only read when there are dead letters to clear: a generator costs nothing otherwise.
         succeeded = ((c.table, c.log_key) for c, r in zip(changes, results, strict=True) if r.ok)
-        dead = self.changelog.commit(acked, succeeded, failures, batch.deleted_by_others)
-        self._next = ahead  # only once this batch is acknowledged: on any failure it is dropped
+        self._pending = _Ack(acked, succeeded, failures, batch.deleted_by_others)
+        if ahead is not None and ahead.changes:
+            # More follows at once: this acknowledgement is written while the next batch is
+            # imported (by the next sync_once's helper thread), not between the two imports.
+            self._next = ahead
+        else:
+            self._commit_pending(report)
         report.failed = len(failures)
-        for failure in dead:
-            report.dead_by_table[failure.table] = report.dead_by_table.get(failure.table, 0) + 1
         report.errors = [f"{f.table} {f.log_key!r}: {f.error}" for f in failures[:5]]
         report.duration = time.monotonic() - started
         return report
 
+    def commit_pending(self) -> None:
+        """Write the acknowledgement still held for the batch sent last (before stopping)."""
+        self._commit_pending(BatchReport())
+
+    def _commit_pending(self, report: BatchReport) -> None:
+        """Write the held acknowledgement, if any; its dead letters count in `report`. If
+        writing fails, it is dropped: its entries are read and sent again (harmless)."""
+        ack, self._pending = self._pending, None
+        if ack is None:
+            return
+        dead = self.changelog.commit(ack.acked, ack.succeeded, ack.failures, ack.deleted_by_others)
+        for failure in dead:
+            report.dead_by_table[failure.table] = report.dead_by_table.get(failure.table, 0) + 1
+
     def _send_reading_ahead(
         self, batch: _Batch, report: BatchReport, after: int
     ) -> tuple[list[DocResult], _Batch | None]:
-        """Send this batch while a helper thread reads the next one (the due entries after seq
-        `after`, and their rows, in a snapshot of its own) and builds its documents.
+        """Send this batch while a helper thread writes the previous batch's acknowledgement
+        and then reads the next batch (the due entries after seq `after`, and their rows, in a
+        snapshot of its own) and builds its documents.
 
-        Safe because the batch read ahead is sent only after this one was acknowledged (imports
-        stay sequential: per-key order holds, a later snapshot's document is sent later), and is
-        dropped when this one fails. The helper is joined before this returns, so the database
-        connection is never used by two threads at once; HTTP stays on this (the loop's) thread.
+        Safe because imports stay sequential (the previous batch's import had succeeded before
+        this one was sent, so per-key order holds; a later snapshot's document is sent later),
+        an acknowledgement is only ever written after its import succeeded, and a batch read
+        ahead is dropped when this one fails. The helper is joined before this returns, so the
+        database connection is never used by two threads at once; HTTP stays on this (the
+        loop's) thread.
         """
         ahead: list[_Batch] = []
+        failed: list[CdcError] = []
 
-        def read() -> None:
+        def acknowledge_and_read() -> None:
+            try:
+                self._commit_pending(report)
+            except CdcError as exc:
+                failed.append(exc)
+                return
             try:
                 ahead.append(self._read(after))
             except CdcError as exc:  # not fatal: the next sync_once reads again
                 log.debug("read-ahead failed", error=str(exc))
 
-        reader = threading.Thread(target=read, name="cdc-read-ahead", daemon=True)
-        reader.start()
+        helper = threading.Thread(target=acknowledge_and_read, name="cdc-read-ahead", daemon=True)
+        helper.start()
         try:
             results = self._send(batch, report)
         finally:
-            reader.join()
+            helper.join()
+        if failed:  # this batch was sent, but is not acknowledged either: both are sent again
+            raise failed[0]
         return results, (ahead[0] if ahead else None)
 
     def _read(self, after: int = 0) -> _Batch:
