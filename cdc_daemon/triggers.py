@@ -108,7 +108,11 @@ def log_guard_trigger(names: LogTables) -> dict[str, str]:
     """The trigger on the log itself that counts entries deleted by anyone but the daemon."""
     name = names.trigger_name(names.log, "guard")
     sql = template("trigger_log_guard").substitute(
-        name=quote_ident(name), log=quote_ident(names.log), state=quote_ident(names.state)
+        name=quote_ident(name),
+        log=quote_ident(names.log),
+        state=quote_ident(names.state),
+        acknowledging=quote_literal(ACKNOWLEDGING),
+        deleted_by_others=quote_literal(DELETED_BY_OTHERS),
     )
     return {name: sql.strip()}
 
