@@ -32,16 +32,7 @@ API_KEY = "bench-key"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The seed's table and collection overrides (as tests/conftest.py's elements_env).
-ELEMENTS_DDL = """CREATE TABLE elements (
-  id INTEGER PRIMARY KEY,
-  element_type VARCHAR NOT NULL,
-  element_id INTEGER NOT NULL,
-  sequence_number INTEGER NOT NULL,
-  version_number INTEGER NOT NULL,
-  comment VARCHAR,
-  created_at DATETIME DEFAULT (CURRENT_TIMESTAMP),
-  updated_at DATETIME DEFAULT (CURRENT_TIMESTAMP)
-)"""
+ELEMENTS_DDL = (ROOT / "config" / "elements.sql").read_text(encoding="utf-8")
 ELEMENTS_TABLE: dict[str, Any] = {
     "table": "elements",
     "fields": {

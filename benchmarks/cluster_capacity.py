@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 import yaml
+from benchlib import ELEMENTS_DDL, ELEMENTS_TABLE
 
 from cdc_daemon.localserver import LocalTypesense, free_port, server_binary
 
@@ -48,27 +49,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 KEY = "capacity-key"
 HEADERS = {"X-TYPESENSE-API-KEY": KEY}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-DDL = """CREATE TABLE elements (
-  id INTEGER PRIMARY KEY,
-  element_type VARCHAR NOT NULL,
-  element_id INTEGER NOT NULL,
-  sequence_number INTEGER NOT NULL,
-  version_number INTEGER NOT NULL,
-  comment VARCHAR,
-  created_at DATETIME DEFAULT (CURRENT_TIMESTAMP),
-  updated_at DATETIME DEFAULT (CURRENT_TIMESTAMP)
-)"""
-TABLE: dict[str, Any] = {
-    "table": "elements",
-    "fields": {
-        "element_id": {"type": "int32"},
-        "sequence_number": {"type": "int32"},
-        "version_number": {"type": "int32"},
-        "created_at": {"facet": True},
-        "updated_at": {"facet": True},
-    },
-    "default_sorting_field": "sequence_number",
-}
 SCHEMA_FIELDS = [
     {"name": "element_type", "type": "string"},
     {"name": "element_id", "type": "int32"},
@@ -268,7 +248,7 @@ def make_db(folder: Path, rows: int, start: int = 1) -> Path:
     db = folder / "app.db"
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(DDL)
+    conn.execute(ELEMENTS_DDL)
     conn.close()
     return db
 
@@ -291,7 +271,7 @@ def write_config(db: Path, nodes: list[str], collection: str, batch: int = 1000)
         "typesense": {"nodes": nodes, "api_key": KEY, "timeout": 60},
         "sync": {"batch_size": batch, "poll_interval": 0.5},
         "logging": {"format": "json", "level": "info"},
-        "tables": [{**TABLE, "collection": collection}],
+        "tables": [{**ELEMENTS_TABLE, "collection": collection}],
     }
     path = db.parent / "cdc.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -73,11 +73,7 @@ def main() -> None:
     db = DEMO / "app.db"
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("""CREATE TABLE elements (
-        id INTEGER PRIMARY KEY, element_type VARCHAR NOT NULL, element_id INTEGER NOT NULL,
-        sequence_number INTEGER NOT NULL, version_number INTEGER NOT NULL, comment VARCHAR,
-        created_at DATETIME DEFAULT (CURRENT_TIMESTAMP),
-        updated_at DATETIME DEFAULT (CURRENT_TIMESTAMP))""")
+    conn.execute((ROOT / "config" / "elements.sql").read_text(encoding="utf-8"))
     conn.close()
 
     print("starting the bundled Typesense server...", flush=True)

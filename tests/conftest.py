@@ -21,16 +21,7 @@ from cdc_daemon.localserver import LocalTypesense
 TESTS = Path(__file__).parent
 API_KEY = "test-admin-key"
 
-ELEMENTS_DDL = """CREATE TABLE elements (
-  id INTEGER PRIMARY KEY,
-  element_type VARCHAR NOT NULL,
-  element_id INTEGER NOT NULL,
-  sequence_number INTEGER NOT NULL,
-  version_number INTEGER NOT NULL,
-  comment VARCHAR,
-  created_at DATETIME DEFAULT (CURRENT_TIMESTAMP),
-  updated_at DATETIME DEFAULT (CURRENT_TIMESTAMP)
-)"""
+ELEMENTS_DDL = (TESTS.parent / "config" / "elements.sql").read_text(encoding="utf-8")
 
 
 # The seed's elements configuration (interface.md's example, under the seed's collection name).
