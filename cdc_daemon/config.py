@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from cdc_daemon.errors import ConfigError
+from cdc_daemon.errors import CdcError, ConfigError
 
 FieldType = Literal[
     "string",
@@ -341,6 +341,19 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
     )
 
 
+def read_secret_file(path: Path, key: str, error: type[CdcError]) -> str:
+    """A secret kept in a file (stripped). `error` says what cannot be read or is empty, naming
+    the config `key` that points at the file."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise error(f"{key}: cannot read {path}: {reason}") from None
+    if not value:
+        raise error(f"{key}: {path} is empty")
+    return value
+
+
 def read_api_key(config: TypesenseConfig) -> str:
     """The static API key from `api_key`, `api_key_env` or `api_key_file`."""
     if config.api_key is not None:
@@ -353,14 +366,5 @@ def read_api_key(config: TypesenseConfig) -> str:
             )
         return value.strip()
     if config.api_key_file is not None:
-        try:
-            value = config.api_key_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(
-                f"typesense.api_key_file: cannot read {config.api_key_file}: {reason}"
-            ) from None
-        if not value:
-            raise ConfigError(f"typesense.api_key_file: {config.api_key_file} is empty")
-        return value
+        return read_secret_file(config.api_key_file, "typesense.api_key_file", ConfigError)
     raise ConfigError("typesense.kms: the key comes from the KMS (see cdc_daemon.kms)")

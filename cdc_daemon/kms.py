@@ -24,7 +24,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from cdc_daemon.config import KmsConfig, TypesenseConfig, read_api_key
+from cdc_daemon.config import KmsConfig, TypesenseConfig, read_api_key, read_secret_file
 from cdc_daemon.errors import KmsUnavailable
 from cdc_daemon.logs import register_secret
 from cdc_daemon.retry import backoff_delay
@@ -172,16 +172,9 @@ class KmsKey:
         self._fetches[(reason, result)] = self._fetches.get((reason, result), 0) + 1
 
     def _token(self) -> str:
-        path = self.config.token_file
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise KmsUnavailable(
-                f"typesense.kms.token_file: cannot read {path}: {reason}"
-            ) from None
-        if not token:
-            raise KmsUnavailable(f"typesense.kms.token_file: {path} is empty")
+        token = read_secret_file(
+            self.config.token_file, "typesense.kms.token_file", KmsUnavailable
+        )
         register_secret(token)
         return token
 
