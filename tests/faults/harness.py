@@ -373,6 +373,17 @@ class FaultWorld:
                     + self.daemon_log()[-3000:])
             time.sleep(0.2)
 
+    def finish_converged(self, timeout: float, since: float | None = None
+                         ) -> tuple[float, SetCheck]:
+        """Every fault test's ending: wait until converged, the daemon still running, `verify`
+        in sync, then a clean stop (exit 0). Returns wait_converged()'s (seconds, check)."""
+        convergence, check = self.wait_converged(timeout=timeout, since=since)
+        self.assert_daemon_alive()
+        rc, report = self.verify()
+        assert rc == 0 and report["in_sync"], report
+        assert self.stop_daemon() == 0
+        return convergence, check
+
     def verify(self, *args: str) -> tuple[int, dict[str, Any]]:
         result = self.cli("verify", "--json", *args)
         assert result.returncode in (0, 1), result.stderr

@@ -98,10 +98,7 @@ def test_kill_9_at_random_points(make_world: Callable[..., FaultWorld], proxy: F
     stats = world.finish_workload()
     started = time.monotonic()
     world.start_daemon()
-    convergence, check = world.wait_converged(timeout=90, since=started)
-    rc, report = world.verify()
-    assert rc == 0 and report["in_sync"], report
-    assert world.stop_daemon() == 0
+    convergence, check = world.finish_converged(timeout=90, since=started)
     kills = sum(killer.fired.values()) + timer_kills
     figures = world.record(
         f"kill -9 (x{kills})", seed, check, convergence,
@@ -167,10 +164,7 @@ def test_sigterm_mid_batch(make_world: Callable[..., FaultWorld], proxy: FaultPr
     world.finish_workload()
     started = time.monotonic()
     world.start_daemon()
-    convergence, check = world.wait_converged(timeout=90, since=started)
-    rc, report = world.verify()
-    assert rc == 0, report
-    assert world.stop_daemon() == 0
+    convergence, check = world.finish_converged(timeout=90, since=started)
     world.record("SIGTERM mid-batch (x8)", seed, check, convergence, sigterms=len(stop_seconds),
                  exit_codes="all 0", max_stop_s=max(stop_seconds), journal_mode="delete")
     assert max(stop_seconds) < 10, stop_seconds
@@ -208,11 +202,7 @@ def test_typesense_killed_and_restarted(make_world: Callable[..., FaultWorld],
         restarts.append(round(time.monotonic() - began, 2))
     world.finish_workload()
     started = time.monotonic()
-    convergence, check = world.wait_converged(timeout=120, since=started)
-    world.assert_daemon_alive()
-    rc, report = world.verify()
-    assert rc == 0, report
-    assert world.stop_daemon() == 0
+    convergence, check = world.finish_converged(timeout=120, since=started)
     world.record("Typesense kill -9 + restart (x2)", seed, check, convergence,
                  backlog_during_outage=outage_backlogs, restart_s=restarts,
                  sync_failures=world.daemon_log().count('"sync failed"'))
@@ -277,10 +267,7 @@ def test_typesense_slow_503_and_dropped_connections(make_world: Callable[..., Fa
     with lock:
         requests, by_kind = proxy.counts.requests, dict(proxy.counts.by_kind)
     started = time.monotonic()
-    convergence, check = world.wait_converged(timeout=90, since=started)
-    rc, report = world.verify()
-    assert rc == 0, report
-    assert world.stop_daemon() == 0
+    convergence, check = world.finish_converged(timeout=90, since=started)
     world.record("Typesense slow / 503 / dropped", seed, check, convergence,
                  requests_during_faults=requests, injected=injected,
                  slow_requests=proxy.counts.delayed, requests_by_kind=by_kind,
@@ -329,11 +316,8 @@ def test_rejected_documents_are_dead_lettered_then_retried(
     fixed = world.app_sql("UPDATE items SET qty = length(qty) WHERE typeof(qty) = 'text'")
     retried = world.cli("dead-letters", "retry", check=True).stdout.strip()
     started = time.monotonic()
-    convergence_fixed, check = world.wait_converged(timeout=60, since=started)
+    convergence_fixed, check = world.finish_converged(timeout=60, since=started)
     assert world.dead_letters() == set()
-    rc, report = world.verify()
-    assert rc == 0, report
-    assert world.stop_daemon() == 0
     world.record("rejected documents", seed, check, convergence_fixed,
                  rejected_keys=len(bad), dead_lettered_while_rejected=len(dead),
                  convergence_with_rejections_s=round(convergence, 2),
@@ -385,10 +369,7 @@ def test_app_holds_its_lock_for_seconds(make_world: Callable[..., FaultWorld],
     probe_stats = world.finish_workload(probe, stop=False)
     world.assert_daemon_alive()
     started = time.monotonic()
-    convergence, check = world.wait_converged(timeout=60, since=started)
-    rc, report = world.verify()
-    assert rc == 0, report
-    assert world.stop_daemon() == 0
+    convergence, check = world.finish_converged(timeout=60, since=started)
     world.record("app holds its lock (write 2.5 s, 7 s; read 7 s)", seed, check, convergence,
                  daemon_busy_retries=busy, app_lock_wait_ms=lock_waits,
                  probe_failed=probe_stats["failed"],
@@ -469,11 +450,7 @@ def test_triggers_dropped_by_an_app_migration(make_world: Callable[..., FaultWor
     started = time.monotonic()
     rc, repaired = world.verify("--repair")
     assert rc == 0, repaired
-    convergence, check = world.wait_converged(timeout=60, since=started)
-    rc, report = world.verify()
-    assert rc == 0, report
-    world.assert_daemon_alive()
-    assert world.stop_daemon() == 0
+    convergence, check = world.finish_converged(timeout=60, since=started)
     world.record("triggers dropped by a migration", seed, check, convergence,
                  detected_by_metric_s=round(detected_s, 2), check_problems=len(problems),
                  differences_found=verify_found, missed_lost=len(gap.lost),
@@ -505,10 +482,7 @@ def test_log_emptied_by_hand(make_world: Callable[..., FaultWorld], seed: int) -
     started = time.monotonic()
     rc, repaired = world.verify("--repair")
     assert rc == 0, repaired
-    convergence, check = world.wait_converged(timeout=60, since=started)
-    rc, report = world.verify()
-    assert rc == 0, report
-    assert world.stop_daemon() == 0
+    convergence, check = world.finish_converged(timeout=60, since=started)
     world.record("change log emptied by hand", seed, check, convergence,
                  removed_by_hand=world.removed_by_hand, verify_missing=len(gap.lost),
                  verify_extra=len(gap.unexpected), verify_stale=len(gap.stale),
@@ -546,8 +520,7 @@ def test_log_emptied_while_a_batch_is_in_flight(make_world: Callable[..., FaultW
     assert refused >= 1
     rc, repaired = world.verify("--repair")  # what the emptying itself lost
     assert rc == 0, repaired
-    _, check = world.wait_converged(timeout=60)
-    assert world.stop_daemon() == 0
+    _, check = world.finish_converged(timeout=60)
     world.record("change log emptied during a batch", seed, check, convergence,
                  removed_by_hand=world.removed_by_hand, changed_after=len(changed_after),
                  acknowledgements_refused=refused, lost_to_the_emptying=len(gap.lost),
@@ -627,11 +600,7 @@ def test_disk_full_while_acknowledging(make_world: Callable[..., FaultWorld], pr
     ack_failures = world.daemon_log().count("disk full")
     filler.unlink()
     freed = time.monotonic()
-    convergence, check = world.wait_converged(timeout=60, since=freed)
-    world.assert_daemon_alive()
-    rc, report = world.verify()
-    assert rc == 0, report
-    assert world.stop_daemon() == 0
+    convergence, check = world.finish_converged(timeout=60, since=freed)
     world.record(f"disk full while acknowledging ({journal_mode})", seed, check, convergence,
                  tmpfs="16m", filler_bytes=filled, pending_when_full=pending,
                  ack_failures=ack_failures, app_write_when_full=app_refused)
