@@ -7,7 +7,6 @@ import contextlib
 import json
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from typing import Any
 
 import httpx
 import yaml
-from conftest import wait_for
+from conftest import db_rows, db_scalar, log_backlog, wait_for
 
 from cdc_daemon.localserver import LocalTypesense, free_port, server_binary
 
@@ -223,11 +222,7 @@ class Host:
 
     def expected(self) -> dict[str, dict[str, Any]]:
         """The documents the rows map to now (interface.md's mapping; NULL leaves a field out)."""
-        conn = sqlite3.connect(self.db, timeout=30)
-        try:
-            rows = conn.execute("SELECT id, name, n, note FROM items").fetchall()
-        finally:
-            conn.close()
+        rows = db_rows(self.db, "SELECT id, name, n, note FROM items")
         docs = {}
         for key, name, n, note in rows:
             doc_id = f"{self.id_prefix}{key}"
@@ -237,18 +232,10 @@ class Host:
         return docs
 
     def backlog(self) -> int:
-        conn = sqlite3.connect(self.db, timeout=30)
-        try:
-            return int(conn.execute("SELECT COUNT(*) FROM change_log").fetchone()[0])
-        finally:
-            conn.close()
+        return log_backlog(self.db)
 
     def dead_letters(self) -> int:
-        conn = sqlite3.connect(self.db, timeout=30)
-        try:
-            return int(conn.execute("SELECT COUNT(*) FROM change_log_dead").fetchone()[0])
-        finally:
-            conn.close()
+        return int(db_scalar(self.db, "SELECT COUNT(*) FROM change_log_dead"))
 
     def metrics(self) -> str:
         """The daemon's /metrics page; "" while it is not listening yet."""
