@@ -323,6 +323,8 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
             return f"{value:,}"
         return str(value)
 
+    if not rows:
+        return
     text = [[cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
     print(f"\n{title}")

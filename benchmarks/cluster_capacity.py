@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 import yaml
-from benchlib import ELEMENTS_DDL, ELEMENTS_TABLE
+from benchlib import ELEMENTS_DDL, ELEMENTS_TABLE, print_table
 
 from cdc_daemon.localserver import LocalTypesense, free_port, server_binary
 
@@ -117,23 +117,6 @@ def others() -> dict[str, int]:
                     if word in cmd:
                         counts[word] = counts.get(word, 0) + 1
     return counts
-
-
-def table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
-        return f"{v:,}" if isinstance(v, int) else str(v)
-
-    text = [[cell(v) for v in row] for row in rows]
-    if not rows:
-        return
-    widths = [max(len(h), *(len(r[i]) for r in text)) for i, h in enumerate(headers)]
-    print(f"\n{title}")
-    print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for row in text:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
 
 
 # -- servers -------------------------------------------------------------------------------------
@@ -583,7 +566,7 @@ def main() -> None:
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
 
-    table(
+    print_table(
         "raw imports (one client, sequential requests)",
         ["target", "batch", "docs/s", "p50 ms", "p95 ms"],
         [
@@ -591,7 +574,7 @@ def main() -> None:
             for r in results["raw"]
         ],
     )
-    table(
+    print_table(
         "daemon draining a backlog (run --once, batch 1,000)",
         ["target", "changes", "s", "changes/s", "daemon CPU s/1k", "Typesense CPU s/1k"],
         [
@@ -606,7 +589,7 @@ def main() -> None:
             for r in results["drain"]
         ],
     )
-    table(
+    print_table(
         "change → search latency (one row per commit, daemon running)",
         ["target", "samples", "written p50 ms", "written p95 ms", "all p50 ms", "all p95 ms"],
         [
@@ -621,7 +604,7 @@ def main() -> None:
             for r in results["latency"]
         ],
     )
-    table(
+    print_table(
         "many daemons, one 3-node cluster (each drains its own backlog at once)",
         [
             "daemons",
@@ -643,7 +626,7 @@ def main() -> None:
             for r in results["many"]
         ],
     )
-    table(
+    print_table(
         "the fleet pattern: daemons running, each app committing one row at a time",
         [
             "daemons",
@@ -668,7 +651,7 @@ def main() -> None:
         ],
     )
     m = results["memory"] or {"points": [], "rss_mb_per_million": 0, "disk_mb_per_million": 0}
-    table(
+    print_table(
         "Typesense memory and disk (elements-shaped documents, one node)",
         ["docs", "RSS MB", "disk MB"],
         [[p["docs"], p["rss_mb"], p["disk_mb"]] for p in m["points"]],

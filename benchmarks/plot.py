@@ -30,6 +30,17 @@ def load(name: str) -> dict[str, Any] | None:
     return data
 
 
+def _save(fig: Any, ax: Any, name: str) -> Path:
+    """Grid, legend, layout, then results/NAME.png."""
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def throughput(data: dict[str, Any]) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     naive = []
@@ -50,13 +61,7 @@ def throughput(data: dict[str, Any]) -> Path:
     ax.set_xlabel("batch size (documents per import)")
     ax.set_ylabel("documents / s")
     ax.set_title("Throughput: app commit → searchable, vs raw Typesense import")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = RESULTS / "throughput.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, "throughput")
 
 
 def latency(data: dict[str, Any]) -> Path:
@@ -70,13 +75,7 @@ def latency(data: dict[str, Any]) -> Path:
     ax.set_xlabel("app commits / s (one row each)")
     ax.set_ylabel("commit → searchable (ms)")
     ax.set_title("Latency vs write rate")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = RESULTS / "latency.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, "latency")
 
 
 def main() -> None:
