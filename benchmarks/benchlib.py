@@ -33,17 +33,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # The seed's table and collection overrides (as tests/conftest.py's elements_env).
 ELEMENTS_DDL = (ROOT / "config" / "elements.sql").read_text(encoding="utf-8")
-ELEMENTS_TABLE: dict[str, Any] = {
-    "table": "elements",
-    "fields": {
-        "element_id": {"type": "int32"},
-        "sequence_number": {"type": "int32"},
-        "version_number": {"type": "int32"},
-        "created_at": {"facet": True},
-        "updated_at": {"facet": True},
-    },
-    "default_sorting_field": "sequence_number",
-}
+EXAMPLE_CONFIG = yaml.safe_load((ROOT / "config" / "cdc.yaml").read_text(encoding="utf-8"))
+ELEMENTS_TABLE = {k: v for k, v in EXAMPLE_CONFIG["tables"][0].items() if k != "collection"}
 
 
 def arguments(description: str, **extra: Any) -> argparse.Namespace:

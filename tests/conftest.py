@@ -24,19 +24,11 @@ API_KEY = "test-admin-key"
 ELEMENTS_DDL = (TESTS.parent / "config" / "elements.sql").read_text(encoding="utf-8")
 
 
-# The seed's elements configuration (interface.md's example, under the seed's collection name).
-ELEMENTS_CONFIG: dict[str, Any] = {
-    "table": "elements",
-    "collection": "service_a_collection",
-    "fields": {
-        "element_id": {"type": "int32"},
-        "sequence_number": {"type": "int32"},
-        "version_number": {"type": "int32"},
-        "created_at": {"facet": True},
-        "updated_at": {"facet": True},
-    },
-    "default_sorting_field": "sequence_number",
-}
+# The seed's elements configuration: the table entry of the example config (config/cdc.yaml),
+# interface.md's example under the seed's collection name.
+ELEMENTS_CONFIG: dict[str, Any] = yaml.safe_load(
+    (TESTS.parent / "config" / "cdc.yaml").read_text(encoding="utf-8")
+)["tables"][0]
 
 # The seed's SERVICE_A_COLLECTION_SCHEMA without its `id` entry (Typesense's document id, which
 # is not a schema field in ours), in the seed's order.

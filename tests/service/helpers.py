@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import Env, app_write, wait_for
+from conftest import ELEMENTS_CONFIG, Env, app_write, wait_for
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,13 +28,7 @@ from cdc_daemon.localserver import free_port
 __all__ = ["ELEMENTS_TABLE", "DaemonProcess", "NotifySocket", "free_port"]
 
 # The same table config as conftest's elements_env (the seed's collection schema).
-ELEMENTS_TABLE: dict[str, Any] = {
-    "table": "elements",
-    "fields": {"element_id": {"type": "int32"}, "sequence_number": {"type": "int32"},
-               "version_number": {"type": "int32"}, "created_at": {"facet": True},
-               "updated_at": {"facet": True}},
-    "default_sorting_field": "sequence_number",
-}
+ELEMENTS_TABLE = {k: v for k, v in ELEMENTS_CONFIG.items() if k != "collection"}
 
 # What systemd or a CI runner may have set for pytest itself must not leak into the daemon.
 _INHERITED_OUT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CDC_CONFIG")
