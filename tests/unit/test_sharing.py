@@ -120,35 +120,28 @@ def test_documents_fit_the_same_schema() -> None:
     assert fit_problems(schema, {"name": "x", "fields": schema["fields"]}) == []
 
 
+# This host's schema in the two tests below.
+OURS = {
+    "name": "s",
+    "fields": [{"name": "a", "type": "string"}, {"name": "b", "type": "int64", "optional": True}],
+}
+
+
 def test_fields_the_collection_lacks_or_indexes_differently_still_fit() -> None:
-    ours = {
-        "name": "s",
-        "fields": [
-            {"name": "a", "type": "string"},
-            {"name": "b", "type": "int64", "optional": True},
-        ],
-    }
     theirs = collection(
         {"name": "a", "type": "string", "facet": True},  # the managing host's choice
         {"name": "c", "type": "string", "optional": True},  # we never send it: fine
     )
-    assert fit_problems(ours, theirs) == []
+    assert fit_problems(OURS, theirs) == []
 
 
 def test_what_does_not_fit() -> None:
-    ours = {
-        "name": "s",
-        "fields": [
-            {"name": "a", "type": "string"},
-            {"name": "b", "type": "int64", "optional": True},
-        ],
-    }
     theirs = collection(
         {"name": "a", "type": "int64"},
         {"name": "b", "type": "int64"},
         {"name": "d", "type": "string"},
     )
-    problems = fit_problems(ours, theirs)
+    problems = fit_problems(OURS, theirs)
     assert problems == [
         "field 'a' is int64 there, string here",
         "field 'b' is required there but optional here",
