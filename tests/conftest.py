@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -136,12 +137,7 @@ class Env:
         )
 
     def documents(self, table: str) -> dict[str, dict[str, Any]]:
-        response = self.http.get(f"/collections/{self.collection(table)}/documents/export")
-        if response.status_code == 404:
-            return {}
-        response.raise_for_status()
-        docs = [json.loads(line) for line in response.text.split("\n") if line.strip()]
-        return {d["id"]: d for d in docs}
+        return collection_documents(self.http, self.collection(table))
 
     def verify(self, *args: str) -> dict[str, Any]:
         result = self.cli("verify", "--json", *args)
@@ -271,10 +267,11 @@ def run_cdc(args: list[str], cwd: Path, extra_env: dict[str, str] | None = None,
     )
 
 
-def export_documents(env: Env, table: str) -> dict[str, dict[str, Any]]:
-    """Like Env.documents, but splits the JSONL export on "\\n" only: str.splitlines() also
-    splits inside documents holding U+0085, U+2028 and other Unicode line breaks."""
-    response = env.http.get(f"/collections/{env.collection(table)}/documents/export")
+def collection_documents(http: httpx.Client, collection: str) -> dict[str, dict[str, Any]]:
+    """Every document of a collection (or alias), by id; {} when it does not exist. The JSONL
+    export is split on "\\n" only: str.splitlines() also splits inside documents holding U+0085,
+    U+2028 and other Unicode line breaks."""
+    response = http.get(f"/collections/{quote(collection, safe='')}/documents/export")
     if response.status_code == 404:
         return {}
     response.raise_for_status()

@@ -16,7 +16,6 @@ from conftest import (
     app_exec,
     db_scalar,
     expected_elements,
-    export_documents,
     insert_many_elements,
     log_backlog,
     wait_for,
@@ -36,7 +35,7 @@ def assert_in_sync(env: Env) -> None:
     assert report["in_sync"] is True, report
     expected = expected_elements(env.db)
     assert report["tables"]["elements"]["rows"] == len(expected)
-    assert export_documents(env, "elements") == expected
+    assert env.documents("elements") == expected
 
 
 def backfill_state(db: Path) -> int | None:
@@ -53,7 +52,7 @@ def test_backfill_with_the_app_writing_concurrently(env: Env) -> None:
     assert log_backlog(env.db) == 0
 
     env.cli("run", "--once", check=True)
-    assert export_documents(env, "elements") == {}  # old rows are not in the log
+    assert env.documents("elements") == {}  # old rows are not in the log
     report = env.verify()
     assert report["in_sync"] is False and report["missing"] == rows
 
@@ -125,4 +124,4 @@ def test_backfill_resumes_after_kill_9(env: Env) -> None:
 
     env.cli("run", "--once", check=True)
     assert_in_sync(env)
-    assert len(export_documents(env, "elements")) == rows
+    assert len(env.documents("elements")) == rows

@@ -17,7 +17,6 @@ from conftest import (
     app_exec,
     db_scalar,
     expected_elements,
-    export_documents,
     insert_elements,
     run_cdc,
 )
@@ -39,7 +38,7 @@ def converges(env: Env) -> None:
     env.cli("run", "--once", check=True)
     report = env.verify()
     assert report["in_sync"] is True, report
-    assert export_documents(env, "elements") == expected_elements(env.db)
+    assert env.documents("elements") == expected_elements(env.db)
 
 
 def one_line_error(result: Any) -> str:
@@ -196,7 +195,7 @@ def test_config_location_before_after_env_and_default(installed: Env, tmp_path: 
     assert missing.returncode == 2 and "cdc.yaml" in one_line_error(missing)
     # run --once with --config after the command, too
     assert run_cdc(["run", "--once", "--config", path], cwd=elsewhere).returncode == 0
-    assert export_documents(installed, "elements") == expected_elements(installed.db)
+    assert installed.documents("elements") == expected_elements(installed.db)
     assert installed.verify()["in_sync"] is True
 
 
@@ -216,7 +215,7 @@ def test_status_json_keys(installed: Env) -> None:
     report = installed.verify()
     assert report["in_sync"] is True
     assert {"in_sync", "missing", "extra", "stale", "tables"} <= set(report)
-    assert export_documents(installed, "elements") == expected_elements(installed.db)
+    assert installed.documents("elements") == expected_elements(installed.db)
 
 
 def test_existing_collection_that_does_not_match_is_left_untouched(installed: Env) -> None:
@@ -247,11 +246,11 @@ def test_existing_collection_that_does_not_match_is_left_untouched(installed: En
     after = env.http.get(f"/collections/{name}").json()
     assert after["fields"] == before["fields"] and after["num_documents"] == 1
     assert all(a["name"] != name for a in env.http.get("/aliases").json()["aliases"])
-    assert export_documents(env, "elements") == {"1": doc}
+    assert env.documents("elements") == {"1": doc}
     assert env.status()["backlog"] == 3  # nothing acknowledged
 
     # Dropping it is the documented way out: then the daemon creates its own and syncs.
     assert env.http.delete(f"/collections/{name}").status_code == 200
     env.cli("run", "--once", check=True)
-    assert export_documents(env, "elements") == expected_elements(env.db)
+    assert env.documents("elements") == expected_elements(env.db)
     assert env.verify()["in_sync"] is True

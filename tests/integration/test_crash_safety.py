@@ -17,7 +17,6 @@ from conftest import (
     Env,
     app_exec,
     expected_elements,
-    export_documents,
     insert_elements,
     insert_many_elements,
     log_backlog,
@@ -43,7 +42,7 @@ def assert_elements_in_sync(env: Env) -> None:
     assert report["in_sync"] is True, report
     expected = expected_elements(env.db)
     assert report["tables"]["elements"]["rows"] == len(expected)
-    assert export_documents(env, "elements") == expected
+    assert env.documents("elements") == expected
     assert env.status()["backlog"] == 0
 
 
@@ -110,7 +109,7 @@ def test_typesense_killed_and_restarted_during_writes(tmp_path: Path) -> None:
         setup_elements(env, typesense={"nodes": [server.url], "api_key": API_KEY, "timeout": 5})
         daemon = start_daemon_logged(env)
         insert_elements(env.db, range(1, 101))
-        wait_for(lambda: log_backlog(env.db) == 0 and len(export_documents(env, "elements")) == 100,
+        wait_for(lambda: log_backlog(env.db) == 0 and len(env.documents("elements")) == 100,
                  timeout=30, message="first rows synced")
 
         server.kill()

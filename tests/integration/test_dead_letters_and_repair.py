@@ -11,7 +11,6 @@ from conftest import (
     Env,
     app_exec,
     expected_elements,
-    export_documents,
     insert_elements,
     read_daemon_log,
     start_daemon_logged,
@@ -51,13 +50,13 @@ def test_rejected_document_is_retried_then_dead_lettered_and_can_be_retried(env:
         assert daemon.poll() is None, read_daemon_log(env)
         # Meanwhile the daemon keeps syncing other changes.
         app_exec(env.db, "UPDATE elements SET comment = 'still flowing' WHERE id = 8")
-        wait_for(lambda: export_documents(env, "elements").get("8", {}).get("comment")
+        wait_for(lambda: env.documents("elements").get("8", {}).get("comment")
                  == "still flowing", timeout=10, message="later change synced")
     finally:
         assert stop_process(daemon) == 0, read_daemon_log(env)
 
     expected = expected_elements(env.db)
-    docs = export_documents(env, "elements")
+    docs = env.documents("elements")
     assert "7" not in docs
     assert docs == {k: v for k, v in expected.items() if k != "7"}  # every other row synced
     letters = dead_letters(env)
@@ -82,7 +81,7 @@ def test_rejected_document_is_retried_then_dead_lettered_and_can_be_retried(env:
     assert env.status()["dead_letters"] == 0
     report = env.verify()
     assert report["in_sync"] is True, report
-    assert export_documents(env, "elements") == expected_elements(env.db)
+    assert env.documents("elements") == expected_elements(env.db)
 
 
 def test_dead_letter_retry_alone_requeues_the_key(env: Env) -> None:
@@ -94,7 +93,7 @@ def test_dead_letter_retry_alone_requeues_the_key(env: Env) -> None:
     env.cli("run", "--once", check=True)
     first = dead_letters(env)
     assert [str(d["key"]) for d in first] == ["3"]
-    assert set(export_documents(env, "elements")) == {"1", "2", "4", "5"}
+    assert set(env.documents("elements")) == {"1", "2", "4", "5"}
 
     assert "1" in env.cli("dead-letters", "retry", check=True).stdout
     status = env.status()
@@ -109,7 +108,7 @@ def test_dead_letter_retry_alone_requeues_the_key(env: Env) -> None:
     env.cli("run", "--once", check=True)
     assert dead_letters(env) == []
     assert env.verify()["in_sync"] is True
-    assert export_documents(env, "elements") == expected_elements(env.db)
+    assert env.documents("elements") == expected_elements(env.db)
 
 
 def test_verify_reports_exact_differences_and_repair_fixes_them(env: Env) -> None:
@@ -147,5 +146,5 @@ def test_verify_reports_exact_differences_and_repair_fixes_them(env: Env) -> Non
     after = env.cli("verify", "--json")
     assert after.returncode == 0
     assert json.loads(after.stdout)["in_sync"] is True
-    assert export_documents(env, "elements") == expected_elements(env.db)
+    assert env.documents("elements") == expected_elements(env.db)
     assert env.status()["backlog"] == 0

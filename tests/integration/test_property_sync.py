@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Env, app_exec, app_write, db_rows, export_documents
+from conftest import Env, app_exec, app_write, db_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -108,7 +108,7 @@ def test_documents_equal_rows_after_random_writes(
         env.cli("run", "--once", check=True)
 
         expected = expected_documents(env.db)
-        assert export_documents(env, "items") == expected
+        assert env.documents("items") == expected
         report = env.verify()
         assert report["in_sync"] is True, report
         assert report["tables"]["items"]["rows"] == len(expected)

@@ -14,7 +14,6 @@ from conftest import (
     app_exec,
     app_write,
     db_rows,
-    export_documents,
     read_daemon_log,
     start_daemon_logged,
     stop_process,
@@ -69,8 +68,8 @@ def assert_converged(env: Env) -> None:
     report = env.verify()
     assert report["in_sync"] is True, report
     assert (report["missing"], report["extra"], report["stale"]) == (0, 0, 0)
-    assert export_documents(env, "people") == expected_people(env.db)
-    assert export_documents(env, "items") == expected_items(env.db)
+    assert env.documents("people") == expected_people(env.db)
+    assert env.documents("items") == expected_items(env.db)
 
 
 @pytest.fixture
@@ -92,7 +91,7 @@ def test_insert_or_replace_evicting_another_row_deletes_its_document(tables_env:
         ("INSERT INTO items VALUES ('eu', 'b', 's2', 2, 'two')", []),
     ]])
     env.cli("run", "--once", check=True)
-    assert set(export_documents(env, "people")) == {"1", "2", "3", "4"}
+    assert set(env.documents("people")) == {"1", "2", "3", "4"}
 
     # A new key takes row 1's email: SQLite deletes row 1 without firing a delete trigger.
     app_exec(env.db, "INSERT OR REPLACE INTO people (id, email, name) VALUES (10, 'a@x', 'New')")
@@ -104,11 +103,11 @@ def test_insert_or_replace_evicting_another_row_deletes_its_document(tables_env:
     app_exec(env.db, "INSERT OR REPLACE INTO items VALUES ('us', 'a', 's1', 9, 'moved')")
     env.cli("run", "--once", check=True)
 
-    people = export_documents(env, "people")
+    people = env.documents("people")
     assert set(people) == {"3", "10", "11"}
     assert people["10"] == {"id": "10", "email": "a@x", "name": "New", "score": 0}
     assert people["3"]["email"] == "b@x"
-    items = export_documents(env, "items")
+    items = env.documents("items")
     assert set(items) == {composite_id("eu", "b"), composite_id("us", "a")}
     assert_converged(env)
 
@@ -122,7 +121,7 @@ def test_primary_key_update_moves_the_document(tables_env: Env) -> None:
         ("INSERT INTO items VALUES ('eu', 'it''s', 's2', 2, NULL)", []),
     ]])
     env.cli("run", "--once", check=True)
-    assert set(export_documents(env, "people")) == {"1", "2"}
+    assert set(env.documents("people")) == {"1", "2"}
 
     app_exec(
         env.db,
@@ -133,10 +132,10 @@ def test_primary_key_update_moves_the_document(tables_env: Env) -> None:
         "UPDATE OR REPLACE people SET id = 2 WHERE id = 100",
     )
     env.cli("run", "--once", check=True)
-    people = export_documents(env, "people")
+    people = env.documents("people")
     assert set(people) == {"2"}
     assert people["2"]["name"] == "Ann moved" and people["2"]["email"] == "a@x"
-    items = export_documents(env, "items")
+    items = env.documents("items")
     assert set(items) == {composite_id("eu", 'z, "q"'), composite_id("us", "it's")}
     assert items[composite_id("eu", 'z, "q"')]["code"] == 'z, "q"'
     assert_converged(env)
@@ -152,7 +151,7 @@ def test_primary_key_update_while_old_document_is_in_flight(tables_env: Env) -> 
          ("INSERT INTO people (id, email) VALUES (6, 'f@x')", [])],
     ])
     env.cli("run", "--once", check=True)
-    people = export_documents(env, "people")
+    people = env.documents("people")
     assert people == {"5": {"id": "5", "email": "e@x", "name": "Eve", "score": 0},
                       "6": {"id": "6", "email": "f@x", "score": 0}}
     assert_converged(env)
@@ -166,7 +165,7 @@ def test_delete_and_reinsert_in_one_transaction(tables_env: Env) -> None:
         ("INSERT INTO items VALUES ('eu', 'a', 's1', 1, 'old note')", []),
     ]])
     env.cli("run", "--once", check=True)
-    assert export_documents(env, "people")["1"]["name"] == "Old"
+    assert env.documents("people")["1"]["name"] == "Old"
 
     app_write(env.db, [[
         ("DELETE FROM people WHERE id = 1", []),
@@ -177,10 +176,10 @@ def test_delete_and_reinsert_in_one_transaction(tables_env: Env) -> None:
     ]])
     env.cli("run", "--once", check=True)
     # The whole document is replaced: fields that are NULL now are gone, not merged.
-    assert export_documents(env, "people") == {
+    assert env.documents("people") == {
         "1": {"id": "1", "email": "new@x", "handle": "line\u2028break\x85", "score": 7}
     }
-    assert export_documents(env, "items") == {
+    assert env.documents("items") == {
         composite_id("eu", "a"): {"id": composite_id("eu", "a"), "region": "eu", "code": "a",
                                   "qty": 42}
     }
@@ -193,7 +192,7 @@ def test_delete_and_reinsert_in_one_transaction(tables_env: Env) -> None:
         ("DELETE FROM people WHERE id = 3", []),
     ]])
     env.cli("run", "--once", check=True)
-    people = export_documents(env, "people")
+    people = env.documents("people")
     assert people["2"] == {"id": "2", "email": "b2@x", "name": "second", "score": 0}
     assert "3" not in people
     assert_converged(env)
@@ -217,8 +216,8 @@ def test_daemon_picks_up_a_commit_quickly(tables_env: Env) -> None:
         ]):
             app_exec(env.db, statement)
             committed = time.monotonic()
-            wait_for(lambda: export_documents(env, "people") == expected_people(env.db)
-                     and export_documents(env, "items") == expected_items(env.db),
+            wait_for(lambda: env.documents("people") == expected_people(env.db)
+                     and env.documents("items") == expected_items(env.db),
                      timeout=5, interval=0.02, message=f"change {i} in Typesense within 5 s")
             assert time.monotonic() - committed < 5
         assert daemon.poll() is None, read_daemon_log(env)

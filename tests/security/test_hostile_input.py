@@ -9,12 +9,10 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
 import pytest
 import yaml
-from conftest import ELEMENTS_DDL, Env, app_exec, app_write, db_scalar
+from conftest import ELEMENTS_DDL, Env, app_exec, app_write, collection_documents, db_scalar
 
 from cdc_daemon.localserver import LocalTypesense
 
@@ -34,15 +32,6 @@ DDL = (
 )
 INSERT = f"INSERT INTO {T} VALUES (?, ?, ?, ?, ?, ?)"
 BIG = ("é🦄 \"quote' ;\n" * 80_000)[: 1 << 20]  # 1 MiB of text
-
-
-def export(env: Env, collection: str) -> dict[str, dict[str, Any]]:
-    response = env.http.get(f"/collections/{quote(collection, safe='')}/documents/export")
-    if response.status_code == 404:
-        return {}
-    response.raise_for_status()
-    docs = [json.loads(line) for line in response.text.split("\n") if line.strip()]
-    return {d["id"]: d for d in docs}
 
 
 def no_traceback(result: subprocess.CompletedProcess[str]) -> str:
@@ -78,7 +67,7 @@ def test_hostile_corpus_end_to_end(env: Env) -> None:
     result = env.cli("run", "--once", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    docs = export(env, collection)
+    docs = collection_documents(env.http, collection)
     assert set(docs) == {"plain", "it's \"ü\" ; --", "bad-utf8", "nan", "big"}
     assert docs["plain"] == {"id": "plain", "key col ü": "plain", COLUMNS["text"]: "hello",
                              "n": 1, "small": 2, "r": 1.5, "big text": "x"}
@@ -107,7 +96,7 @@ def test_hostile_corpus_end_to_end(env: Env) -> None:
     # The app fixes a row: it syncs, and its dead letter goes away. Nothing else was held up.
     app_write(env.db, [[(f"UPDATE {T} SET n = 10 WHERE \"key col ü\" = 'text-in-int'", [])]])
     assert env.cli("run", "--once", timeout=120).returncode == 0
-    assert export(env, collection)["text-in-int"]["n"] == 10
+    assert collection_documents(env.http, collection)["text-in-int"]["n"] == 10
     assert env.status()["dead_letters"] == 5
 
     verify = env.verify()
@@ -225,7 +214,7 @@ def test_hostile_names_in_yaml_keys_round_trip(tmp_path: Path, typesense: LocalT
         env.cli("install", check=True)
         app_write(env.db, [[(INSERT, ["k", "v", 1, 1, 1.0, "dropped"])]])
         assert env.cli("run", "--once", timeout=60).returncode == 0
-        docs = export(env, env.collection(TABLE))
+        docs = collection_documents(env.http, env.collection(TABLE))
         assert docs == {"k": {"id": "k", "key col ü": "k", "text": "v", "n": 1, "small": 1,
                               "r": 1.0}}
     finally:
