@@ -41,7 +41,7 @@ from cdc_daemon.database import Database
 from cdc_daemon.errors import CdcError
 from cdc_daemon.logs import redact
 from cdc_daemon.status import sync_status
-from cdc_daemon.verify import TableDiff, Verifier
+from cdc_daemon.verify import TableDiff, Verifier, summarize
 
 if TYPE_CHECKING:
     from cdc_daemon.daemon import Daemon, Runtime
@@ -231,15 +231,9 @@ class AdminApi:
                 diff = verifier.compare(mapping)
                 if repair and not diff.in_sync:
                     verifier.repair(mapping, diff)  # logs the keys; the loop syncs them
-                    queued += len(diff.missing) + len(diff.stale) + len(diff.extra)
+                    queued += len(diff.differences)
                 results[name] = diff
-        summary: dict[str, Any] = {
-            "in_sync": all(d.in_sync for d in results.values()),
-            "missing": sum(len(d.missing) for d in results.values()),
-            "extra": sum(len(d.extra) for d in results.values()),
-            "stale": sum(len(d.stale) for d in results.values()),
-            "tables": {name: d.summary() for name, d in results.items()},
-        }
+            summary = summarize(results, changelog.status(list(runtime.mappings)))
         if repair:
             summary["repair_queued"] = queued
         return summary

@@ -11,14 +11,22 @@ schema change needs every row sent again (see evolution.py).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from cdc_daemon.database import Database, quote_ident, scalar
-from cdc_daemon.keys import Key, format_quoted_key, key_to_log_key, parse_quoted_key
+from cdc_daemon.database import (
+    Database,
+    InvalidText,
+    after_key,
+    quote_ident,
+    scalar,
+    select_rows,
+)
+from cdc_daemon.keys import Key, KeyValue, parse_quoted_key
 from cdc_daemon.schema import TableMapping
-from cdc_daemon.triggers import LogTables
+from cdc_daemon.triggers import LogTables, key_expr
 
 if TYPE_CHECKING:
     from cdc_daemon.drain import Drainer
@@ -53,14 +61,14 @@ class Backfill:
         if value is None:
             return None
         done, _, key_text = str(value).partition(" ")
-        return (parse_quoted_key(key_text) if key_text else None), int(done)
+        return (_resume_key(key_text) if key_text else None), int(done)
 
     def start(self, table: str) -> None:
         """Begin (or restart) a backfill of `table` from its first key."""
         self._save(table, 0, None)
 
     def _save(self, table: str, done: int, last_key: Key | None, conn: Any = None) -> None:
-        value = f"{done} {format_quoted_key(last_key)}" if last_key else str(done)
+        value = f"{done} {_resume_text(last_key)}" if last_key else str(done)
         sql = f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)"
         if conn is not None:
             conn.execute(sql, (STATE_PREFIX + table, value))
@@ -90,27 +98,30 @@ class Backfill:
         conditions = [f"({mapping.where})"] if mapping.where else []
         params: list[Any] = []
         if after is not None:
-            conditions.append(f"({key_cols}) > ({', '.join('?' * len(after))})")
-            params.extend(after)
+            condition, params = after_key(mapping.key, after)
+            conditions.append(condition)
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        sql = (
-            f"SELECT {key_cols} FROM {quote_ident(mapping.table)}{where}"
-            f" ORDER BY {key_cols} LIMIT {int(self.page_size)}"
-        )
+        rows = f"FROM {quote_ident(mapping.table)}{where} ORDER BY {key_cols}"
         with self.db.write() as conn:
-            keys = [tuple(row) for row in conn.execute(sql, params)]
-            if not keys:
+            # SQLite writes each key's log text with the triggers' own expression: the same value
+            # an app change of that row logs (a text key that is not UTF-8 included: dead-lettered
+            # like any such key, while the other rows go on).
+            conn.execute(
+                f"INSERT INTO {self._log} (tbl, pk, op)"
+                f" SELECT ?, {key_expr('', mapping.key)}, 'B' {rows} LIMIT {int(self.page_size)}",
+                [mapping.table, *params],
+            )
+            count = conn.changes()
+            if not count:
                 conn.execute(
                     f"DELETE FROM {self._state} WHERE name = ?", (STATE_PREFIX + mapping.table,)
                 )
                 return None
-            conn.executemany(
-                f"INSERT INTO {self._log} (tbl, pk, op) VALUES (?, ?, 'B')",
-                ((mapping.table, key_to_log_key(k)) for k in keys),
-            )
+            # The page's last key, read keeping the bytes of a text that is not UTF-8.
+            last = select_rows(conn, mapping.key, f"{rows} LIMIT 1 OFFSET {count - 1}", params)
             max_seq = int(scalar(conn, f"SELECT MAX(seq) FROM {self._log}"))
-            self._save(mapping.table, done + len(keys), keys[-1], conn)
-        return max_seq, len(keys)
+            self._save(mapping.table, done + count, tuple(last[0]), conn)
+        return max_seq, count
 
     def run(
         self,
@@ -138,6 +149,34 @@ class Backfill:
             progress.total = max(progress.total, progress.done)
             on_progress(progress)
         return False
+
+
+def _resume_text(key: Key) -> str:
+    """The resume point's key as ASCII JSON, exact for every value: a float by its repr, a NUL
+    as \\u0000, a blob and a text that is not UTF-8 as tagged hex."""
+    return json.dumps([_tagged(value) for value in key], separators=(",", ":"))
+
+
+def _tagged(value: KeyValue) -> Any:
+    if isinstance(value, InvalidText):
+        return {"not_utf8": value.raw.hex()}
+    if isinstance(value, bytes):
+        return {"hex": value.hex()}
+    return value
+
+
+def _untagged(value: Any) -> KeyValue:
+    if isinstance(value, dict):
+        if "not_utf8" in value:
+            return InvalidText(bytes.fromhex(value["not_utf8"]))
+        return bytes.fromhex(value["hex"])
+    return cast(KeyValue, value)
+
+
+def _resume_key(text: str) -> Key:
+    if text.startswith("["):
+        return tuple(_untagged(value) for value in json.loads(text))
+    return parse_quoted_key(text)  # saved by an earlier version (Python's quoted literals)
 
 
 def backfills_in_progress(db: Database, names: LogTables) -> dict[str, int]:

@@ -10,11 +10,13 @@ from typing import Any, NamedTuple
 import apsw
 import structlog
 
-from cdc_daemon.database import Database, quote_ident, scalar, select_rows
+from cdc_daemon.database import Database, bind, quote_ident, scalar, select_rows
+from cdc_daemon.keys import Key, log_key_sql, parse_quoted_key
 from cdc_daemon.retry import backoff_delay
 from cdc_daemon.triggers import ACKNOWLEDGING, DELETED_BY_OTHERS, LogTables
 
 RETRYABLE_DELAY = 1.0  # seconds before a key whose failure was not its fault is tried again
+MAX_DELAY = 300.0  # seconds: no entry is ever scheduled further ahead (backoff cap, re-sends)
 log = structlog.get_logger("cdc_daemon.changelog")
 
 
@@ -62,12 +64,16 @@ class ChangeLog:
         self, conn: apsw.Connection, limit: int, now: float, after: int = 0
     ) -> list[LogEntry]:
         """The oldest `limit` entries that are due (with a seq above `after`); call inside
-        Database.read()."""
+        Database.read().
+
+        next_attempt_at is wall-clock time: an entry due further ahead than any delay the daemon
+        sets (MAX_DELAY) was scheduled before the clock was stepped back, and is due now."""
         rows = select_rows(  # a key that is not UTF-8 comes back as an InvalidText, and is
             conn,  # dead-lettered (keys.py)
             ("seq", "tbl", "pk", "op", "attempts", "ts"),  # LogEntry's fields
-            f"FROM {self._log} WHERE seq > ? AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
-            (after, now, limit),
+            f"FROM {self._log} WHERE seq > ?"
+            " AND (next_attempt_at <= ? OR next_attempt_at > ?) ORDER BY seq LIMIT ?",
+            (after, now, now + MAX_DELAY + 1.0, limit),
         )
         return list(map(LogEntry._make, rows))
 
@@ -129,7 +135,7 @@ class ChangeLog:
                         " WHERE seq = ?",
                         (
                             attempts,
-                            now + backoff_delay(attempts, initial=1.0, cap=300.0),
+                            now + backoff_delay(attempts, initial=1.0, cap=MAX_DELAY),
                             failure.error,
                             keep,
                         ),
@@ -139,34 +145,68 @@ class ChangeLog:
             conn.executemany(f"DELETE FROM {self._log} WHERE seq BETWEEN ? AND ?", delete)
             conn.execute(f"DELETE FROM {self._state} WHERE name = ?", (ACKNOWLEDGING,))
             if self._has_dead_letters(conn):
-                conn.executemany(
-                    f"DELETE FROM {self._dead} WHERE tbl = ? AND pk IS ?", succeeded_keys
-                )
+                self._clear_dead_letters(conn, succeeded_keys)
         return dead
+
+    def _clear_dead_letters(
+        self, conn: apsw.Connection, succeeded: Iterable[tuple[str, Any]]
+    ) -> None:
+        """Remove the dead letters of keys that succeeded: by their text, and a composite key
+        with a REAL part also by its values (the app's SQLite and the daemon's may quote() a
+        REAL in different digits)."""
+        succeeded = list(succeeded)
+        conn.executemany(f"DELETE FROM {self._dead} WHERE tbl = ? AND pk IS ?", succeeded)
+        with_reals = {(t, c) for t, k in succeeded if (c := _with_reals(k)) is not None}
+        if with_reals:
+            letters = select_rows(conn, ("rowid", "tbl", "pk"), f"FROM {self._dead}")
+            cleared = [(r,) for r, t, k in letters if (t, _with_reals(k)) in with_reals]
+            conn.executemany(f"DELETE FROM {self._dead} WHERE rowid = ?", cleared)
 
     def _dead_letter(
         self, conn: apsw.Connection, failure: KeyFailure, attempts: int, now: float
     ) -> None:
         first_seen = min(e.ts for e in failure.entries)
+        key_placeholder, key = bind(failure.log_key)  # a key that is not UTF-8: its own bytes
         conn.execute(
             f"INSERT INTO {self._dead} (tbl, pk, error, attempts, first_seen, last_seen)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tbl, pk) DO UPDATE SET"
+            f" VALUES (?, {key_placeholder}, ?, ?, ?, ?) ON CONFLICT (tbl, pk) DO UPDATE SET"
             " error = excluded.error, attempts = attempts + excluded.attempts,"
             " last_seen = excluded.last_seen",
-            (failure.table, failure.log_key, failure.error, attempts, first_seen, now),
+            (failure.table, key, failure.error, attempts, first_seen, now),
         )
 
     def _has_dead_letters(self, conn: apsw.Connection) -> bool:
         return bool(scalar(conn, f"SELECT EXISTS (SELECT 1 FROM {self._dead})"))
 
     def enqueue(self, table: str, log_keys: Iterable[Any], op: str, not_before: float = 0.0) -> int:
-        """Log keys as if the app had changed them (repair, re-send after a timeout), due at
-        `not_before` (unix time); returns the highest seq."""
+        """Log again log keys read from the log (a re-send after a timeout), due at `not_before`
+        (unix time); returns the highest seq. Keys of rows go through enqueue_keys."""
         with self.db.write() as conn:
-            conn.executemany(
-                f"INSERT INTO {self._log} (tbl, pk, op, next_attempt_at) VALUES (?, ?, ?, ?)",
-                ((table, key, op, not_before) for key in log_keys),
-            )
+            for log_key in log_keys:
+                placeholder, value = bind(log_key)  # a text that is not UTF-8 stays itself
+                conn.execute(
+                    f"INSERT INTO {self._log} (tbl, pk, op, next_attempt_at)"
+                    f" VALUES (?, {placeholder}, ?, ?)",
+                    (table, value, op, not_before),
+                )
+            return int(scalar(conn, f"SELECT COALESCE(MAX(seq), 0) FROM {self._log}"))
+
+    def enqueue_keys(
+        self, table: str, keys: Iterable[Key], op: str, not_before: float = 0.0
+    ) -> int:
+        """Log row keys as if the app had changed them (verify --repair), due at `not_before`
+        (unix time); returns the highest seq. SQLite writes each key's text from the bound values
+        with the triggers' own expression (keys.log_key_sql), so a key has one text in the log and
+        the dead letters, whoever logged it."""
+        with self.db.write() as conn:
+            for key in keys:
+                placeholders, values = zip(*(bind(value) for value in key), strict=True)
+                numbered = [p.replace("?", f"?{i}") for i, p in enumerate(placeholders, start=4)]
+                conn.execute(
+                    f"INSERT INTO {self._log} (tbl, pk, op, next_attempt_at)"
+                    f" VALUES (?1, {log_key_sql(numbered)}, ?2, ?3)",
+                    (table, op, not_before, *values),
+                )
             return int(scalar(conn, f"SELECT COALESCE(MAX(seq), 0) FROM {self._log}"))
 
     def unsynced_through(self, seq: int) -> int:
@@ -188,20 +228,31 @@ class ChangeLog:
             )
         )
 
-    def pending_keys(self, table: str) -> set[Any]:
-        return {
-            row[0]
-            for row in self.db.query(f"SELECT DISTINCT pk FROM {self._log} WHERE tbl = ?", (table,))
-        }
+    def pending(self, conn: apsw.Connection, table: str) -> list[tuple[Any, float, int, Any]]:
+        """Each key of `table` with entries in the log: (log key, oldest entry's ts, most
+        attempts, last error or None)."""
+        return select_rows(
+            conn,
+            ("pk", "ts", "attempts", "last_error"),
+            f"FROM (SELECT pk, MIN(ts) AS ts, MAX(attempts) AS attempts,"
+            f" MAX(last_error) AS last_error FROM {self._log} WHERE tbl = ? GROUP BY pk)",
+            (table,),
+        )
+
+    def dead_keys(self, conn: apsw.Connection, table: str) -> list[tuple[Any, str]]:
+        """(log key, error) of each dead letter of `table`."""
+        return select_rows(conn, ("pk", "error"), f"FROM {self._dead} WHERE tbl = ?", (table,))
 
     # -- dead letters -------------------------------------------------------------------------
 
     def dead_letters(self, table: str | None = None) -> list[dict[str, Any]]:
-        sql = f"SELECT tbl, pk, error, attempts, first_seen, last_seen FROM {self._dead}"
-        rows = self.db.query(
-            sql + (" WHERE tbl = ?" if table else "") + " ORDER BY rowid",
-            (table,) if table else None,
-        )
+        with self.db.read() as conn:  # a key that is not UTF-8 is read as an InvalidText
+            rows = select_rows(
+                conn,
+                ("tbl", "pk", "error", "attempts", "first_seen", "last_seen"),
+                f"FROM {self._dead}" + (" WHERE tbl = ?" if table else "") + " ORDER BY rowid",
+                (table,) if table else None,
+            )
         return [
             {"table": t, "key": k, "error": e, "attempts": a, "first_seen": f, "last_seen": s}
             for t, k, e, a, f, s in rows
@@ -258,3 +309,16 @@ class ChangeLog:
             "dead_letters": sum(t["dead_letters"] for t in per_table.values()),
             "tables": per_table,
         }
+
+
+def _with_reals(log_key: Any) -> tuple[tuple[str, Any], ...] | None:
+    """A composite key text with a REAL part, as its typed values (None for any other key)."""
+    if not (isinstance(log_key, str) and "," in log_key):
+        return None
+    try:
+        values = parse_quoted_key(log_key)
+    except ValueError:
+        return None
+    if not any(isinstance(v, float) for v in values):
+        return None
+    return tuple((type(v).__name__, v) for v in values)

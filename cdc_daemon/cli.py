@@ -23,7 +23,7 @@ from cdc_daemon.init import render_config
 from cdc_daemon.logs import configure_logging, redact
 from cdc_daemon.status import sync_status
 from cdc_daemon.triggers import LogTables, install, trigger_problems, uninstall
-from cdc_daemon.verify import TableDiff, Verifier
+from cdc_daemon.verify import TableDiff, Verifier, summarize
 
 log = structlog.get_logger("cdc_daemon.cli")
 
@@ -280,37 +280,45 @@ def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
             diff = verifier.compare(mapping)
             if args.repair and not diff.in_sync:
                 seq = verifier.repair(mapping, diff)
-                repaired += len(diff.missing) + len(diff.stale) + len(diff.extra)
-                drainer.drain_through(seq)
-                verifier._recheck(mapping, diff)
+                repaired += len(diff.differences)
+                if seq:
+                    drainer.drain_through(seq)
+                diff = verifier.compare(mapping)
             results[mapping.table] = diff
+        summary = summarize(results, runtime.changelog.status(list(runtime.mappings)))
     finally:
         drainer.close()
         runtime.close()
-    summary: dict[str, Any] = {
-        "in_sync": all(d.in_sync for d in results.values()),
-        "missing": sum(len(d.missing) for d in results.values()),
-        "extra": sum(len(d.extra) for d in results.values()),
-        "stale": sum(len(d.stale) for d in results.values()),
-        "tables": {t: d.summary() for t, d in results.items()},
-    }
     if args.repair:
         summary["repaired"] = repaired
     if args.json:
         print(json.dumps(summary))
     else:
-        for table, d in summary["tables"].items():
-            print(
-                f"{table}: {d['rows']} rows, {d['documents']} documents: {d['missing']} missing,"
-                f" {d['extra']} extra, {d['stale']} stale"
-            )
-            for kind, ids in d["examples"].items():
-                if ids:
-                    print(f"  {kind}: {', '.join(ids)}")
-        if args.repair:
-            print(f"repaired: {repaired} documents re-synced")
-        print("in sync" if summary["in_sync"] else "NOT in sync")
+        _print_verify(summary, args.repair)
     return 0 if summary["in_sync"] else 1
+
+
+def _print_verify(summary: dict[str, Any], repair: bool) -> None:
+    for table, d in summary["tables"].items():
+        print(
+            f"{table}: {d['rows']} rows, {d['documents']} documents: {d['missing']} missing,"
+            f" {d['extra']} extra, {d['stale']} stale"
+            + (f" ({d['in_flight']} more on their way)" if d["in_flight"] else "")
+        )
+        for kind, ids in d["examples"].items():
+            for doc_id in ids:
+                reason = d["reasons"].get(doc_id)
+                print(f"  {kind}: {doc_id}" + (f" ({reason})" if reason else ""))
+    if summary["backlog"] or summary["dead_letters"]:
+        age = summary["oldest_age_seconds"]
+        print(
+            f"log: {summary['backlog']} changes waiting"
+            + (f", oldest {age:.0f} s" if age is not None else "")
+            + f"; {summary['dead_letters']} dead letters"
+        )
+    if repair:
+        print(f"repaired: {summary['repaired']} differences sent again")
+    print("in sync" if summary["in_sync"] else "NOT in sync")
 
 
 def _cmd_dead_letters(config: Config, args: argparse.Namespace) -> int:

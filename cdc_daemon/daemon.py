@@ -16,7 +16,7 @@ from cdc_daemon.admin import AdminServer, start_admin
 from cdc_daemon.auth import JwtVerifier
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import Config
-from cdc_daemon.database import Database, ProcessorLock, TableInfo
+from cdc_daemon.database import Database, ProcessorLock, TableInfo, file_identity
 from cdc_daemon.errors import CdcError, ConfigError, DatabaseError
 from cdc_daemon.evolution import CollectionManager
 from cdc_daemon.kms import ApiKeys, StaticKey, open_api_keys
@@ -25,6 +25,7 @@ from cdc_daemon.notify import Notifier
 from cdc_daemon.retry import backoff_delay, call_with_retry
 from cdc_daemon.schema import TableMapping, build_mapping
 from cdc_daemon.sink import TypesenseSink
+from cdc_daemon.sweep import AFTER_BACKFILL, START_BACKFILL, ResyncState, Sweep
 from cdc_daemon.sync import BatchReport, Syncer
 from cdc_daemon.triggers import LogTables, ensure_log_is_ours, trigger_problems
 from cdc_daemon.wake import ChangeWaiter
@@ -166,6 +167,12 @@ class Daemon:
         self._ready_sent = False
         self.paused = threading.Event()  # set by the admin API: the loop syncs nothing
         self.last_beat = time.monotonic()  # the loop's last sign of life (admin /healthz)
+        # After the database file was replaced (sweep.py): table → what its collection still owes.
+        self._resync: dict[str, str] = {}
+        self._noticed_file: str | None = None  # the replacing file, once its warning is logged
+        self._reported_file: str | None = None  # ... once its trigger problems are logged
+        self._sweep_failures = 0
+        self._sweep_due = 0.0  # monotonic: no sweep before (backoff after a failed one)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -198,11 +205,15 @@ class Daemon:
             self.busy = False
             return BatchReport()
         try:
+            if runtime.db.replaced():  # one stat: a backup restored with `mv` over the file
+                self._reopen_replaced()
+                runtime = self.runtime
             if runtime.db.schema_version() != self._schema_version:
                 self._replace_runtime(runtime.config, "schema changed")
                 runtime = self.runtime
             runtime.sink.probe_idle_nodes()  # standby nodes' health, and recovered nodes
             collections_busy = runtime.syncer.step_collections()
+            resync_busy = self._resync_step() if self._resync else False
             report = runtime.syncer.sync_once()
         except CdcError as exc:
             self.busy = False
@@ -220,7 +231,7 @@ class Daemon:
             self._sleep(delay)
             return None
         self.consecutive_failures = 0
-        self.busy = collections_busy or bool(report.entries)
+        self.busy = collections_busy or resync_busy or bool(report.entries)
         if self.metrics is not None:
             self.metrics.record_batch(report)
             self.metrics.record_success(runtime.sink.up or not report.entries)
@@ -267,14 +278,23 @@ class Daemon:
             log.error("reload failed; keeping the previous config", error=str(exc))
         self.notifier.send("READY=1")
 
-    def _replace_runtime(self, config: Config, why: str) -> None:
+    def _replace_runtime(
+        self, config: Config, why: str, prepare: Callable[[Runtime], None] | None = None
+    ) -> None:
         """Rebuild tables, mappings and collections from `config` and the current schema.
 
-        On SIGHUP and when the app altered its schema (PRAGMA schema_version moved). Raises,
+        On SIGHUP, when the app altered its schema (PRAGMA schema_version moved) and when the
+        database file was replaced (`prepare` then checks the new runtime first). Raises,
         leaving the running objects untouched, when the new ones can't be built."""
         if config.database != self.runtime.config.database:
             raise ConfigError("database: cannot change on reload; restart the service")
         fresh = build_runtime(config, stop=self.stop, heartbeat=self.notifier.heartbeat)
+        try:
+            if prepare is not None:
+                prepare(fresh)
+        except BaseException:
+            fresh.close()
+            raise
         try:
             fresh.syncer.ensure_collections()
         except CdcError as exc:
@@ -290,7 +310,107 @@ class Daemon:
         old, self.runtime = self.runtime, fresh
         old.close()
         self._schema_version = fresh.db.schema_version()
+        self._resync = ResyncState(fresh.db, fresh.names).owed()  # log_table may have changed
         log.info(why, tables=list(fresh.mappings))
+
+    # -- a database file replaced (a backup restored with `mv`): sweep.py ---------------------
+
+    def _reopen_replaced(self) -> None:
+        """The path names another file now: sync that one, from scratch. The old connection
+        first lets go of the -wal both files share by name (Database.release_replaced), once:
+        after that the -wal is the new file's. The warning comes after it, so an operator may
+        start the app once it is logged."""
+        old = self.runtime.db
+        noticed = repr(file_identity(old.path))
+        if noticed != self._noticed_file:
+            problem = old.release_replaced()  # DatabaseBusy: old file still in use; retried
+            self._noticed_file = noticed
+            log.warning("database file replaced; reopening", database=str(old.path))
+            if problem is not None:
+                log.error("restored file opened too early", problem=problem)
+        self._replace_runtime(self.runtime.config, "database reopened", self._adopt_replacement)
+
+    def _adopt_replacement(self, fresh: Runtime) -> None:
+        """The new file must be installed (without the log there is nothing to sync from:
+        raises, and the loop retries with backoff until `cdc-daemon install` ran). Then every
+        collection owes it a resync, recorded before anything else is done with the new file."""
+        if self._reported_file != self._noticed_file:
+            self._reported_file = self._noticed_file
+            for problem in trigger_problems(fresh.db, fresh.names, fresh.tables):
+                log.error("trigger problem", problem=problem, database=str(fresh.db.path))
+        require_installed(fresh.db, fresh.names)
+        ResyncState(fresh.db, fresh.names).begin(fresh.mappings)
+
+    def _resync_on_start(self) -> None:
+        """A file replaced while the daemon was stopped owes the same resync as one replaced
+        under it (and a resync a kill -9 interrupted is continued)."""
+        runtime = self.runtime
+        state = ResyncState(runtime.db, runtime.names)
+        if state.file_changed():
+            log.warning(
+                "database file is not the one last synced (a backup restored?); resyncing",
+                database=str(runtime.db.path),
+            )
+            state.begin(runtime.mappings)
+        self._resync = state.owed()
+
+    def _resync_step(self) -> bool:
+        """Between batches: start each owing table's backfill, then sweep its collection.
+
+        The sweep waits until the backfill has logged every row. Either order would be correct:
+        both only log keys, and the sync path decides each key from its row in one snapshot (a
+        row: upsert; none: delete); a document the sweep does not see was made from this file's
+        log, whose triggers log that row's later changes. After, so that searches get every
+        current row first, and a late write of the replaced file's last batch (a timed-out
+        import applied late) has landed before the sweep looks. True when it did some work."""
+        runtime = self.runtime
+        state = ResyncState(runtime.db, runtime.names)
+        backfilling: dict[str, int] | None = None
+        busy = False
+        for table, phase in list(self._resync.items()):
+            mapping = runtime.mappings.get(table)
+            if mapping is None:
+                continue  # not configured (any more): still owed if it is again
+            if phase == START_BACKFILL:
+                runtime.syncer.collections.backfill.start(table)
+                state.set_phase(table, AFTER_BACKFILL)
+                self._resync[table] = AFTER_BACKFILL
+                busy = True
+                continue
+            if backfilling is None:
+                backfilling = runtime.syncer.collections.backfill.active()
+            if table not in backfilling and time.monotonic() >= self._sweep_due:
+                busy = self._sweep(table, mapping, state) or busy
+        return busy
+
+    def _sweep(self, table: str, mapping: TableMapping, state: ResyncState) -> bool:
+        """One table's sweep; a failure is retried later, without holding back the batches."""
+        runtime = self.runtime
+        target = runtime.syncer.targets.get(table)
+        collection = target.primary if target is not None else mapping.collection
+        sweep = Sweep(runtime.db, runtime.changelog, runtime.sink)
+        try:
+            result = sweep.run(mapping, collection, self.stop, beat=self._heartbeat)
+        except CdcError as exc:
+            self._sweep_failures += 1
+            delay = backoff_delay(self._sweep_failures)
+            self._sweep_due = time.monotonic() + delay
+            log.warning("sweep failed", table=table, error=str(exc), retry_in_s=round(delay, 2))
+            return False
+        if result is None:
+            return False  # stopping: done again from the start after the restart
+        self._sweep_failures = 0
+        state.set_phase(table, None)
+        del self._resync[table]
+        log.info(
+            "sweep finished",
+            table=table,
+            collection=collection,
+            documents=result.documents,
+            queued_for_deletion=result.queued,
+            deleted=result.deleted,
+        )
+        return True
 
     def run(self, once: bool = False) -> int:
         require_installed(self.runtime.db, self.runtime.names)
@@ -318,9 +438,18 @@ class Daemon:
             log.error("trigger problem", problem=problem)
         if not self._call_until_up("fetch the Typesense API key", runtime.keys.ready):
             return 0  # a KMS key: retried with backoff while the KMS is unreachable
+        if not self._call_until_up("check the database file", self._resync_on_start):
+            return 0
         if not self._call_until_up("ensure collections", runtime.syncer.ensure_collections):
             return 0
-        log.info("running", database=str(runtime.db.path), tables=list(runtime.mappings), once=once)
+        version = runtime.sink.server_version()
+        log.info(
+            "running",
+            database=str(runtime.db.path),
+            tables=list(runtime.mappings),
+            once=once,
+            typesense=".".join(map(str, version)) if version != (0,) else "version unknown",
+        )
         waiter = self._waiter()
         try:
             while True:
@@ -365,6 +494,7 @@ class Daemon:
             lambda: self.runtime.db.data_version(),  # the current runtime's, across reloads
             self._poll_interval(),
             self.stop,
+            file_identity=lambda: file_identity(runtime.db.path),
         )
 
 

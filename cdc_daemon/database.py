@@ -5,6 +5,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import struct
+import sys
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,9 @@ class TableInfo:
     unique_indexes: tuple[tuple[str, ...], ...]
     # The collation of each column of each unique index (same shape); () means all BINARY.
     unique_collations: tuple[tuple[str, ...], ...] = ()
+    # The collation of each primary key column, in key order, as the key's index compares them
+    # (e.g. `email TEXT PRIMARY KEY COLLATE NOCASE`); () means all BINARY.
+    key_collations: tuple[str, ...] = ()
 
     def column(self, name: str) -> Column:
         for column in self.columns:
@@ -73,7 +80,33 @@ def sqlite_errors(path: Path) -> Iterator[None]:
 
 
 class InvalidText(str):
-    """Text that SQLite held but that was not valid UTF-8: each invalid byte is now U+FFFD."""
+    """Text that SQLite held but that was not valid UTF-8: each invalid byte is now U+FFFD.
+
+    `raw` keeps the original bytes, so the value can be bound back as the very same TEXT
+    (`bind`): the replaced text would name another value (a keyset cursor would never move on)."""
+
+    raw: bytes
+
+    def __new__(cls, raw: bytes) -> InvalidText:
+        text = super().__new__(cls, raw.decode("utf-8", errors="replace"))
+        text.raw = raw
+        return text
+
+
+def bind(value: Any) -> tuple[str, Any]:
+    """(placeholder, parameter) that gives SQLite back exactly `value`: an InvalidText is bound
+    as its original bytes, cast to TEXT (the same value, byte for byte)."""
+    if isinstance(value, InvalidText):
+        return "CAST(? AS TEXT)", value.raw
+    return "?", value
+
+
+def after_key(columns: Sequence[str], key: Sequence[Any]) -> tuple[str, list[Any]]:
+    """`(key columns) > (key)` and its parameters: the condition of a keyset cursor's next page.
+    Every keyset cursor uses it, so a key read as an InvalidText is passed, not read again."""
+    placeholders, params = zip(*(bind(value) for value in key), strict=True)
+    condition = f"({', '.join(quote_ident(c) for c in columns)}) > ({', '.join(placeholders)})"
+    return condition, list(params)
 
 
 def _decoded(value: Any, is_text: Any) -> Any:
@@ -82,7 +115,7 @@ def _decoded(value: Any, is_text: Any) -> Any:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        return InvalidText(value.decode("utf-8", errors="replace"))
+        return InvalidText(value)
 
 
 def select_rows(
@@ -92,7 +125,8 @@ def select_rows(
 
     SQLite stores whatever bytes an app hands it as TEXT; APSW refuses to decode text that is
     not UTF-8 (UnicodeDecodeError), which would fail the whole read. Then the read is done again
-    with such columns read as bytes, and each invalid byte becomes U+FFFD (an InvalidText)."""
+    with such columns read as bytes, and each invalid byte becomes U+FFFD (an InvalidText, which
+    keeps the original bytes)."""
     quoted = [quote_ident(c) for c in columns]
     try:
         return conn.execute(f"SELECT {', '.join(quoted)} {rest}", params).fetchall()
@@ -114,20 +148,115 @@ def scalar(conn: apsw.Connection, sql: str, params: Any = None) -> Any:
     return None if row is None else row[0]
 
 
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file `path` names now; None when there is none."""
+    try:
+        stat = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+SHARED_FIRST, SHARED_SIZE = 0x40000002, 510  # SQLite's unix VFS: the SHARED lock's byte range
+
+
+def opened_elsewhere(path: Path) -> bool:
+    """True when another process holds SQLite's SHARED lock on `path`: in WAL mode a connection
+    holds it from its first read until it closes. Only asks (F_GETLK). Call it before this
+    process opens `path` with SQLite: closing any descriptor of a file drops the process's own
+    POSIX locks on it."""
+    if not sys.platform.startswith("linux"):
+        return True  # struct flock's layout is Linux's; elsewhere assume the worst
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, SHARED_FIRST, SHARED_SIZE, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        lock_type: int = struct.unpack("hhqqi", answer)[0]
+        return lock_type != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
+
+
 class Database:
     """One APSW connection to the app's SQLite file. Never creates the file."""
 
+    # Every connection of this process (the loop's, metrics', admin requests'): a replaced file's
+    # are closed together (release_replaced), since POSIX locks are the process's, not theirs.
+    _open: weakref.WeakSet[Database] = weakref.WeakSet()
+    _open_lock = threading.Lock()  # admin requests open connections on their own threads
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        if not path.exists():
+        # Taken before opening: if the file is replaced in between, replaced() says so at once
+        # (a reopen too many) rather than never.
+        self.identity = file_identity(path)
+        self.released = False  # closed by release_replaced: it names no file any more
+        if self.identity is None:
             raise DatabaseError(f"{path}: database file does not exist")
         with sqlite_errors(path):
             self.conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
             self.conn.set_busy_timeout(BUSY_TIMEOUT_MS)
             self.conn.execute("PRAGMA schema_version").fetchall()
+        with Database._open_lock:
+            Database._open.add(self)
 
     def close(self) -> None:
         self.conn.close()
+
+    def replaced(self) -> bool:
+        """True when the path no longer names the file this connection has open: a backup
+        restored with `mv` (or `cp` to a new file, then `mv`), or the file deleted. One stat."""
+        return self.released or file_identity(self.path) != self.identity
+
+    def release_replaced(self) -> str | None:
+        """Let go of the file that was replaced (see replaced()) before the new one is opened:
+        empty its WAL, then close every connection this process has to it, this one included.
+
+        The -wal and -shm files are found by name, so after `mv backup.db app.db` the new file
+        and the old connections share them. The first connection to the new file would replay
+        the old file's latest pages from that WAL (the restore silently undone): the app's last
+        connection would have emptied it on close, but ours kept it alive, and SQLite's close
+        skips that for a file that moved. So it is emptied here, unless another process has the
+        new file open already (its pages are in that WAL now): then a problem is returned. And
+        the old connections must be gone before the new file is opened: closing the -shm of one
+        drops the shm locks of all (POSIX locks are per process), and the app would then reset
+        the -shm under the new connection (SIGBUS). DatabaseBusy while the old file is in use."""
+        if self.released:
+            return None
+        with sqlite_errors(self.path):
+            problem = self._empty_replaced_wal()
+            with Database._open_lock:
+                others = list(Database._open)
+            for other in others:
+                if other is not self and other.identity == self.identity:
+                    try:
+                        other.conn.close()
+                    except apsw.ThreadingViolationError:  # a metrics scrape, right now
+                        raise DatabaseBusy(f"{self.path}: the replaced file is in use") from None
+                    other.released = True
+            self.conn.close()  # last: a retry after DatabaseBusy still has it
+            self.released = True
+        return problem
+
+    def _empty_replaced_wal(self) -> str | None:
+        if str(scalar(self.conn, "PRAGMA journal_mode")).lower() != "wal":
+            return None  # rollback journal: nothing is shared by name between transactions
+        if opened_elsewhere(self.path):
+            return (
+                f"{self.path} was opened by another process before cdc-daemon let go of the"
+                " replaced file: both used the same -wal file, so the restored database may show"
+                " the replaced file's latest pages; check it, and restore again with the app"
+                " stopped"
+            )
+        if scalar(self.conn, "PRAGMA wal_checkpoint(TRUNCATE)"):
+            raise DatabaseBusy(
+                f"{self.path}: the replaced file's WAL could not be emptied: is a process still"
+                " using the old file?"
+            )
+        return None
 
     @contextlib.contextmanager
     def read(self) -> Iterator[apsw.Connection]:
@@ -150,6 +279,8 @@ class Database:
         with sqlite_errors(self.path):
             self.conn.execute("BEGIN IMMEDIATE")
             try:
+                if self.replaced():  # never write a replaced file: it shares -wal/-journal names
+                    raise DatabaseError(f"{self.path}: the database file was replaced; not writing")
                 yield self.conn
                 self.conn.execute("COMMIT")
             except BaseException:
@@ -196,26 +327,35 @@ class Database:
         key = tuple(c.name for c in sorted(columns, key=lambda c: c.key_position) if c.key_position)
         unique: list[tuple[str, ...]] = []
         collations: list[tuple[str, ...]] = []
+        key_collations: dict[str, str] = {}
         for _seq, index_name, is_unique, origin, _partial in self.query(
             f"PRAGMA index_list({ident})"
         ):
-            if not is_unique or origin == "pk":
+            if not is_unique:
                 continue
-            index_columns = [
-                (row[2], row[4])  # name (None for an expression), collation
-                for row in self.query(f"PRAGMA index_xinfo({quote_ident(index_name)})")
-                if row[5]  # key columns only, not the rowid / primary key appended to every index
-            ]
-            if index_columns and all(col is not None for col, _ in index_columns):
-                unique.append(tuple(col for col, _ in index_columns))
-                collations.append(tuple(coll or "BINARY" for _, coll in index_columns))
+            index_columns = self._index_key_columns(index_name)
+            if origin == "pk":  # no index at all for an INTEGER PRIMARY KEY (the rowid)
+                key_collations = {col: coll for col, coll in index_columns if col is not None}
+            elif index_columns and all(col is not None for col, _ in index_columns):
+                unique.append(tuple(str(col) for col, _ in index_columns))
+                collations.append(tuple(coll for _, coll in index_columns))
         return TableInfo(
             name=name,
             columns=columns,
             key=key,
             unique_indexes=tuple(unique),
             unique_collations=tuple(collations),
+            key_collations=tuple(key_collations.get(c, "BINARY") for c in key),
         )
+
+    def _index_key_columns(self, index: str) -> list[tuple[str | None, str]]:
+        """(column name, None for an expression; collation) of an index's key columns, without
+        the rowid / primary key / other columns appended to every index."""
+        return [
+            (row[2], row[4] or "BINARY")
+            for row in self.query(f"PRAGMA index_xinfo({quote_ident(index)})")
+            if row[5]
+        ]
 
 
 class ProcessorLock:

@@ -9,25 +9,99 @@ Rules (also in the README):
 - bool fields: 0/1 become false/true.
 - string fields: numbers become their decimal text; BLOBs become base64 text. A BLOB in a
   field of any other type is rejected.
+- object / object[] fields: the column holds JSON text, sent parsed; it must be a JSON object (an
+  array of objects for object[]), without NaN/Infinity, nested at most MAX_JSON_DEPTH deep.
 - A NULL in the primary key (nullable non-INTEGER key columns allow it) is rejected.
 - Anything else is sent unchanged, and Typesense decides (e.g. text in an INTEGER column is
   rejected by Typesense and dead-lettered after max_attempts).
+- A document whose JSON line is longer than MAX_DOCUMENT_BYTES is rejected (size_problem; the
+  sync step checks every line, whichever path built it).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from cdc_daemon.errors import DocumentError
 from cdc_daemon.keys import Key
-from cdc_daemon.schema import FieldMap, TableMapping
+from cdc_daemon.schema import OBJECT_TYPES, FieldMap, TableMapping
 
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
 # Field type → the value type that needs no conversion (SQLite's integers always fit an int64).
 _AS_IS = {"string": str, "int64": int}
+# The largest document one import carries, as sent (JSON, non-ASCII escaped). Bigger ones are
+# that row's failure: 0.24.1 takes ~4.5 s to index 16 MiB of words, well inside the default
+# 30 s request timeout; a 110 MB text timed out, was retried forever and blocked the table.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+# Deeper JSON in an object field is refused: Python's own parsers and encoders stop near 1,000
+# levels (RecursionError), and no search needs more.
+MAX_JSON_DEPTH = 100
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # json.loads accepts NaN/Infinity by default
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (a scalar: 0)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
+
+
+def _json_object(field: FieldMap, value: Any) -> Any:
+    """An object / object[] field's value: the column's JSON text, parsed and checked."""
+    where = f"column {field.column!r}"
+    if not isinstance(value, str):
+        raise DocumentError(f"{where}: {type(value).__name__} is not JSON text for {field.type}")
+    try:
+        parsed = json.loads(value, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise DocumentError(f"{where}: not valid JSON for {field.type} ({exc})") from None
+    if field.type == "object":
+        fits = isinstance(parsed, dict)
+    else:
+        fits = isinstance(parsed, list) and all(isinstance(item, dict) for item in parsed)
+    if not fits:
+        wanted = "an object" if field.type == "object" else "an array of objects"
+        raise DocumentError(f"{where}: JSON {type(parsed).__name__} is not {wanted}")
+    if _depth(parsed) > MAX_JSON_DEPTH:
+        raise DocumentError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return parsed
+
+
+def sent_size(line: str) -> int:
+    """Bytes of a document's JSON line in an import body, where each non-ASCII character is a
+    \\uXXXX escape, two for one beyond the BMP (sink.ascii_json_body); three C-speed passes."""
+    if line.isascii():
+        return len(line)
+    ascii_chars = len(line.encode("ascii", "ignore"))
+    beyond_bmp = len(line.encode("utf-16-le", "surrogatepass")) // 2 - len(line)
+    return ascii_chars + 6 * (len(line) - ascii_chars) + 6 * beyond_bmp
+
+
+def size_problem(line: str) -> str | None:
+    """Why a document's JSON line is too large to send (None: it is not). Most lines are
+    answered by their length alone: no character takes more than 12 bytes when sent."""
+    if len(line) * 12 <= MAX_DOCUMENT_BYTES:
+        return None
+    size = sent_size(line)
+    if size <= MAX_DOCUMENT_BYTES:
+        return None
+    return (
+        f"the document is {size} bytes of JSON, more than the {MAX_DOCUMENT_BYTES} bytes"
+        " (16 MiB) one document may have"
+    )
 
 
 def _convert(field: FieldMap, value: Any) -> Any:
@@ -37,6 +111,8 @@ def _convert(field: FieldMap, value: Any) -> Any:
         raise DocumentError(f"column {field.column!r}: {value} cannot be sent (not finite)")
     if isinstance(value, bytes) and kind != "string":
         raise DocumentError(f"column {field.column!r}: a BLOB cannot be sent as {kind}")
+    if kind in OBJECT_TYPES:
+        return _json_object(field, value)
     if kind in INT_RANGES:
         if isinstance(value, float) and value.is_integer():
             value = int(value)

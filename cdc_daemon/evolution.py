@@ -46,6 +46,7 @@ from cdc_daemon.triggers import LogTables
 
 log = structlog.get_logger("cdc_daemon.evolution")
 REBUILD_PREFIX = "rebuild:"
+RETIRE_PREFIX = "retire:"  # the collection a finishing rebuild's alias switch leaves behind
 FOLLOW_PREFIX = "follow:"
 FOLLOW_INTERVAL = 10.0  # seconds between a following host's looks at a shared collection
 
@@ -93,14 +94,33 @@ class CollectionManager:
         return rebuilds_in_progress(self.db, self.names)
 
     def _set_rebuild(self, table: str, collection: str | None) -> None:
+        """Record the collection a rebuild fills; None: the rebuild is over (its retired
+        collection is forgotten too)."""
         with self.db.write() as conn:
             if collection is None:
-                conn.execute(f"DELETE FROM {self._state} WHERE name = ?", (REBUILD_PREFIX + table,))
+                conn.execute(
+                    f"DELETE FROM {self._state} WHERE name IN (?, ?)",
+                    (REBUILD_PREFIX + table, RETIRE_PREFIX + table),
+                )
             else:
                 conn.execute(
                     f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
                     (REBUILD_PREFIX + table, collection),
                 )
+
+    def _set_retired(self, table: str, collection: str) -> None:
+        """Before an alias switch: the collection it leaves, to drop even after a crash."""
+        with self.db.write() as conn:
+            conn.execute(
+                f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
+                (RETIRE_PREFIX + table, collection),
+            )
+
+    def _retired(self, table: str) -> str | None:
+        value = self.db.scalar(
+            f"SELECT value FROM {self._state} WHERE name = ?", (RETIRE_PREFIX + table,)
+        )
+        return None if value is None else str(value)
 
     # -- planning at start, reload and schema change ----------------------------------------------
 
@@ -154,6 +174,9 @@ class CollectionManager:
             log.warning("collection was missing; recreated and backfilling", collection=current)
             return Target(alias)
         rebuilding = self.rebuilds().get(mapping.table)
+        if rebuilding == current:  # a crash came after the alias switch: the rebuild is done
+            self._finish(mapping.table, alias, rebuilding)
+            rebuilding = None
         if not schema_differences(schema, existing):
             if rebuilding:
                 self._abandon(mapping, rebuilding)
@@ -211,10 +234,23 @@ class CollectionManager:
         return Target(new, mirror=alias)
 
     def _abandon(self, mapping: TableMapping, rebuilding: str) -> None:
-        if self.sink.get_alias(rebuilding) is None:
+        """Drop a rebuild that is no longer wanted; its collection only while nothing uses it
+        (delete_collection refuses one an alias points to)."""
+        if self.sink.get_alias(rebuilding) is None and not self.sink.aliases_to(rebuilding):
             self.sink.delete_collection(rebuilding)
         self._set_rebuild(mapping.table, None)
         log.info("rebuild abandoned", table=mapping.table, collection=rebuilding)
+
+    def _finish(self, table: str, alias: str, collection: str) -> None:
+        """The alias points at the rebuilt collection: drop the one it left (recorded before
+        the switch; also after a crash between any two of these steps) and forget the rebuild."""
+        old = self._retired(table)
+        if old is not None and old != collection and self.sink.get_collection(old) is not None:
+            self.sink.delete_collection(old)
+        self._set_rebuild(table, None)
+        log.info(
+            "rebuild finished: alias switched", alias=alias, collection=collection, dropped=old
+        )
 
     # -- following a shared collection another host manages --------------------------------------
 
@@ -328,17 +364,11 @@ class CollectionManager:
                 continue  # the managing host switches the alias; we notice in _follow
             if target.mirror is not None and not self.changelog.unsynced_for_table(table, 1):
                 old = self.sink.get_alias(target.mirror)
-                self.sink.set_alias(target.mirror, target.primary)
                 if old is not None and old != target.primary:
-                    self.sink.delete_collection(old)
-                self._set_rebuild(table, None)
+                    self._set_retired(table, old)
+                self.sink.set_alias(target.mirror, target.primary)
+                self._finish(table, target.mirror, target.primary)
                 targets[table] = Target(target.mirror)
-                log.info(
-                    "rebuild finished: alias switched",
-                    alias=target.mirror,
-                    collection=target.primary,
-                    dropped=old,
-                )
                 busy = True
         return busy
 

@@ -2,7 +2,10 @@
 
 Log key: a single-column key is stored as the value itself (the log's `pk` column has no type, so
 integers, text, reals and blobs keep their type exactly). A composite key is the text
-`quote(a) || ',' || quote(b) ...`, SQLite's own literal syntax, parsed back here.
+`quote(a) || ',' || quote(b) ...`, SQLite's own literal syntax, parsed back here; a TEXT part
+holding a NUL (where quote() would stop) is written as `t` + the quoted blob of its bytes
+(`tX'610062'`). SQLite writes every log key text (log_key_sql): the triggers, and the daemon
+for the keys it logs itself (backfill, repair, re-sends), so one key has one text.
 
 Document id: a single-column key is `str(value)` (blobs as lowercase hex). A composite key is the
 compact JSON array of its values, e.g. `[42,"eu"]`, with a blob as `{"hex":"00ff"}`.
@@ -11,18 +14,20 @@ compact JSON array of its values, e.g. `[42,"eu"]`, with a blob as `{"hex":"00ff
 from __future__ import annotations
 
 import json
-import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from cdc_daemon.database import InvalidText
 
 KeyValue = int | float | str | bytes
 Key = tuple[KeyValue, ...]
+NOT_UTF8 = "the key is text that is not valid UTF-8"  # the dead letter's reason
 
 _LITERAL = re.compile(
     r"""\s*(?:
         '(?P<text>(?:[^']|'')*)'            # 'text' with '' for a quote
+      | t[xX]'(?P<nul_text>[0-9a-fA-F]*)'    # tX'610062': text with a NUL, as its UTF-8 bytes
       | [xX]'(?P<blob>[0-9a-fA-F]*)'         # X'00FF'
       | (?P<number>[-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?|[-+]?Inf)
       | (?P<null>NULL)
@@ -31,8 +36,33 @@ _LITERAL = re.compile(
 )
 
 
+def _key_part_sql(operand: str) -> str:
+    # quote() stops a TEXT value at its first NUL: such a value is logged as its bytes instead.
+    # typeof() first: instr() on a number would format it as text.
+    return (
+        f"CASE WHEN typeof({operand}) = 'text' AND instr({operand}, char(0))"
+        f" THEN 't' || quote(CAST({operand} AS BLOB)) ELSE quote({operand}) END"
+    )
+
+
+def log_key_sql(operands: Sequence[str]) -> str:
+    """SQL for the log key of the key values `operands` (SQL expressions: `NEW."id"`, `?1`):
+    the value itself for one column, the composite key text for more. Only SQL that SQLite
+    3.31+ understands (the triggers run inside the app's SQLite)."""
+    if len(operands) == 1:
+        return operands[0]
+    return " || ',' || ".join(_key_part_sql(operand) for operand in operands)
+
+
+def _text_from_hex(hex_text: str) -> str:
+    try:
+        return bytes.fromhex(hex_text).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(NOT_UTF8) from None
+
+
 def parse_quoted_key(text: str) -> Key:
-    """Parse `quote(a)||','||quote(b)` back into values."""
+    """Parse `quote(a)||','||quote(b)` (log_key_sql's text) back into values."""
     values: list[KeyValue] = []
     pos = 0
     while pos < len(text):
@@ -41,6 +71,8 @@ def parse_quoted_key(text: str) -> Key:
             raise ValueError(f"malformed composite key {text!r}")
         if match["text"] is not None:
             values.append(match["text"].replace("''", "'"))
+        elif match["nul_text"] is not None:
+            values.append(_text_from_hex(match["nul_text"]))
         elif match["blob"] is not None:
             values.append(bytes.fromhex(match["blob"]))
         elif match["number"] is not None:
@@ -55,35 +87,16 @@ def parse_quoted_key(text: str) -> Key:
     return tuple(values)
 
 
-def format_quoted_key(key: Key) -> str:
-    """The inverse of parse_quoted_key, for keys the daemon logs itself (backfill, repair)."""
-    parts = []
-    for value in key:
-        if isinstance(value, bytes):
-            parts.append("X'" + value.hex() + "'")
-        elif isinstance(value, str):
-            parts.append("'" + value.replace("'", "''") + "'")
-        elif isinstance(value, float) and math.isinf(value):
-            parts.append("9.0e+999" if value > 0 else "-9.0e+999")  # as SQLite 3.43+ quote()s it
-        else:
-            parts.append(repr(value))
-    return ",".join(parts)
-
-
 def log_key_to_key(log_key: Any, width: int) -> Key:
     if log_key is None:
         # A nullable non-INTEGER key column can hold NULL: such a row has no document id
         # (str(None) would be 'None', another row's key).
         raise ValueError("NULL primary key")
-    if isinstance(log_key, InvalidText):  # no id, and no way to find its row again
-        raise ValueError("the key is text that is not valid UTF-8")
+    if isinstance(log_key, InvalidText):  # no id (Typesense ids are UTF-8)
+        raise ValueError(NOT_UTF8)
     if width == 1:
         return (log_key,)
     return parse_quoted_key(str(log_key))
-
-
-def key_to_log_key(key: Key) -> Any:
-    return key[0] if len(key) == 1 else format_quoted_key(key)
 
 
 def document_id(key: Key) -> str:

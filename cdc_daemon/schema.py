@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,33 @@ from cdc_daemon.errors import ConfigError
 from cdc_daemon.keys import Key, affinity, document_id, key_from_document_id
 
 NUMERIC_TYPES = {"int32", "int64", "float"}
+OBJECT_TYPES = {"object", "object[]"}  # need the collection's enable_nested_fields
+# Keys Typesense keeps in documents for itself: 0.24.1 answers a whole import whose document has
+# a `.flat` field with 400 "Bad request."; `.ref` lists reference helpers since v0.25+.
+RESERVED_FIELD_NAMES = {".flat", ".ref"}
+
+
+def field_name_problem(name: str) -> str | None:
+    """Why Typesense can't hold a field of this name (None: it can). `id` is not checked here:
+    it is the document id (build_mapping says so). Measured on 0.24.1 unless a version says
+    otherwise; names with other punctuation (`.`, `:`, `,`, `&&`, non-ASCII, ...) work."""
+    if not name:
+        return "it is empty"
+    if ".*" in name:
+        return "Typesense reads a name containing '.*' as a pattern for dynamic fields"
+    if name.endswith("_sequence_id"):
+        return (
+            "Typesense v0.25+ keeps names ending in '_sequence_id' for reference helpers and"
+            " leaves them out of the schema it reports"
+        )
+    if name in RESERVED_FIELD_NAMES:
+        return f"Typesense keeps {name!r} in documents for itself"
+    if name != name.strip(" "):
+        return (
+            "Typesense trims spaces around field names in query_by and filter_by, so the field"
+            " could never be searched or filtered"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -76,6 +104,8 @@ class TableMapping:
         }
         if self.default_sorting_field:
             schema["default_sorting_field"] = self.default_sorting_field
+        if any(f.type in OBJECT_TYPES for f in self.fields):
+            schema["enable_nested_fields"] = True  # else Typesense refuses object fields
         return schema
 
 
@@ -142,6 +172,9 @@ def build_mapping(
                 f"{where}.rename: column {column.name!r} would become field 'id', which is the"
                 " document id; rename it"
             )
+        problem = field_name_problem(name)
+        if problem is not None:
+            raise _bad_field_name(where, info.name, column.name, config, problem)
         is_key = column.key_position > 0
         optional = not (column.not_null or is_key)
         if override and override.optional is not None:
@@ -163,6 +196,7 @@ def build_mapping(
         if f.name in seen:
             raise ConfigError(f"{where}.rename: two columns map to field {f.name!r}")
         seen.add(f.name)
+    _refuse_names_inside_objects(fields, where, info.name, config)
 
     sorting = config.default_sorting_field
     if sorting is not None:
@@ -189,6 +223,34 @@ def build_mapping(
     )
 
 
+def _bad_field_name(
+    where: str, table: str, column: str, config: TableConfig, problem: str
+) -> ConfigError:
+    """The error for a field name Typesense can't hold, at the key path the name came from."""
+    if column in config.rename:
+        return ConfigError(
+            f"{where}.rename.{column}: {config.rename[column]!r} cannot be a Typesense field"
+            f" name ({problem}): choose another name"
+        )
+    return ConfigError(
+        f"{where}.table: column {column!r} of {table!r} cannot be a Typesense field name"
+        f" ({problem}): exclude it or rename it ({where}.rename)"
+    )
+
+
+def _refuse_names_inside_objects(
+    fields: list[FieldMap], where: str, table: str, config: TableConfig
+) -> None:
+    """A field named `meta.color` beside an object field `meta` would be the same field as the
+    object's nested `color` (Typesense names nested fields by their path)."""
+    objects = [f.name for f in fields if f.type in OBJECT_TYPES]
+    for f in fields:
+        inside = next((o for o in objects if f.name.startswith(o + ".")), None)
+        if inside is not None:
+            problem = f"it is the name of a nested field of object field {inside!r}"
+            raise _bad_field_name(where, table, f.column, config, problem)
+
+
 # What Typesense reports for a property we did not set.
 def _effective(field: dict[str, Any], prop: str) -> Any:
     if prop in field and field[prop] is not None:
@@ -203,10 +265,35 @@ def _effective(field: dict[str, Any], prop: str) -> Any:
     return defaults[prop]
 
 
+def _nested_children(*schemas: dict[str, Any]) -> Callable[[str], bool]:
+    """Whether a field name is one Typesense added for a value nested in an object field
+    (`meta.color` for `meta`): it lists them in the schema once a document has them."""
+    prefixes = tuple(
+        f["name"] + "."
+        for s in schemas
+        for f in s.get("fields", [])
+        if f.get("type") in OBJECT_TYPES
+    )
+    return lambda name: bool(prefixes) and name.startswith(prefixes)
+
+
+def nested_fields_problem(expected: dict[str, Any], actual: dict[str, Any]) -> str | None:
+    """Object fields need enable_nested_fields, which can't be turned on later (no PATCH). A
+    collection that has it without needing it is fine: nothing is nested unless declared."""
+    if expected.get("enable_nested_fields") and not actual.get("enable_nested_fields"):
+        return "enable_nested_fields is off, expected on (object fields need it)"
+    return None
+
+
 def schema_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     """Human-readable differences between a derived schema and an existing collection."""
     problems: list[str] = []
-    actual_fields = {f["name"]: f for f in actual.get("fields", []) if f["name"] != "id"}
+    nested = _nested_children(expected, actual)
+    actual_fields = {
+        f["name"]: f
+        for f in actual.get("fields", [])
+        if f["name"] != "id" and not nested(f["name"])
+    }
     expected_fields = {f["name"]: f for f in expected["fields"]}
     for name, want in expected_fields.items():
         have = actual_fields.get(name)
@@ -228,6 +315,9 @@ def schema_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list
     have_sort = actual.get("default_sorting_field") or ""
     if want_sort != have_sort:
         problems.append(f"default_sorting_field is {have_sort!r}, expected {want_sort!r}")
+    nested_problem = nested_fields_problem(expected, actual)
+    if nested_problem is not None:
+        problems.append(nested_problem)
     return problems
 
 
@@ -245,6 +335,8 @@ def added_optional_fields(expected: dict[str, Any], actual: dict[str, Any]) -> l
     unchanged = {"name": actual.get("name"), "fields": [want[n] for n in want if n in have]}
     if expected.get("default_sorting_field"):
         unchanged["default_sorting_field"] = expected["default_sorting_field"]
+    if expected.get("enable_nested_fields"):
+        unchanged["enable_nested_fields"] = True  # an added object field needs it too
     if schema_differences(unchanged, actual):
         return []
     return added
@@ -257,9 +349,10 @@ def fit_problems(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     and so are facet/sort/index differences (the managing host's choice)."""
     problems: list[str] = []
     want = {f["name"]: f for f in expected["fields"]}
+    nested = _nested_children(expected, actual)
     for field in actual.get("fields", []):
         name = field["name"]
-        if name in ("id", ".*"):
+        if name in ("id", ".*") or nested(name):
             continue
         ours = want.get(name)
         if ours is None:
@@ -270,4 +363,7 @@ def fit_problems(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
             problems.append(f"field {name!r} is {field.get('type')} there, {ours['type']} here")
         elif ours.get("optional") and not _effective(field, "optional"):
             problems.append(f"field {name!r} is required there but optional here")
+    nested_problem = nested_fields_problem(expected, actual)
+    if nested_problem is not None:
+        problems.append(nested_problem)
     return problems

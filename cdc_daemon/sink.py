@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import structlog
 
 from cdc_daemon.errors import (
     AuthError,
@@ -26,11 +28,21 @@ from cdc_daemon.errors import (
 )
 from cdc_daemon.retry import backoff_delay
 
-IDS_PER_FILTER_DELETE = 500
+# A document id must fit in a URL (a delete by path or by filter): httpx refuses URLs over
+# 64 KiB, and percent-encoding can triple an id's UTF-8 bytes. Longer ids are refused per row.
+MAX_ID_BYTES = 8192
+IMPORT_BYTES = 64 * 1024 * 1024  # one import's body at most; a larger batch is split
+FILTER_BYTES = 32_768  # the percent-encoded filter_by of one delete request, at most
+_RAW_MESSAGE = re.compile(r'\s*\{\s*"message"\s*:\s*"(.*)', re.DOTALL)
+DOCUMENT_NOT_FOUND = "Could not find a document with id"  # a 404's message, every version
 NOT_READY_MARKERS = ("Not Ready or Lagging", "Could not find a leader")
+# 422s that say the server can't take it now, in every version up to 30: out of disk or memory
+# (the whole request, never a line), and (v26+) a schema change while another one runs.
+BUSY_MARKERS = ("Rejecting write: running out of resource", "Another collection update operation")
 NODE_BACKOFF_CAP = 15.0  # seconds; a recovered node gets traffic again within this
 HUNG_BACKOFF_CAP = 300.0  # seconds; for a node whose writes hang (each try costs a timeout)
 PROBE_TIMEOUT_CAP = 5.0  # seconds for a node's /health probe (at most typesense.timeout)
+log = structlog.get_logger("cdc_daemon.sink")
 ALIAS_TTL = 1.0  # seconds a write may use an alias lookup (one GET per batch was ~10% of one)
 
 
@@ -155,9 +167,29 @@ class TypesenseSink:
         self.up = False  # did the last call reach a node that answered?
         self.uncertain_writes = 0  # writes that may have been applied although they failed
         self._aliases: dict[str, tuple[str | None, float]] = {}  # name → (collection, when)
+        self._version: tuple[int, ...] | None = None  # server_version(), once read
 
     def close(self) -> None:
         self._client.close()
+
+    def server_version(self) -> tuple[int, ...]:
+        """The server's version from `/debug` (read once): (0, 24, 1), (26, 0), ...; (0,) when
+        unknown (the key lacks `debug:list`, or an unexpected answer): the oldest behaviour is
+        assumed, which is correct everywhere, if less convenient."""
+        if self._version is None:
+            self._version = (0,)
+            try:
+                response = self._request("GET", "/debug", report_refused_key=False)
+                answer = response.json() if response.status_code == 200 else {}
+                number = re.match(r"\d+(?:\.\d+)*", str(answer.get("version", "")))
+                self._version = tuple(map(int, number.group().split("."))) if number else (0,)
+            except AuthError:
+                pass  # a scoped key without debug:list
+            except (TargetError, ValueError, AttributeError) as exc:
+                self._version = None  # unreachable or odd now: read it again next time
+                log.debug("typesense version not read", error=str(exc))
+                return (0,)
+        return self._version
 
     def node_health(self) -> dict[str, bool]:
         """Each node (preference order) → False while its last request or probe failed."""
@@ -195,12 +227,13 @@ class TypesenseSink:
             response = self._client.get(
                 node.url + "/health", timeout=min(self._timeout, PROBE_TIMEOUT_CAP)
             )
-            ok = response.status_code == 200 and response.json().get("ok") is True
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            ok = response.status_code == 200 and _json_ok(response)
+        except httpx.HTTPError as exc:
             node.mark_failed(f"{node.url}: /health: {type(exc).__name__}")
             return False
         if not ok:
-            node.mark_failed(f"{node.url}: /health: HTTP {response.status_code}")
+            answer = f"HTTP {response.status_code} {response.text[:100]}"
+            node.mark_failed(f"{node.url}: /health: {answer}")
         return ok
 
     def _request(
@@ -241,7 +274,13 @@ class TypesenseSink:
         raise last or TargetUnavailable("no Typesense node configured")
 
     def _send(
-        self, node: _Node, method: str, path: str, key_retried: bool = False, **kwargs: Any
+        self,
+        node: _Node,
+        method: str,
+        path: str,
+        key_retried: bool = False,
+        report_refused_key: bool = True,
+        **kwargs: Any,
     ) -> httpx.Response:
         key = self._api_key()
         headers = {"X-TYPESENSE-API-KEY": key}
@@ -264,10 +303,11 @@ class TypesenseSink:
             status >= 500
             or status == 429
             or (status >= 400 and any(m in response.text for m in NOT_READY_MARKERS))
+            or (status == 422 and any(m in response.text for m in BUSY_MARKERS))
         ):
             raise TargetUnavailable(f"{node.url}: HTTP {status}: {_message(response)} ({what})")
         if status in (401, 403):
-            if self._key_refused(key) and not key_retried:
+            if report_refused_key and self._key_refused(key) and not key_retried:
                 # A new key came (KMS rotation): the refused request was not applied; send it
                 # again, once, with the new key.
                 return self._send(node, method, path, key_retried=True, **kwargs)
@@ -317,15 +357,37 @@ class TypesenseSink:
             f"/collections/{quote(collection, safe='')}",
             content=json.dumps({"fields": fields}),
         )
-        return None if response.status_code == 200 else _message(response)
+        if response.status_code == 200:
+            return None
+        # A PATCH that timed out may have been applied: then the retry is refused ("... is
+        # already part of the schema"), and the fields are there.
+        present = {f.get("name") for f in (self.get_collection(collection) or {}).get("fields", [])}
+        if all(f["name"] in present for f in fields):
+            return None
+        return _message(response)
 
     def delete_collection(self, physical_name: str) -> None:
-        """Drop a collection by its real name. Refuses an alias name: Typesense would drop the
-        collection behind the alias instead."""
+        """Drop a collection by its real name. Refuses an alias name (Typesense would drop the
+        collection behind the alias instead) and a collection any alias points to (searches use
+        it: a crash after an alias switch must never cost the live collection)."""
         if self.get_alias(physical_name) is not None:
             raise TargetError(f"refusing to delete {physical_name!r}: it is an alias")
+        users = self.aliases_to(physical_name)
+        if users:
+            raise TargetError(
+                f"refusing to delete {physical_name!r}: alias {users[0]!r} points to it"
+            )
         self._aliases.clear()
         self._json("DELETE", f"/collections/{quote(physical_name, safe='')}", ok=(200, 404))
+
+    def aliases_to(self, physical_name: str) -> list[str]:
+        """The aliases that point to a collection."""
+        answer = self._json("GET", "/aliases") or {}
+        return [
+            str(alias.get("name"))
+            for alias in answer.get("aliases", [])
+            if alias.get("collection_name") == physical_name
+        ]
 
     def get_alias(self, name: str) -> str | None:
         """The collection an alias points to, or None when there is no such alias."""
@@ -351,7 +413,7 @@ class TypesenseSink:
             try:
                 ready = self._send(node, "GET", "/health")
                 if ready.status_code != 200 or not _json_ok(ready):
-                    problems.append(f"typesense node {node.url}: not ready: {_message(ready)}")
+                    problems.append(f"typesense node {node.url}: not ready: {ready.text[:200]}")
                     continue
                 response = self._send(node, "GET", "/collections?limit=1")
                 if response.status_code != 200:
@@ -394,13 +456,25 @@ class TypesenseSink:
         documents: Sequence[dict[str, Any] | str],
         dirty_values: str = "reject",
     ) -> list[DocResult]:
-        """One JSONL import; one result per document, in order. Reads every result line.
+        """JSONL imports; one result per document, in order. Reads every result line.
 
-        A document may come already encoded (a str from encode_document)."""
+        A document may come already encoded (a str from encode_document). A body larger than
+        IMPORT_BYTES goes in several imports, in order."""
         if not documents:
             return []
         collection = self._physical(collection)
-        body = ascii_json_body(d if isinstance(d, str) else encode_document(d) for d in documents)
+        lines = [d if isinstance(d, str) else encode_document(d) for d in documents]
+        body = ascii_json_body(lines)
+        if len(body) <= IMPORT_BYTES:
+            return self._import(collection, body, len(lines), dirty_values)
+        results: list[DocResult] = []
+        for group in _import_groups(lines):
+            results += self._import(collection, ascii_json_body(group), len(group), dirty_values)
+        return results
+
+    def _import(
+        self, collection: str, body: bytes, count: int, dirty_values: str
+    ) -> list[DocResult]:
         response = self._request(
             "POST",
             f"/collections/{quote(collection, safe='')}/documents/import"
@@ -413,26 +487,35 @@ class TypesenseSink:
             raise _collection_error(collection, response)
         text = response.text
         # Nearly always every line succeeded. A failed line quotes its document as an escaped
-        # JSON string, so it can never contain SUCCESS_LINE itself: counting is exact.
-        if text.count(SUCCESS_LINE) == len(documents) == text.rstrip("\n").count("\n") + 1:
-            return [OK] * len(documents)
-        lines = [line for line in text.split("\n") if line.strip()]
-        results = [_import_line(line) for line in lines[: len(documents)]]
+        # JSON string (or, since v28, not at all), so it never contains SUCCESS_LINE: counting
+        # is exact.
+        if text.count(SUCCESS_LINE) == count == text.rstrip("\n").count("\n") + 1:
+            return [OK] * count
+        answers = [line for line in text.split("\n") if line.strip()]
+        results = [_import_line(line) for line in answers[:count]]
         missing = DocResult(ok=False, error="no result line for this document", retryable=True)
-        return results + [missing] * (len(documents) - len(results))
+        return results + [missing] * (count - len(results))
 
     def delete(self, collection: str, ids: list[str]) -> list[DocResult]:
-        """Delete documents by id; a document that is already gone counts as deleted."""
+        """Delete documents by id; a document that is already gone counts as deleted.
+
+        Ids go in `filter_by` requests sized by bytes (FILTER_BYTES); an id no filter can carry
+        safely goes alone, by path (see _document_path). An id that fits neither is refused for
+        its row alone."""
         if not ids:
             return []
         path = f"/collections/{quote(self._physical(collection), safe='')}/documents"
-        safe = [i for i, doc_id in enumerate(ids) if _filterable(doc_id)]
         results: list[DocResult] = [OK] * len(ids)
+        filtered: list[str] = []
         for i, doc_id in enumerate(ids):
-            if not _filterable(doc_id):
+            problem = id_problem(doc_id)
+            if problem is not None:
+                results[i] = DocResult(ok=False, error=problem)
+            elif _filterable(doc_id):
+                filtered.append(doc_id)
+            else:
                 results[i] = self._delete_one(path, doc_id)
-        for start in range(0, len(safe), IDS_PER_FILTER_DELETE):
-            chunk = [ids[i] for i in safe[start : start + IDS_PER_FILTER_DELETE]]
+        for chunk in _filter_chunks(filtered):
             self._delete_filtered(path, chunk)
         return results
 
@@ -440,32 +523,42 @@ class TypesenseSink:
         """One filter_by delete. It answers 200 with a count even when Typesense could not parse
         the filter (then it deletes nothing at all). So a count above 0 proves the filter was
         read and the ids it did not match are already gone; a count of 0 is settled one id at a
-        time (404 = already gone)."""
-        if len(ids) == 1:
-            self._raise_for_doc(self._delete_one(path, ids[0]))
-            return
-        filter_by = "id:[" + ",".join(f"`{doc_id}`" for doc_id in ids) + "]"
+        time (404 = already gone), and so is a filter the server refuses (400)."""
         response = self._request(
-            "DELETE", path, params={"filter_by": filter_by, "batch_size": len(ids)}
+            "DELETE", path, params={"filter_by": _id_filter(ids), "batch_size": len(ids)}
         )
         if response.status_code == 404:
             self._aliases.clear()
             raise _collection_error(path.split("/")[2], response)
-        if response.status_code != 200:
+        if response.status_code == 400:  # a filter this server can't parse: settled id by id
+            log.warning("filter delete refused; deleting one by one", error=_message(response))
+        elif response.status_code != 200:
             raise TargetError(f"DELETE {path}: HTTP {response.status_code}: {_message(response)}")
-        if int(response.json().get("num_deleted", 0)) > 0:
+        elif int(response.json().get("num_deleted", 0)) > 0:
             return
         for doc_id in ids:
             self._raise_for_doc(self._delete_one(path, doc_id))
 
     def _delete_one(self, path: str, doc_id: str) -> DocResult:
-        response = self._request("DELETE", f"{path}/{quote(doc_id, safe='')}")
-        if response.status_code in (200, 404):
-            if response.status_code == 404 and "Collection" in response.text:
-                self._aliases.clear()
-                raise _collection_error(path.split("/")[2], response)
-            return OK
-        return DocResult(ok=False, error=f"HTTP {response.status_code}: {_message(response)}")
+        """DELETE by id. Since v26 `ignore_not_found` answers 200 for a document that is gone,
+        so a 404 can only mean the collection; before, a 404 about the document says so by the
+        start of its message (the id it quotes may hold any words)."""
+        newer = self.server_version() >= (26,)
+        query = "?ignore_not_found=true" if newer else ""
+        response = self._request("DELETE", f"{path}/{_document_path(doc_id)}{query}")
+        if response.status_code == 404:
+            if not newer and _message(response).startswith(DOCUMENT_NOT_FOUND):
+                return OK  # already gone (never there, or deleted twice)
+            self._aliases.clear()  # anything else: the collection (or its alias) is gone
+            raise _collection_error(path.split("/")[2], response)
+        if response.status_code != 200:
+            return DocResult(ok=False, error=f"HTTP {response.status_code}: {_message(response)}")
+        if _answered_id(response) != doc_id:  # it deleted something else: never go on silently
+            raise TargetError(
+                f"DELETE {path}/...: Typesense answered for id {_answered_id(response)!r},"
+                f" not {doc_id!r}"
+            )
+        return OK
 
     @staticmethod
     def _raise_for_doc(result: DocResult) -> None:
@@ -473,11 +566,11 @@ class TypesenseSink:
             raise TargetError(result.error or "delete failed")
 
     def get_document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = self._json(
-            "GET",
-            f"/collections/{quote(collection, safe='')}/documents/{quote(doc_id, safe='')}",
-            ok=(200, 404),
-        )
+        """The document with this id, None when there is none (or no such collection)."""
+        path = f"/collections/{quote(collection, safe='')}/documents/{_document_path(doc_id)}"
+        result: dict[str, Any] | None = self._json("GET", path, ok=(200, 404))
+        if result is not None and result.get("id") != doc_id:
+            raise TargetError(f"GET {path}: answered id {result.get('id')!r}, not {doc_id!r}")
         return result
 
     def export(self, collection: str) -> Iterator[dict[str, Any]]:
@@ -522,6 +615,21 @@ class TypesenseSink:
         raise last or TargetUnavailable("no Typesense node to export from")
 
 
+def _import_groups(lines: list[str]) -> Iterator[list[str]]:
+    """Lines in groups whose ASCII body stays within IMPORT_BYTES (a larger line: alone)."""
+    group: list[str] = []
+    size = 0
+    for line in lines:
+        cost = len(ascii_json_body([line])) + 1
+        if group and size + cost > IMPORT_BYTES:
+            yield group
+            group, size = [], 0
+        group.append(line)
+        size += cost
+    if group:
+        yield group
+
+
 def _jsonl_lines(chunks: Iterator[bytes]) -> Iterator[str]:
     """Lines of a JSONL stream, split on "\\n" only: httpx's iter_lines() also splits on the
     Unicode line breaks (U+0085, U+2028, ...) that JSON strings may hold unescaped."""
@@ -534,15 +642,71 @@ def _jsonl_lines(chunks: Iterator[bytes]) -> Iterator[str]:
         yield rest.decode("utf-8")
 
 
+def id_problem(doc_id: str) -> str | None:
+    """Why an id can't be a Typesense document id this daemon can also delete (None: it can)."""
+    if not doc_id:
+        return "the document id is empty"
+    size = len(doc_id.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        return f"the document id is {size} bytes; at most {MAX_ID_BYTES} fit in a delete request"
+    return None
+
+
 def _filterable(doc_id: str) -> bool:
-    """Ids a `filter_by=id:[`...`]` can match. Measured on 0.24.1: a backtick, a backslash or
-    leading/trailing white space makes Typesense drop the whole filter."""
+    """Ids a `filter_by=id:[`...`]` can match, and only those. Measured on 0.24.1: a backtick, a
+    backslash or leading/trailing white space can make Typesense drop the whole filter (it then
+    deletes nothing and says so). Since v28 a `*` in the list matches every document: an id with
+    a `*` never goes into a filter. In v26-v28 a `[` or `]` fails the whole filter (400)."""
     return (
         bool(doc_id)
         and "`" not in doc_id
         and "\\" not in doc_id
+        and "*" not in doc_id
+        and "[" not in doc_id
+        and "]" not in doc_id
         and doc_id == doc_id.strip()
     )
+
+
+def _id_filter(ids: list[str]) -> str:
+    return "id:[" + ",".join(f"`{doc_id}`" for doc_id in ids) + "]"
+
+
+def _filter_chunks(ids: list[str]) -> Iterator[list[str]]:
+    """Ids in groups whose percent-encoded filter stays within FILTER_BYTES (an id that is
+    larger alone, at most MAX_ID_BYTES x 3, goes in a group of its own)."""
+    chunk: list[str] = []
+    size = 0
+    for doc_id in ids:
+        cost = len(quote(doc_id, safe="")) + 9  # backticks and a comma, encoded
+        if chunk and size + cost > FILTER_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(doc_id)
+        size += cost
+    if chunk:
+        yield chunk
+
+
+def _document_path(doc_id: str) -> str:
+    """An id as one path segment that means exactly that id. quote() leaves `.` alone, and httpx
+    removes `.` and `..` segments (`DELETE .../documents/..` became `DELETE /collections/c`);
+    Typesense matches routes on the raw path and decodes an id only after, so a percent-encoded
+    dot stays in the id, and so does an encoded first character: no id (`search`, `export`)
+    can match a route's literal segment."""
+    path = quote(doc_id, safe="").replace(".", "%2E")
+    if path[:1].isalnum() or path[:1] in "-_~":
+        path = f"%{ord(path[0]):02X}{path[1:]}"
+    return path
+
+
+def _answered_id(response: httpx.Response) -> str | None:
+    """The id of the document a DELETE or GET by id answered with."""
+    try:
+        found = response.json().get("id")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def _import_line(line: str) -> DocResult:
@@ -573,17 +737,23 @@ def _import_not_ready(response: httpx.Response) -> str | None:
 
 
 def _json_ok(response: httpx.Response) -> bool:
+    """A /health answer of a node fit for writes. Since v26 a node out of disk or memory answers
+    200 `{"ok": true, "resource_error": "OUT_OF_DISK"}` while it refuses every write."""
     try:
-        return response.json().get("ok") is True
+        answer = response.json()
+        return answer.get("ok") is True and not answer.get("resource_error")
     except (ValueError, AttributeError):
         return False
 
 
 def _message(response: httpx.Response) -> str:
+    """The `message` of an error answer. 0.24.1 quotes ids into it unescaped (an id ending in
+    a backslash makes the body invalid JSON): then the raw text after `"message": "`."""
     try:
         return str(response.json().get("message", response.text))[:300]
-    except ValueError:
-        return response.text[:300]
+    except (ValueError, AttributeError):
+        raw = _RAW_MESSAGE.match(response.text)
+        return (raw.group(1) if raw else response.text)[:300]
 
 
 def _collection_error(collection: str, response: httpx.Response) -> TargetError:

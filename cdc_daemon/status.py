@@ -8,6 +8,7 @@ from cdc_daemon.backfill import backfills_in_progress
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database
 from cdc_daemon.evolution import rebuilds_in_progress
+from cdc_daemon.sweep import owed_resyncs
 from cdc_daemon.triggers import LogTables
 
 
@@ -18,4 +19,6 @@ def sync_status(db: Database, names: LogTables, tables: list[str]) -> dict[str, 
         status["tables"].setdefault(table, {})["backfill_logged_rows"] = logged
     for table, collection in rebuilds_in_progress(db, names).items():
         status["tables"].setdefault(table, {})["rebuilding_into"] = collection
+    for table, phase in owed_resyncs(db, names).items():  # after a database file was replaced
+        status["tables"].setdefault(table, {})["resync"] = phase
     return status

@@ -11,15 +11,15 @@ from typing import Any
 import apsw
 import structlog
 
-from cdc_daemon.changelog import ChangeLog, KeyFailure, LogEntry, contiguous_ranges
+from cdc_daemon.changelog import MAX_DELAY, ChangeLog, KeyFailure, LogEntry, contiguous_ranges
 from cdc_daemon.database import Database, quote_ident, select_rows
 from cdc_daemon.document_sql import document_sql, fetch_documents
-from cdc_daemon.documents import build_document, row_is_live, row_key
+from cdc_daemon.documents import build_document, row_is_live, row_key, size_problem
 from cdc_daemon.errors import CdcError, CollectionMissing, DocumentError, TargetError
 from cdc_daemon.evolution import CollectionManager, Target
 from cdc_daemon.keys import Key, log_key_to_key
 from cdc_daemon.schema import TableMapping
-from cdc_daemon.sink import DocResult, TypesenseSink, encode_document
+from cdc_daemon.sink import MAX_ID_BYTES, DocResult, TypesenseSink, encode_document, id_problem
 
 KEYS_PER_SELECT = 500
 NOT_SENT = DocResult(ok=False, error="not sent")
@@ -197,6 +197,7 @@ class Syncer:
             )
             for i in failed
         ]
+        self._withdraw_dead(failures)
         # Only read when there are dead letters to clear: a generator costs nothing otherwise.
         succeeded = ((c.table, c.log_key) for c, r in zip(changes, results, strict=True) if r.ok)
         self._pending = _Ack(acked, succeeded, failures, batch.deleted_by_others)
@@ -280,6 +281,7 @@ class Syncer:
                 by_table.setdefault(change.table, []).append(change)
             for table, table_changes in by_table.items():
                 self._resolve(conn, table, table_changes)
+                self._refuse_unusable_ids(table, table_changes)
         return self._plan(list(changes.values()), deleted_by_others)
 
     @staticmethod
@@ -334,6 +336,47 @@ class Syncer:
                     change.doc_id = mapping.doc_id(change.key)
             except (DocumentError, ValueError, TypeError) as exc:  # one bad row, not the batch
                 change.error = str(exc)
+            if change.line is not None and change.error is None:  # SQLite's or Python's line
+                change.error = size_problem(change.line)  # too big to import: fails this row
+
+    def _refuse_unusable_ids(self, table: str, changes: list[_Change]) -> None:
+        """A key whose document id Typesense could not take (or that could not be deleted
+        again: too long for a URL) fails for its row alone. Only long text or blob keys can be
+        too long, so most keys cost one length check."""
+        mapping = self.mappings.get(table)
+        for change in changes:
+            key = change.key
+            if mapping is None or key is None or change.error is not None:
+                continue
+            if sum(len(v) for v in key if isinstance(v, str | bytes)) * 4 <= MAX_ID_BYTES:
+                continue
+            problem = id_problem(mapping.doc_id(key))
+            if problem is not None:
+                change.error = problem
+
+    def _withdraw_dead(self, failures: list[KeyFailure]) -> None:
+        """A change that is about to be dead-lettered (rejected max_attempts times) takes its
+        key's document out of search: search shows no document rather than an outdated one for
+        a row whose latest version can't be indexed (README: dead letters). Sent before the
+        acknowledgement, so a failure here leaves the batch to be tried again."""
+        doomed: dict[str, list[str]] = {}
+        for failure in failures:
+            attempts = max(e.attempts for e in failure.entries) + 1
+            if failure.retryable or attempts < self.changelog.max_attempts:
+                continue
+            mapping = self.mappings.get(failure.table)
+            try:
+                key = log_key_to_key(failure.log_key, len(mapping.key)) if mapping else None
+            except (ValueError, TypeError):
+                key = None  # an unreadable key names no document
+            if mapping is not None and key is not None:
+                doc_id = mapping.doc_id(key)
+                if id_problem(doc_id) is None:
+                    doomed.setdefault(failure.table, []).append(doc_id)
+        for table, ids in doomed.items():
+            target = self.targets.get(table) or Target(self.mappings[table].collection)
+            for collection in filter(None, (target.primary, target.mirror)):
+                self.sink.delete(collection, ids)
 
     def _send(self, batch: _Batch, report: BatchReport) -> list[DocResult]:
         """Upserts per collection, then deletes; one result per change, in order."""
@@ -365,7 +408,7 @@ class Syncer:
         stay in the log and are retried as usual (or are acknowledged when another node took
         the batch); on top, the keys are logged again, due after a safe delay, so their current
         state is sent once more after any late arrival."""
-        due = time.time() + self.resend_delay
+        due = time.time() + min(self.resend_delay, MAX_DELAY)
         by_table: dict[str, list[Any]] = {}
         for change in changes:
             by_table.setdefault(change.table, []).append(change.log_key)

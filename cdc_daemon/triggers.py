@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -9,6 +10,7 @@ from string import Template
 
 from cdc_daemon.database import Database, TableInfo, quote_ident, quote_literal
 from cdc_daemon.errors import ConfigError
+from cdc_daemon.keys import log_key_sql
 
 LOG_MARKER = "cdc-daemon change log"
 # Names in the state table that the log's guard trigger (sql/trigger_log_guard.sql) uses.
@@ -47,15 +49,64 @@ class LogTables:
         return f"{self.log}:{table}:{kind}"
 
 
-def _key_expr(prefix: str, key: tuple[str, ...]) -> str:
-    """SQL for the log key of a row: the value for one column, quote()s joined by ',' for more."""
-    if len(key) == 1:
-        return f"{prefix}{quote_ident(key[0])}"
-    return " || ',' || ".join(f"quote({prefix}{quote_ident(col)})" for col in key)
+def key_expr(prefix: str, key: Sequence[str]) -> str:
+    """SQL for the log key of a row (keys.log_key_sql): `prefix` is `NEW.`, `OLD.` or ``."""
+    return log_key_sql([f"{prefix}{quote_ident(col)}" for col in key])
 
 
 def _collate(collation: str) -> str:
     return "" if collation.upper() == "BINARY" else f" COLLATE {quote_ident(collation)}"
+
+
+def _match(columns: Sequence[str], collations: Sequence[str]) -> str:
+    """The row's columns equal the new row's as the index compares them (its collations)."""
+    return " AND ".join(
+        f"{quote_ident(c)} = NEW.{quote_ident(c)}{_collate(coll)}"
+        for c, coll in zip(columns, collations, strict=True)
+    )
+
+
+def _same_key(key: Sequence[str], other: str) -> str:
+    """The row's key is byte for byte `other`'s key: the same document id."""
+    return " AND ".join(f"{quote_ident(c)} IS {other}{quote_ident(c)} COLLATE BINARY" for c in key)
+
+
+def _eviction_triggers(info: TableInfo) -> dict[str, tuple[str, dict[str, str]]]:
+    """BEFORE triggers that log the rows a REPLACE evicts without firing their delete trigger:
+    through each UNIQUE index, and through the primary key itself when it compares other than
+    byte for byte (`COLLATE NOCASE`: 'alice@x' replaces 'Alice@x', another document id). A
+    BINARY key needs none: the evicted row's document is the new row's, upserted anyway."""
+    wanted: dict[str, tuple[str, dict[str, str]]] = {}
+    for i, columns in enumerate(info.unique_indexes, start=1):
+        collations = (
+            info.unique_collations[i - 1]
+            if i <= len(info.unique_collations)
+            else ("BINARY",) * len(columns)
+        )
+        unique = {
+            "unique_columns": ", ".join(quote_ident(c) for c in columns),
+            # Match the way the index compares (e.g. an index on `email COLLATE NOCASE`).
+            "unique_match": _match(columns, collations),
+        }
+        wanted[f"unique{i}_insert"] = ("trigger_unique_insert", unique)
+        wanted[f"unique{i}_update"] = ("trigger_unique_update", unique)
+    if any(c.upper() != "BINARY" for c in info.key_collations):
+        key_columns = ", ".join(quote_ident(c) for c in info.key)
+        # Not the new key itself (the insert trigger logs it), nor the updated row's old key
+        # (update_key logs it).
+        on_insert = (
+            f"{_match(info.key, info.key_collations)} AND NOT ({_same_key(info.key, 'NEW.')})"
+        )
+        on_update = f"{on_insert} AND NOT ({_same_key(info.key, 'OLD.')})"
+        wanted["key_collation_insert"] = (
+            "trigger_unique_insert",
+            {"unique_columns": key_columns, "unique_match": on_insert},
+        )
+        wanted["key_collation_update"] = (
+            "trigger_unique_update",
+            {"unique_columns": key_columns, "unique_match": on_update},
+        )
+    return wanted
 
 
 def expected_triggers(names: LogTables, info: TableInfo) -> dict[str, str]:
@@ -65,9 +116,9 @@ def expected_triggers(names: LogTables, info: TableInfo) -> dict[str, str]:
         "table": table,
         "log": quote_ident(names.log),
         "table_literal": quote_literal(info.name),
-        "new_key": _key_expr("NEW.", info.key),
-        "old_key": _key_expr("OLD.", info.key),
-        "row_key": _key_expr("", info.key),
+        "new_key": key_expr("NEW.", info.key),
+        "old_key": key_expr("OLD.", info.key),
+        "row_key": key_expr("", info.key),
         "key_columns": ", ".join(quote_ident(c) for c in info.key),
         # COLLATE BINARY: a NOCASE key changed only in case ('Abc' → 'abc') is a new document id.
         "key_changed": " OR ".join(
@@ -79,23 +130,8 @@ def expected_triggers(names: LogTables, info: TableInfo) -> dict[str, str]:
         "update": ("trigger_update", {}),
         "update_key": ("trigger_update_key", {}),
         "delete": ("trigger_delete", {}),
+        **_eviction_triggers(info),
     }
-    for i, columns in enumerate(info.unique_indexes, start=1):
-        collations = (
-            info.unique_collations[i - 1]
-            if i <= len(info.unique_collations)
-            else ("BINARY",) * len(columns)
-        )
-        unique = {
-            "unique_columns": ", ".join(quote_ident(c) for c in columns),
-            # Match the way the index compares (e.g. an index on `email COLLATE NOCASE`).
-            "unique_match": " AND ".join(
-                f"{quote_ident(c)} = NEW.{quote_ident(c)}{_collate(coll)}"
-                for c, coll in zip(columns, collations, strict=True)
-            ),
-        }
-        wanted[f"unique{i}_insert"] = ("trigger_unique_insert", unique)
-        wanted[f"unique{i}_update"] = ("trigger_unique_update", unique)
     result = {}
     for kind, (template_name, extra) in wanted.items():
         name = names.trigger_name(info.name, kind)

@@ -3,11 +3,15 @@
 The collection is exported (JSONL stream) into a scratch SQLite file as (id, digest); then the
 table is read in short pages by primary key and each expected document's digest is looked up.
 Memory stays flat whatever the size. With `id_prefix` (a collection shared by several hosts) only
-this host's documents are compared: other prefixes are skipped, never reported or repaired. Keys
-with changes still in the log are not counted (they are in flight). When there are few
-differences, each is checked once more, row and document, to rule out races with concurrent
-writes. Repair logs the differing keys, so the normal sync path (one processor, current row
-state) fixes them.
+this host's documents are compared: other prefixes are skipped, never reported or repaired.
+
+A difference whose key has changes in the log is left out only while they are in flight: younger
+than GRACE seconds, never failed, and the log as a whole moving (its oldest due entry is younger
+than GRACE too). Anything else is reported with its reason: dead-lettered, retrying after a
+rejection, or waiting in a backlog. When there are few differences, each is checked once more,
+row and document, to rule out races with concurrent writes. Repair logs the differing keys, so
+the normal sync path (one processor, current row state) fixes them; a document whose id no row of
+the table can produce is deleted directly.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +28,17 @@ from typing import Any
 import apsw
 
 from cdc_daemon.changelog import ChangeLog
-from cdc_daemon.database import Database, quote_ident, select_rows
+from cdc_daemon.database import (
+    Database,
+    InvalidText,
+    after_key,
+    quote_ident,
+    scalar,
+    select_rows,
+)
 from cdc_daemon.documents import build_document, row_is_live, row_key
 from cdc_daemon.errors import DocumentError
-from cdc_daemon.keys import Key, document_id, key_to_log_key, log_key_to_key
+from cdc_daemon.keys import Key, log_key_to_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import TypesenseSink
 from cdc_daemon.sync import fetch_rows
@@ -34,6 +46,7 @@ from cdc_daemon.sync import fetch_rows
 PAGE_SIZE = 2000
 RECHECK_LIMIT = 1000  # differences checked again one by one; beyond this, counts are taken as is
 EXAMPLES = 5
+GRACE = 10.0  # seconds a change may take to reach Typesense before verify counts it
 
 
 def _normalize(value: Any) -> Any:
@@ -51,11 +64,22 @@ def digest(document: dict[str, Any]) -> bytes:
     return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).digest()
 
 
+@dataclass(frozen=True)
+class Difference:
+    """One document that differs: its id, and its row's key (None for an extra document whose
+    id no row of this table can produce, e.g. `manual-1` or `007` for an integer key)."""
+
+    doc_id: str
+    key: Key | None
+
+
 @dataclass
 class TableDiff:
-    missing: list[Key] = field(default_factory=list)
-    stale: list[Key] = field(default_factory=list)
-    extra: list[Key] = field(default_factory=list)
+    missing: list[Difference] = field(default_factory=list)
+    stale: list[Difference] = field(default_factory=list)
+    extra: list[Difference] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)  # doc id → why it differs, if known
+    in_flight: int = 0  # differences left out: their changes are on their way
     rows: int = 0
     documents: int = 0
 
@@ -63,10 +87,17 @@ class TableDiff:
     def in_sync(self) -> bool:
         return not (self.missing or self.stale or self.extra)
 
-    def summary(self) -> dict[str, Any]:
-        def examples(keys: list[Key]) -> list[str]:
-            return [document_id(k) for k in keys[:EXAMPLES]]
+    @property
+    def differences(self) -> list[Difference]:
+        return self.missing + self.stale + self.extra
 
+    def summary(self) -> dict[str, Any]:
+        examples = {
+            "missing": [d.doc_id for d in self.missing[:EXAMPLES]],
+            "extra": [d.doc_id for d in self.extra[:EXAMPLES]],
+            "stale": [d.doc_id for d in self.stale[:EXAMPLES]],
+        }
+        shown = {doc_id for ids in examples.values() for doc_id in ids}
         return {
             "in_sync": self.in_sync,
             "rows": self.rows,
@@ -74,12 +105,41 @@ class TableDiff:
             "missing": len(self.missing),
             "extra": len(self.extra),
             "stale": len(self.stale),
-            "examples": {
-                "missing": examples(self.missing),
-                "extra": examples(self.extra),
-                "stale": examples(self.stale),
-            },
+            "in_flight": self.in_flight,
+            "examples": examples,
+            "reasons": {i: r for i, r in self.reasons.items() if i in shown},
         }
+
+
+def summarize(results: dict[str, TableDiff], log_status: dict[str, Any]) -> dict[str, Any]:
+    """`verify --json` (and the admin API's verify): totals, the log's state, every table."""
+    return {
+        "in_sync": all(d.in_sync for d in results.values()),
+        "missing": sum(len(d.missing) for d in results.values()),
+        "extra": sum(len(d.extra) for d in results.values()),
+        "stale": sum(len(d.stale) for d in results.values()),
+        "in_flight": sum(d.in_flight for d in results.values()),
+        "backlog": log_status["backlog"],
+        "oldest_age_seconds": log_status["oldest_age_seconds"],
+        "dead_letters": log_status["dead_letters"],
+        "tables": {t: d.summary() for t, d in results.items()},
+    }
+
+
+@dataclass(frozen=True)
+class _LogView:
+    """What the log says about one table's keys, for telling in-flight keys from stuck ones."""
+
+    waiting: dict[Key, str | None]  # key → why it is stuck, or None while in flight
+    dead: dict[Key, str]  # dead-lettered key → its error
+
+    def reason(self, key: Key) -> str | None:
+        """Why this key's document differs ('in flight' when it is merely on its way)."""
+        if key in self.dead:
+            return f"dead-lettered: {self.dead[key]}"
+        if key in self.waiting:
+            return self.waiting[key] or "in flight"
+        return None
 
 
 class Verifier:
@@ -88,13 +148,14 @@ class Verifier:
         self.changelog = changelog
         self.sink = sink
 
-    def _expected(self, mapping: TableMapping, row: tuple[Any, ...]) -> dict[str, Any] | None:
-        if not row_is_live(mapping, row):
-            return None
+    def _expected(self, mapping: TableMapping, row: tuple[Any, ...]) -> dict[str, Any] | str:
+        """The document a live row should have, or why it can't have one."""
+        if any(isinstance(value, InvalidText) for value in row_key(mapping, row)):
+            return "cannot be indexed: the key is text that is not valid UTF-8"
         try:
             return build_document(mapping, row)
-        except DocumentError:
-            return None  # cannot be mirrored: it is missing (and in the dead letters)
+        except DocumentError as exc:
+            return f"cannot be indexed: {exc}"
 
     def _rows(self, mapping: TableMapping) -> Iterator[tuple[Any, ...]]:
         """Every row matching `where`, in short read transactions of PAGE_SIZE rows."""
@@ -104,9 +165,9 @@ class Verifier:
         while True:
             conditions = [f"({mapping.where})"] if mapping.where else []
             params: list[Any] = []
-            if after is not None:
-                conditions.append(f"({key_cols}) > ({', '.join('?' * len(after))})")
-                params.extend(after)
+            if after is not None:  # binds a key that is not UTF-8 as its own bytes, or it loops
+                condition, params = after_key(mapping.key, after)
+                conditions.append(condition)
             where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
             with self.db.read() as conn:
                 page = select_rows(  # invalid UTF-8 read as fetch_rows reads it (U+FFFD)
@@ -131,29 +192,44 @@ class Verifier:
             )
             self._load_documents(scratch, mapping, diff)
             for row in self._rows(mapping):
-                expected = self._expected(mapping, row)
-                if expected is None:
+                if not row_is_live(mapping, row):
                     continue
                 diff.rows += 1
-                found = scratch.execute(
-                    "SELECT digest FROM docs WHERE id = ?", (expected["id"],)
-                ).fetchall()
                 key = row_key(mapping, row)
+                expected = self._expected(mapping, row)
+                doc_id = expected["id"] if isinstance(expected, dict) else mapping.doc_id(key)
+                found = scratch.execute(
+                    "SELECT digest FROM docs WHERE id = ?", (doc_id,)
+                ).fetchall()
+                difference = Difference(doc_id, key)
+                if isinstance(expected, str):  # no document can be right; the row is not mirrored
+                    diff.reasons[doc_id] = expected
                 if not found:
-                    diff.missing.append(key)
+                    diff.missing.append(difference)
                     continue
-                scratch.execute("UPDATE docs SET seen = 1 WHERE id = ?", (expected["id"],))
-                if found[0][0] != digest(expected):
-                    diff.stale.append(key)
+                scratch.execute("UPDATE docs SET seen = 1 WHERE id = ?", (doc_id,))
+                if isinstance(expected, str) or found[0][0] != digest(expected):
+                    diff.stale.append(difference)
             for (doc_id,) in scratch.execute("SELECT id FROM docs WHERE seen = 0"):
-                extra = mapping.key_of(doc_id)
-                if extra is not None:
-                    diff.extra.append(extra)
+                diff.extra.append(Difference(doc_id, self._producible_key(mapping, doc_id)))
             scratch.close()
-        self._drop_in_flight(mapping, diff)
-        if len(diff.missing) + len(diff.stale) + len(diff.extra) <= RECHECK_LIMIT:
+        self._classify(mapping, diff)
+        if len(diff.differences) <= RECHECK_LIMIT:
             self._recheck(mapping, diff)
         return diff
+
+    @staticmethod
+    def _producible_key(mapping: TableMapping, doc_id: str) -> Key | None:
+        """The key whose document has this id, or None when no row of this table could ever
+        produce it (parsed ids must give back the very same id: `007` is not key 7's)."""
+        try:
+            key = mapping.key_of(doc_id)
+        except (ValueError, TypeError):
+            return None
+        if key is None or mapping.doc_id(key) != doc_id:
+            return None
+        kept = all(_stored_as_is(v, a) for v, a in zip(key, mapping.key_affinities, strict=True))
+        return key if kept else None
 
     def _load_documents(
         self, scratch: apsw.Connection, mapping: TableMapping, diff: TableDiff
@@ -174,36 +250,104 @@ class Verifier:
                 flush()
         flush()
 
-    def _drop_in_flight(self, mapping: TableMapping, diff: TableDiff) -> None:
-        pending = self.changelog.pending_keys(mapping.table)
-        if not pending:
-            return
-        in_flight: set[Key] = set()
-        for log_key in pending:
-            try:
-                in_flight.add(log_key_to_key(log_key, len(mapping.key)))
-            except ValueError:
-                continue  # a NULL or unreadable key names no document: nothing to leave out
-        for keys in (diff.missing, diff.stale, diff.extra):
-            keys[:] = [k for k in keys if k not in in_flight]
+    def _log_view(self, mapping: TableMapping) -> _LogView:
+        now = time.time()
+        with self.db.read() as conn:
+            stalled_since = scalar(
+                conn,
+                f"SELECT MIN(ts) FROM {quote_ident(self.changelog.names.log)}"
+                " WHERE attempts = 0 AND next_attempt_at <= ?",
+                (now,),
+            )
+            pending = self.changelog.pending(conn, mapping.table)
+            dead = self.changelog.dead_keys(conn, mapping.table)
+        stalled = stalled_since is not None and now - stalled_since > GRACE
+        waiting: dict[Key, str | None] = {}
+        for log_key, oldest, attempts, error in pending:
+            key = _readable(log_key, mapping)
+            if key is None:
+                continue  # a NULL or unreadable key names no document
+            if attempts or error:
+                waiting[key] = f"retrying: {error or 'failed'}"
+            elif stalled or now - oldest > GRACE:
+                age = now - min(oldest, stalled_since or oldest)
+                waiting[key] = f"not synced: changes waiting in the log for {age:.0f} s"
+            else:
+                waiting[key] = None
+        dead_keys = {k: error for log_key, error in dead if (k := _readable(log_key, mapping))}
+        return _LogView(waiting, dead_keys)
+
+    def _classify(self, mapping: TableMapping, diff: TableDiff) -> None:
+        """Leave out the differences whose changes are in flight; give the others a reason."""
+        view = self._log_view(mapping)
+        for found in (diff.missing, diff.stale, diff.extra):
+            kept = []
+            for difference in found:
+                reason = view.reason(difference.key) if difference.key is not None else None
+                if reason == "in flight":
+                    diff.in_flight += 1
+                    continue
+                if reason is not None:
+                    diff.reasons[difference.doc_id] = reason
+                elif difference.key is None:
+                    diff.reasons[difference.doc_id] = "no row of this table has this id"
+                kept.append(difference)
+            found[:] = kept
 
     def _recheck(self, mapping: TableMapping, diff: TableDiff) -> None:
         """Look at each difference again, row and document, to drop the ones a write raced."""
-        for keys in (diff.missing, diff.stale, diff.extra):
-            keys[:] = [k for k in keys if not self._agrees(mapping, k)]
+        def raced(difference: Difference) -> bool:
+            key = difference.key or ()
+            if any(isinstance(value, InvalidText) for value in key):
+                return False  # never indexable, whatever a second look finds
+            return self._agrees(mapping, difference)
 
-    def _agrees(self, mapping: TableMapping, key: Key) -> bool:
-        with self.db.read() as conn:
-            row = fetch_rows(conn, mapping, [key]).get(key)
-        expected = self._expected(mapping, row) if row is not None else None
-        actual = self.sink.get_document(mapping.collection, mapping.doc_id(key))
+        for found in (diff.missing, diff.stale, diff.extra):
+            found[:] = [d for d in found if not raced(d)]
+        remaining = {d.doc_id for d in diff.differences}
+        diff.reasons = {i: r for i, r in diff.reasons.items() if i in remaining}
+
+    def _agrees(self, mapping: TableMapping, difference: Difference) -> bool:
+        expected: dict[str, Any] | str | None = None
+        if difference.key is not None:
+            with self.db.read() as conn:
+                row = fetch_rows(conn, mapping, [difference.key]).get(difference.key)
+            if row is not None and row_is_live(mapping, row):
+                expected = self._expected(mapping, row)
+        actual = self.sink.get_document(mapping.collection, difference.doc_id)
         if expected is None or actual is None:
             return expected is None and actual is None
-        return digest(expected) == digest(actual)
+        return isinstance(expected, dict) and digest(expected) == digest(actual)
 
     def repair(self, mapping: TableMapping, diff: TableDiff) -> int:
-        """Log every differing key; returns the highest seq to wait for (0 if nothing)."""
-        keys = diff.missing + diff.stale + diff.extra
+        """Log every differing key (deleting directly the documents no row can produce);
+        returns the highest seq to wait for (0 if nothing was logged)."""
+        keys = [
+            d.key
+            for d in diff.differences
+            if d.key is not None and not any(isinstance(v, InvalidText) for v in d.key)
+        ]
+        strays = [d.doc_id for d in diff.extra if d.key is None]
+        if strays:
+            self.sink.delete(mapping.collection, strays)
         if not keys:
             return 0
-        return self.changelog.enqueue(mapping.table, (key_to_log_key(k) for k in keys), "V")
+        return self.changelog.enqueue_keys(mapping.table, keys, "V")
+
+
+def _stored_as_is(value: Any, column_affinity: str) -> bool:
+    """Whether a column of this affinity keeps `value` as it is (so a row can have it as its
+    key): an INTEGER or NUMERIC column stores 7.0 as 7, a REAL one stores 7 as 7.0."""
+    if isinstance(value, float):
+        return column_affinity not in ("INTEGER", "NUMERIC") or not value.is_integer()
+    if isinstance(value, int):
+        return column_affinity != "REAL"
+    return True
+
+
+def _readable(log_key: Any, mapping: TableMapping) -> Key | None:
+    try:
+        return log_key_to_key(log_key, len(mapping.key))
+    except (ValueError, TypeError):
+        return None
+

@@ -2,7 +2,9 @@
 
 Idle, the daemon wakes only every poll_interval (a fallback for missed events, network file
 systems, and log entries whose backoff ends). inotify reports the `-wal`/`-journal` write a moment
-before the commit is visible, so after an event we look again shortly before giving up.
+before the commit is visible, so after an event we look again shortly before giving up. A file
+renamed over the database (a backup restored with `mv`: MOVED_TO) changes no data_version of
+ours: a changed `file_identity` wakes us for it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ class ChangeWaiter:
         data_version: Callable[[], int],
         poll_interval: float,
         stop: threading.Event,
+        file_identity: Callable[[], object] = lambda: None,
     ) -> None:
         self._data_version = data_version
+        # A file renamed over the database (mv) moves no data_version of ours: wake once for it.
+        self._file_identity = file_identity
+        self._file = file_identity()
         self._poll_interval = poll_interval
         self._stop = stop
         self._last = data_version()
@@ -47,6 +53,10 @@ class ChangeWaiter:
             self._inotify.close()
 
     def changed(self) -> bool:
+        file = self._file_identity()
+        if file != self._file:
+            self._file = file
+            return True
         version = self._data_version()
         if version != self._last:
             self._last = version

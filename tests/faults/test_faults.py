@@ -406,7 +406,8 @@ def test_triggers_dropped_by_an_app_migration(make_world: Callable[..., FaultWor
     world.setup(metrics=f"127.0.0.1:{port}")
     world.start_daemon()
     app = world.start_workload(seed, rate=100)
-    wait_until(lambda: _triggers_metric(port) == {"items": 1.0, "stock": 1.0, "users": 1.0},
+    every = {"items": 1.0, "stock": 1.0, "users": 1.0, "tags": 1.0}
+    wait_until(lambda: _triggers_metric(port) == every,
                timeout=30, message="metrics with every trigger installed")
     wait_until(lambda: world.logged() - world.backlog() > 200, timeout=60, message="syncing")
     conn = sqlite3.connect(world.db, timeout=30, isolation_level=None)
@@ -424,7 +425,7 @@ def test_triggers_dropped_by_an_app_migration(make_world: Callable[..., FaultWor
     metric = wait_until(lambda: (m := _triggers_metric(port)).get("users") == 0.0 and m,
                         timeout=30, message='cdc_triggers_installed{table="users"} 0')
     detected_s = time.monotonic() - migrated
-    assert metric == {"items": 1.0, "stock": 1.0, "users": 0.0}, metric
+    assert metric == {"items": 1.0, "stock": 1.0, "users": 0.0, "tags": 1.0}, metric
     check_run = world.cli("check")
     assert check_run.returncode == 1, check_run.stdout + check_run.stderr
     assert "'change_log:users:insert' is missing" in check_run.stdout, check_run.stdout

@@ -3,8 +3,9 @@
     python workload.py DB --seed S --keys KEYS.jsonl --stats STATS.json
                           [--rate TX_PER_S] [--max-transactions N] [--bad-fraction F]
 
-Writes transactions of 1-4 random statements over three tables (an INTEGER key, a composite TEXT
-key in a WITHOUT ROWID table, a table with a UNIQUE column): inserts, updates, deletes,
+Writes transactions of 1-4 random statements over four tables (an INTEGER key, a composite TEXT
+key in a WITHOUT ROWID table, a table with a UNIQUE column, a NOCASE TEXT key holding ids that
+are not plain words: `.`, `..`, `*`, `search`, long URLs, ...): inserts, updates, deletes,
 INSERT OR REPLACE (evicting other rows through the UNIQUE index or the key), UPDATE OR REPLACE,
 primary key changes and multi-row updates. The sequence of statements depends only on the seed.
 
@@ -34,8 +35,9 @@ DDL = (
     " label TEXT, PRIMARY KEY (region, code)) WITHOUT ROWID",
     "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT,"
     " score INTEGER NOT NULL)",
+    "CREATE TABLE tags (tag TEXT PRIMARY KEY COLLATE NOCASE, n INTEGER NOT NULL)",
 )
-TABLES = ("items", "stock", "users")
+TABLES = ("items", "stock", "users", "tags")
 
 ITEM_IDS = 400
 # Awkward key text on purpose: quotes, commas, non-ASCII, a backtick and a trailing space (ids a
@@ -45,6 +47,11 @@ CODES = tuple(f"c{i}" for i in range(30))
 USER_IDS = 200
 EMAILS = 140  # fewer emails than ids: REPLACE evicts through the UNIQUE index
 WORDS = ("alpha", "beta", "gamma", "delta", "ψ", "n'o", "", "long " * 20)
+# Document ids that are not plain words (each once broke something: a path segment, a filter, a
+# route, a 404's words), in a NOCASE key that INSERT OR REPLACE changes the case of.
+TAGS = (".", "..", "*", "a*", "search", "export", "Collection not found", "Not Found", "x/y",
+        "a]b", "+1", "tick`", "back\\", " sp", "%2E", "Alice@Example.org", "中文标识",
+        "https://example.com/" + "p/" * 60 + "end")
 
 Statement = tuple[str, list[Any]]
 
@@ -89,13 +96,21 @@ class Generator:
         self.keys.append(("users", key))
         return key
 
+    def _tag(self) -> str:
+        """An awkward key, in a random case (the column is NOCASE): the key of the row it names
+        may be another case of it, written before."""
+        tag = self.rng.choice(TAGS)
+        tag = self.rng.choice((tag, tag.upper(), tag.lower()))
+        self.keys.append(("tags", tag))
+        return tag
+
     def _email(self) -> str:
         return f"user{self.rng.randrange(EMAILS)}@example.org"
 
     def statement(self) -> Statement:
         r = self.rng
         kind = r.choices(
-            range(15), weights=(8, 6, 4, 4, 3, 2, 6, 5, 3, 3, 6, 4, 3, 3, 1)
+            range(18), weights=(8, 6, 4, 4, 3, 2, 6, 5, 3, 3, 6, 4, 3, 3, 1, 4, 2, 2)
         )[0]
         if kind == 0:
             return ("INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?)",
@@ -141,6 +156,12 @@ class Generator:
                     [r.randrange(1, 10), self._text(), self._user()])
         if kind == 13:
             return ("DELETE FROM users WHERE id = ?", [self._user()])
+        if kind == 15:  # a REPLACE in another case replaces the row through its NOCASE key
+            return ("INSERT OR REPLACE INTO tags VALUES (?, ?)", [self._tag(), r.randrange(100)])
+        if kind == 16:
+            return ("DELETE FROM tags WHERE tag = ?", [self._tag()])
+        if kind == 17:
+            return ("UPDATE tags SET n = n + 1 WHERE tag = ?", [self._tag()])
         return ("UPDATE stock SET qty = qty + 1 WHERE code = ?", [r.choice(CODES)])
 
     def transaction(self) -> list[Statement]:

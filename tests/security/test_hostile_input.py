@@ -31,6 +31,7 @@ DDL = (
     ' n INTEGER, small INTEGER, r REAL, "big text" TEXT)'
 )
 INSERT = f"INSERT INTO {T} VALUES (?, ?, ?, ?, ?, ?)"
+ODD_IDS = [".", "..", "*", "search", "x/y", "+1", "%2E"]  # ids that are paths, routes, filters
 BIG = ("é🦄 \"quote' ;\n" * 80_000)[: 1 << 20]  # 1 MiB of text
 
 
@@ -63,12 +64,13 @@ def test_hostile_corpus_end_to_end(env: Env) -> None:
         (INSERT, ["real-beyond-int64", "a", 1e300, 1, 1.0, None]),
         (INSERT, ["big", "a", 8, 1, 1.0, BIG]),
         (f"INSERT INTO {T} VALUES (CAST(X'6BFF' AS TEXT), 'key not utf-8', 9, 1, 1.0, NULL)", []),
+        *[(INSERT, [key, "odd id", 11, 1, 1.0, None]) for key in ODD_IDS],
     ]])
     result = env.cli("run", "--once", timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
 
     docs = collection_documents(env.http, collection)
-    assert set(docs) == {"plain", "it's \"ü\" ; --", "bad-utf8", "nan", "big"}
+    assert set(docs) == {"plain", "it's \"ü\" ; --", "bad-utf8", "nan", "big", *ODD_IDS}
     assert docs["plain"] == {"id": "plain", "key col ü": "plain", COLUMNS["text"]: "hello",
                              "n": 1, "small": 2, "r": 1.5, "big text": "x"}
     assert docs["bad-utf8"][COLUMNS["text"]] == "a\ufffdb"  # invalid bytes → U+FFFD
@@ -93,15 +95,20 @@ def test_hostile_corpus_end_to_end(env: Env) -> None:
     status = env.status()
     assert status["backlog"] == 0 and status["dead_letters"] == 6
 
-    # The app fixes a row: it syncs, and its dead letter goes away. Nothing else was held up.
-    app_write(env.db, [[(f"UPDATE {T} SET n = 10 WHERE \"key col ü\" = 'text-in-int'", [])]])
+    # The app fixes a row: it syncs, and its dead letter goes away. Nothing else was held up. The
+    # odd ids are deleted: each deletes exactly its document (`..` once deleted the collection).
+    app_write(env.db, [[(f"UPDATE {T} SET n = 10 WHERE \"key col ü\" = 'text-in-int'", [])]
+                       + [(f'DELETE FROM {T} WHERE "key col ü" = ?', [key]) for key in ODD_IDS]])
     assert env.cli("run", "--once", timeout=120).returncode == 0
-    assert collection_documents(env.http, collection)["text-in-int"]["n"] == 10
+    docs = collection_documents(env.http, collection)
+    assert docs["text-in-int"]["n"] == 10
+    assert set(docs) == {"plain", "it's \"ü\" ; --", "bad-utf8", "nan", "big", "text-in-int"}
     assert env.status()["dead_letters"] == 5
 
     verify = env.verify()
-    # Rows that can't become documents are in the dead letters, not "missing".
-    assert verify["extra"] == 0 and verify["stale"] == 0, verify
+    # Rows that can't become documents are not in search: verify says so, with the reason.
+    assert not verify["in_sync"] and verify["extra"] == 0 and verify["stale"] == 0, verify
+    assert verify["missing"] == 5 and verify["dead_letters"] == 5, json.dumps(verify)
 
 
 def test_a_table_name_that_is_not_a_table_is_refused_before_any_sql(env: Env) -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cdc_daemon.keys import format_quoted_key, parse_quoted_key
+from cdc_daemon.keys import parse_quoted_key
 
 from .helpers import same_key
 
@@ -66,18 +66,5 @@ def test_property_quote_output_of_both_sqlites_round_trips(
     from_new = new_sqlite.execute(sql, key).fetchone()[0]
     assert same_key(parse_quoted_key(from_old), stored(key)), from_old
     assert same_key(parse_quoted_key(from_new), stored(key)), from_new
-    ours = format_quoted_key(key)
-    assert same_key(parse_quoted_key(ours), key)
 
 
-@settings(max_examples=100, deadline=None)
-@given(keys)
-@example((float("inf"), -(2**63)))
-@example((-0.0, 0.1 + 0.2))
-def test_property_the_daemon_encoding_is_a_valid_sqlite_row_value(
-    new_sqlite: apsw.Connection, key: tuple[object, ...]
-) -> None:
-    # format_quoted_key writes SQL literals: SQLite evaluating them gives the key back.
-    literals = format_quoted_key(key)
-    row = new_sqlite.execute(f"SELECT {literals}").fetchone()
-    assert same_key(stored(tuple(row)), stored(key))

@@ -14,7 +14,7 @@ import pytest
 
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.triggers import installed_triggers
-from cdc_daemon.verify import TableDiff, Verifier
+from cdc_daemon.verify import Difference, TableDiff, Verifier
 
 from .helpers import App, World, same_keys
 
@@ -299,6 +299,9 @@ def test_null_keys_in_the_log_do_not_break_verify(world: World) -> None:
     db = world.open()
     verifier = Verifier(db, ChangeLog(db, world.names, max_attempts=3), sink=None)
     for table, in_flight, other in [("s", ("None",), ("zz",)), ("c", ("a", 1), ("b", 2))]:
-        diff = TableDiff(missing=[in_flight, other], stale=[in_flight], extra=[other])
-        verifier._drop_in_flight(world.mapping(table), diff)
-        assert (diff.missing, diff.stale, diff.extra) == ([other], [], [other])
+        mapping = world.mapping(table)
+        young, absent = (Difference(mapping.doc_id(k), k) for k in (in_flight, other))
+        diff = TableDiff(missing=[young, absent], stale=[young], extra=[absent])
+        verifier._classify(mapping, diff)
+        assert (diff.missing, diff.stale, diff.extra) == ([absent], [], [absent])
+        assert diff.in_flight == 2

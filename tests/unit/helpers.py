@@ -61,3 +61,18 @@ def same_value(a: Any, b: Any) -> bool:
 
 def same_key(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+
+
+def sqlite_key_text(key: tuple[Any, ...]) -> Any:
+    """The log key SQLite writes for `key` (keys.log_key_sql, as the triggers and the daemon's
+    enqueue_keys do), from an in-memory database."""
+    import apsw
+
+    from cdc_daemon.keys import log_key_sql
+
+    conn = apsw.Connection(":memory:")
+    try:
+        operands = [f"?{i}" for i in range(1, len(key) + 1)]
+        return conn.execute(f"SELECT {log_key_sql(operands)}", key).fetchone()[0]
+    finally:
+        conn.close()

@@ -11,9 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc_daemon.documents import build_document, row_is_live, row_key
+from cdc_daemon.document_sql import document_sql
+from cdc_daemon.documents import (
+    MAX_DOCUMENT_BYTES,
+    build_document,
+    row_is_live,
+    row_key,
+    sent_size,
+    size_problem,
+)
 from cdc_daemon.errors import DocumentError
 from cdc_daemon.schema import TableMapping
+from cdc_daemon.sink import ascii_json_body, encode_document
 
 from .helpers import ELEMENTS, ELEMENTS_CONFIG, mapping, table
 
@@ -246,8 +255,10 @@ sqlite_values = st.one_of(
     st.floats(allow_nan=False),  # SQLite stores NaN as NULL
     st.text(),
     st.binary(max_size=64),
+    st.sampled_from(['{"a": [1, {"b": null}]}', '[{"a": 1}]', "{}", "[]", '{"a": NaN}', "[{}, 2]"]),
 )
 FIELD_TYPES = ["string", "int32", "int64", "float", "bool", "string[]", "auto", "string*"]
+FIELD_TYPES += ["object", "object[]"]
 
 
 @settings(max_examples=200, deadline=None)
@@ -274,3 +285,90 @@ def test_property_build_document_raises_only_document_errors(
     assert "\n" not in line
     assert isinstance(doc["id"], str)
     assert set(doc) == {"id"} | {f"c{i}" for i, v in enumerate(values) if v is not None}
+
+
+# -- object fields: JSON text from a TEXT column --------------------------------------------------
+
+OBJECTS = table("docs", [("id", "INTEGER"), ("meta", "TEXT"), ("tags", "TEXT")], key=("id",))
+OBJECT_FIELDS = mapping(OBJECTS, fields={"meta": {"type": "object"}, "tags": {"type": "object[]"}})
+
+
+def test_object_fields_are_the_columns_json_parsed() -> None:
+    meta = '{"color": "red", "n": 3, "deep": {"ok": true, "x": [1.5, null]}, "é": "🦄"}'
+    row = row_for(OBJECT_FIELDS, id=1, meta=meta, tags='[{"k": "a"}, {"k": "b"}]')
+    assert build_document(OBJECT_FIELDS, row) == {
+        "id": "1",
+        "meta": {"color": "red", "n": 3, "deep": {"ok": True, "x": [1.5, None]}, "é": "🦄"},
+        "tags": [{"k": "a"}, {"k": "b"}],
+    }
+    empty = row_for(OBJECT_FIELDS, id=2, meta="{}", tags="[]")
+    assert build_document(OBJECT_FIELDS, empty) == {"id": "2", "meta": {}, "tags": []}
+    assert build_document(OBJECT_FIELDS, row_for(OBJECT_FIELDS, id=3)) == {"id": "3"}  # NULLs
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "words"),
+    [
+        ("meta", "not json", "not valid JSON for object"),
+        ("meta", '{"a": 1', "not valid JSON for object"),
+        ("meta", "[1, 2]", "JSON list is not an object"),
+        ("meta", '"text"', "JSON str is not an object"),
+        ("meta", "null", "JSON NoneType is not an object"),
+        ("meta", '{"a": NaN}', "NaN is not JSON"),
+        ("meta", '{"a": -Infinity}', "-Infinity is not JSON"),
+        ("meta", 7, "int is not JSON text for object"),
+        ("meta", 1.5, "float is not JSON text for object"),
+        ("meta", b"{}", "BLOB cannot be sent as object"),
+        ("tags", '{"k": "a"}', "JSON dict is not an array of objects"),
+        ("tags", '[{"k": "a"}, 1]', "JSON list is not an array of objects"),
+        ("meta", '{"a":' * 101 + "1" + "}" * 101, "nested deeper than 100 levels"),
+        ("meta", "[" * 5000 + "]" * 5000, "not valid JSON for object"),  # RecursionError
+    ],
+)
+def test_a_value_that_is_not_a_json_object_is_that_rows_document_error(
+    column: str, value: Any, words: str
+) -> None:
+    with pytest.raises(DocumentError) as excinfo:
+        build_document(OBJECT_FIELDS, row_for(OBJECT_FIELDS, id=1, **{column: value}))
+    assert str(excinfo.value).startswith(f"column {column!r}: "), excinfo.value
+    assert words in str(excinfo.value)
+
+
+def test_object_nesting_up_to_the_limit_passes() -> None:
+    deepest = '{"a":' * 99 + "[1]" + "}" * 99  # 100 levels with the array
+    assert build_document(OBJECT_FIELDS, row_for(OBJECT_FIELDS, id=1, meta=deepest))["meta"]
+
+
+def test_object_fields_take_no_fast_path() -> None:
+    # SQLite's json() differs from Python's parser (JSON5, NaN, duplicate keys, big numbers):
+    # rows of such tables are built by documents.py only, so both paths can't disagree.
+    assert document_sql(OBJECT_FIELDS) is None
+    assert document_sql(mapping(OBJECTS)) is not None
+
+
+# -- the size of one document ---------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text() | st.sampled_from(["", "é", "🦄", "\u2028", '"\\', "\ud800", "a\U0010ffff"]))
+def test_sent_size_is_the_size_of_the_line_in_an_import_body(text: str) -> None:
+    for line in (text, json.dumps({"id": "1", "s": text}, ensure_ascii=False)):
+        assert sent_size(line) == len(ascii_json_body([line]))
+
+
+def test_a_document_up_to_the_limit_is_fine_one_byte_more_is_refused() -> None:
+    m = wide()
+    empty = len(encode_document(build_document(m, row_for(m, id=1, s=""))))
+    text = "x" * (MAX_DOCUMENT_BYTES - empty)
+    fits = encode_document(build_document(m, row_for(m, id=1, s=text)))
+    assert len(fits) == MAX_DOCUMENT_BYTES and size_problem(fits) is None
+    over = fits[:-2] + 'x"}'
+    assert size_problem(over) == (
+        f"the document is {MAX_DOCUMENT_BYTES + 1} bytes of JSON, more than the"
+        f" {MAX_DOCUMENT_BYTES} bytes (16 MiB) one document may have"
+    )
+    # Sizes count as sent: a non-ASCII character is a 6-byte escape, one beyond the BMP two.
+    assert size_problem("é" * (MAX_DOCUMENT_BYTES // 6)) is None
+    assert size_problem("é" * (MAX_DOCUMENT_BYTES // 6 + 1)) is not None
+    assert size_problem("🦄" * (MAX_DOCUMENT_BYTES // 12 + 1)) is not None
+    assert MAX_DOCUMENT_BYTES == 16 * 1024 * 1024

@@ -12,14 +12,12 @@ from hypothesis import strategies as st
 from cdc_daemon.keys import (
     affinity,
     document_id,
-    format_quoted_key,
     key_from_document_id,
-    key_to_log_key,
     log_key_to_key,
     parse_quoted_key,
 )
 
-from .helpers import same_key, same_value
+from .helpers import same_key, same_value, sqlite_key_text
 
 TRICKY_TEXTS = [
     "",
@@ -51,8 +49,6 @@ TRICKY_NUMBERS = [
     -(2**31) - 1,
     2**63 - 1,
     -(2**63),
-    2**100,  # bigger than SQLite holds: still a faithful Python round trip
-    -(2**100),
     0.1 + 0.2,
     1e-320,  # subnormal
     5e-324,
@@ -62,7 +58,6 @@ TRICKY_NUMBERS = [
     3.0,
     1e16,
     123456789012345678.0,
-    -0.0,
     math.inf,
     -math.inf,
 ]
@@ -73,15 +68,8 @@ BLOBS = [b"", b"\x00", b"\x00\xff", b"'", b",", bytes(range(256))]
 @pytest.mark.parametrize("value", TRICKY_TEXTS + TRICKY_NUMBERS + BLOBS, ids=repr)
 def test_one_value_round_trips_alone_and_between_others(value: object) -> None:
     for key in [(value,), (value, 7), ("x", value), (value, value, b"\x01", "y,'z'")]:
-        text = format_quoted_key(key)
-        assert same_key(parse_quoted_key(text), key), (key, text)
-
-
-def test_format_uses_sqlite_literal_syntax() -> None:
-    assert format_quoted_key((42, "eu")) == "42,'eu'"
-    assert format_quoted_key(("it's", -3)) == "'it''s',-3"
-    assert format_quoted_key((b"\x00\xff", 1.5)) == "X'00ff',1.5"
-    assert format_quoted_key((0.1 + 0.2,)) == "0.30000000000000004"
+        text = sqlite_key_text(key)
+        assert same_key(log_key_to_key(text, len(key)), key), (key, text)
 
 
 @pytest.mark.parametrize(
@@ -107,17 +95,36 @@ def test_parse_sqlite_quote_output(text: str, expected: tuple[object, ...]) -> N
 
 
 @pytest.mark.parametrize(
-    "text", ["NULL,1", "1,NULL", "'unterminated", "1,,2", "abc", "'a'b'", "X'0g'", "1;2"]
+    ("text", "expected"),
+    [
+        # A TEXT part holding a NUL: its UTF-8 bytes (quote() would stop at the NUL).
+        ("tX'610062',1", ("a\x00b", 1)),
+        ("1,tx'00',tX'C3A900'", (1, "\x00", "é\x00")),
+        ("tX'',X''", ("", b"")),
+        ("'t',tX'7427'", ("t", "t'")),
+    ],
+)
+def test_parse_text_with_a_nul(text: str, expected: tuple[object, ...]) -> None:
+    assert same_key(parse_quoted_key(text), expected)
+
+
+def test_a_text_part_with_a_nul_that_is_not_utf8_is_an_unreadable_key() -> None:
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        log_key_to_key("1,tX'ff00'", 2)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["NULL,1", "1,NULL", "'unterminated", "1,,2", "abc", "'a'b'", "X'0g'", "1;2", "tX'0'", "t'a'"],
 )
 def test_parse_rejects_malformed_keys_and_nulls(text: str) -> None:
     with pytest.raises(ValueError):
         parse_quoted_key(text)
 
 
-key_values = st.one_of(
-    st.integers(),
+key_values = st.one_of(  # what SQLite can hold in a key (no -0.0: quote() writes 0.0)
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=False),
+    st.floats(allow_nan=False).filter(lambda f: not (f == 0 and math.copysign(1, f) < 0)),
     st.text(),
     st.text(alphabet="',\n X01 \"\\"),
     st.binary(),
@@ -128,20 +135,20 @@ composite_keys = st.lists(key_values, min_size=2, max_size=5).map(tuple)
 @settings(max_examples=200, deadline=None)
 @given(composite_keys)
 def test_property_quoted_key_round_trip(key: tuple[object, ...]) -> None:
-    assert same_key(parse_quoted_key(format_quoted_key(key)), key)
+    assert same_key(log_key_to_key(sqlite_key_text(key), len(key)), key)
 
 
 @settings(max_examples=100, deadline=None)
 @given(composite_keys)
 def test_property_log_key_round_trip(key: tuple[object, ...]) -> None:
-    log_key = key_to_log_key(key)
+    log_key = sqlite_key_text(key)
     assert isinstance(log_key, str)
     assert same_key(log_key_to_key(log_key, len(key)), key)
 
 
 @pytest.mark.parametrize("value", [42, "it's, a key", 0.1 + 0.2, b"\x00\xff"], ids=repr)
 def test_single_column_log_key_is_the_value_itself(value: object) -> None:
-    assert same_value(key_to_log_key((value,)), value)
+    assert same_value(sqlite_key_text((value,)), value)
     assert same_key(log_key_to_key(value, 1), (value,))
 
 

@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from cdc_daemon.errors import ConfigError
-from cdc_daemon.schema import derived_type, schema_differences
+from cdc_daemon.schema import (
+    added_optional_fields,
+    derived_type,
+    fit_problems,
+    schema_differences,
+)
 
 from .helpers import ELEMENTS, ELEMENTS_CONFIG, SERVICE_A_COLLECTION_SCHEMA, mapping, table
 
@@ -376,3 +381,135 @@ def test_default_sorting_field_change_is_a_difference() -> None:
     assert schema_differences(unsorted, actual) == []
     actual["default_sorting_field"] = "qty"
     assert len(schema_differences(unsorted, actual)) == 1
+
+
+# -- field names Typesense can't hold (each measured on 0.24.1 unless a version is named) --------
+
+BAD_NAMES = [
+    (".*", "pattern"),  # the catch-all `auto` field: every document then fails ("duplicate")
+    ("tag.*", "pattern"),  # a dynamic-field pattern: never searchable or filterable by name
+    (".*_at", "pattern"),
+    ("parent_sequence_id", "_sequence_id"),  # v0.25+ hides it from GET /collections/<c>
+    ("_sequence_id", "_sequence_id"),
+    (".flat", "for itself"),  # 0.24.1 answers the whole import 400 "Bad request."
+    (".ref", "for itself"),  # v0.25+ keeps its reference helpers' names there
+    (" name", "spaces"),  # query_by / filter_by trim it: the field can't be named in a query
+    ("name ", "spaces"),
+    (" ", "spaces"),
+]
+
+
+@pytest.mark.parametrize(("column", "why"), BAD_NAMES)
+def test_a_column_typesense_cant_hold_is_refused_naming_the_table_entry(
+    column: str, why: str
+) -> None:
+    info = table("items", [("sku", "TEXT"), (column, "TEXT")], key=("sku",))
+    with pytest.raises(ConfigError) as excinfo:
+        mapping(info)
+    message = str(excinfo.value)
+    assert message.startswith(
+        f"tables[1].table: column {column!r} of 'items' cannot be a Typesense field name ("
+    ), message
+    assert why in message
+    assert message.endswith("exclude it or rename it (tables[1].rename)"), message
+    # Left out or renamed, the column is fine.
+    assert field_names(mapping(info, exclude=[column])) == ["sku"]
+    assert field_names(mapping(info, include=["sku"])) == ["sku"]
+    assert field_names(mapping(info, rename={column: "renamed"})) == ["sku", "renamed"]
+
+
+@pytest.mark.parametrize(("name", "why"), [*BAD_NAMES, ("", "empty")])
+def test_a_rename_to_a_name_typesense_cant_hold_is_refused(name: str, why: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        mapping(ITEMS, rename={"note": name})
+    message = str(excinfo.value)
+    assert message.startswith(
+        f"tables[1].rename.note: {name!r} cannot be a Typesense field name ("
+    ), message
+    assert why in message and message.endswith("choose another name")
+
+
+@pytest.mark.parametrize(
+    "name",
+    # All created, imported, searched and filtered on 0.24.1 (`:`, `,`, `(` and `&&` can't be
+    # used in filter_by or query_by, but the field holds its values and the rest works).
+    [".", "..", "a.b", "*", "a*", "a:b", "a,b", "(a)", "a&&b", "\ta", "é", "\u00a0",
+     "_sequence_idx", "sequence_id", "ID", "_id", "x" * 300],
+)
+def test_names_typesense_holds_are_accepted(name: str) -> None:
+    info = table("items", [("sku", "TEXT"), (name, "TEXT")], key=("sku",))
+    assert field_names(mapping(info)) == ["sku", name]
+
+
+def test_a_field_inside_an_object_fields_path_is_refused() -> None:
+    info = table("t", [("id", "INTEGER"), ("meta", "TEXT"), ("meta.color", "TEXT")], key=("id",))
+    objects = {"meta": {"type": "object"}}
+    with pytest.raises(ConfigError, match=r"^tables\[1\]\.table: column 'meta\.color'.*nested"):
+        mapping(info, fields=objects)
+    with pytest.raises(ConfigError, match=r"^tables\[1\]\.rename\.meta\.color: 'm\.c'.*field 'm'"):
+        mapping(info, fields=objects, rename={"meta": "m", "meta.color": "m.c"})
+    assert field_names(mapping(info)) == ["meta", "meta.color"]  # no object field: no conflict
+    assert field_names(mapping(info, fields=objects, rename={"meta.color": "colour"})) == [
+        "meta", "colour"]
+
+
+# -- object fields: nested fields enabled, and what Typesense then reports ------------------------
+
+OBJECTS = table(
+    "docs", [("id", "INTEGER"), ("title", "TEXT", True), ("meta", "TEXT"), ("tags", "TEXT")],
+    key=("id",),
+)
+
+
+def objects_schema(**fields: Any) -> dict[str, Any]:
+    return mapping(OBJECTS, fields=fields).collection_schema()
+
+
+@pytest.mark.parametrize("kind", ["object", "object[]"])
+def test_object_fields_enable_nested_fields(kind: str) -> None:
+    schema = objects_schema(meta={"type": kind})
+    assert schema["enable_nested_fields"] is True
+    assert {"name": "meta", "type": kind, "optional": True} in schema["fields"]
+    assert "enable_nested_fields" not in objects_schema()
+    assert "enable_nested_fields" not in mapping(ELEMENTS).collection_schema()
+
+
+def test_nested_fields_typesense_adds_are_not_differences() -> None:
+    schema = objects_schema(meta={"type": "object"}, tags={"type": "object[]"})
+    actual = typesense_reported(schema)
+    # As 0.24.1 reports a collection once documents with nested values are in it.
+    actual["enable_nested_fields"] = True
+    actual["fields"] += [
+        {"name": "meta.color", "type": "string", "optional": True},
+        {"name": "meta.deep.n", "type": "int64", "optional": True, "sort": True},
+        {"name": "tags.k", "type": "string[]", "optional": True},
+    ]
+    assert schema_differences(schema, actual) == []
+    assert fit_problems(schema, actual) == []
+    # Fields that only look nested are still differences.
+    actual["fields"].append({"name": "metadata", "type": "string"})
+    assert schema_differences(schema, actual) == ["field 'metadata' is not in the table mapping"]
+
+
+def test_a_collection_without_nested_fields_needs_a_rebuild_for_object_fields() -> None:
+    schema = objects_schema(meta={"type": "object"})
+    actual = typesense_reported(schema)
+    actual["enable_nested_fields"] = False
+    assert schema_differences(schema, actual) == [
+        "enable_nested_fields is off, expected on (object fields need it)"]
+    assert fit_problems(schema, actual) == [
+        "enable_nested_fields is off, expected on (object fields need it)"]
+    # Typesense refuses a PATCH adding an object field there: not an optional addition.
+    without = typesense_reported(mapping(OBJECTS, exclude=["meta"]).collection_schema())
+    assert added_optional_fields(schema, without) == []
+    without["enable_nested_fields"] = True
+    assert added_optional_fields(schema, without) == [
+        {"name": "meta", "type": "object", "optional": True}]
+
+
+def test_nested_fields_on_without_object_fields_are_fine() -> None:
+    schema = objects_schema()
+    actual = typesense_reported(schema)
+    actual["enable_nested_fields"] = True
+    assert schema_differences(schema, actual) == []
+    assert fit_problems(schema, actual) == []

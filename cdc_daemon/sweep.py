@@ -1,0 +1,220 @@
+"""A replaced database file (a backup restored with `mv`): bring each collection to its truth.
+
+The new file's rows are sent again by a backfill of every table; the sweep then removes every
+document that no row of the new file produces (the replaced file's rows). What is still owed
+lives in the `<log>_state` table (`sweep:<table>`), so a kill -9 in the middle finishes it after
+the restart; `database-file` remembers the file last synced, so a file replaced while the daemon
+was stopped is noticed at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from cdc_daemon.changelog import ChangeLog
+from cdc_daemon.database import Database, quote_ident
+from cdc_daemon.documents import row_is_live
+from cdc_daemon.keys import Key
+from cdc_daemon.schema import TableMapping
+from cdc_daemon.sink import TypesenseSink
+from cdc_daemon.sync import fetch_rows
+from cdc_daemon.triggers import LogTables
+
+SWEEP_PREFIX = "sweep:"
+FILE_STATE = "database-file"  # the inode of the file last synced
+START_BACKFILL = "backfill"  # a table's first phase: its backfill is still to be started
+AFTER_BACKFILL = "sweep"  # then: sweep once its backfill has logged every row
+PAGE_SIZE = 500  # document ids looked up per read transaction
+log = structlog.get_logger("cdc_daemon.sweep")
+
+
+class ResyncState:
+    """What a replaced file still owes its collections: `sweep:<table>` → phase."""
+
+    def __init__(self, db: Database, names: LogTables) -> None:
+        self.db = db
+        self._state = quote_ident(names.state)
+
+    def _file(self) -> str:
+        # The inode alone: a device number can change across reboots (NFS, some volumes),
+        # which would resync everything for nothing.
+        return str(self.db.identity[1]) if self.db.identity else ""
+
+    def file_changed(self) -> bool:
+        """True when the state names another file than the one open (restored while stopped).
+        The first time (no file recorded yet) it records this one and says False."""
+        recorded = self.db.scalar(f"SELECT value FROM {self._state} WHERE name = ?", (FILE_STATE,))
+        if recorded is None:
+            self._set(FILE_STATE, self._file())
+        return recorded is not None and str(recorded) != self._file()
+
+    def begin(self, tables: Iterable[str]) -> None:
+        """Every table owes a backfill and then a sweep; this file is the one synced now. One
+        transaction: a kill -9 before it leaves the old file recorded, so the restart resyncs."""
+        with self.db.write() as conn:
+            sql = f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)"
+            conn.executemany(sql, ((SWEEP_PREFIX + t, START_BACKFILL) for t in tables))
+            conn.execute(sql, (FILE_STATE, self._file()))
+
+    def owed(self) -> dict[str, str]:
+        rows = self.db.query(f"SELECT name, value FROM {self._state} WHERE name LIKE 'sweep:%'")
+        return {str(name).removeprefix(SWEEP_PREFIX): str(value) for name, value in rows}
+
+    def set_phase(self, table: str, phase: str | None) -> None:
+        """Move a table's resync on; None: it is done."""
+        self._set(SWEEP_PREFIX + table, phase)
+
+    def _set(self, name: str, value: str | None) -> None:
+        with self.db.write() as conn:
+            if value is None:
+                conn.execute(f"DELETE FROM {self._state} WHERE name = ?", (name,))
+            else:
+                conn.execute(
+                    f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
+                    (name, value),
+                )
+
+
+def owed_resyncs(db: Database, names: LogTables) -> dict[str, str]:
+    """Tables whose collection still owes a resync after a file replacement → its phase."""
+    return ResyncState(db, names).owed()
+
+
+@dataclass
+class SweepResult:
+    documents: int = 0  # documents of this table looked at
+    queued: int = 0  # without a row: logged, so the sync path deletes them
+    deleted: int = 0  # ids no row can produce: deleted directly
+
+
+def _bindable(value: object) -> bool:
+    """A value a key column can hold (json.loads also gives bools, None, lists, NaN)."""
+    return type(value) in (int, str, bytes) or (type(value) is float and not math.isnan(value))
+
+
+def parsed_key(mapping: TableMapping, doc_id: str) -> Key | None:
+    """mapping.key_of, or None when the id is not ours or does not parse into a key."""
+    try:
+        key = mapping.key_of(doc_id)
+    except (ValueError, TypeError, KeyError, AttributeError):  # JSONDecodeError is a ValueError
+        return None
+    if key is None or not all(_bindable(v) for v in key):
+        return None
+    return key
+
+
+def producing_key(mapping: TableMapping, doc_id: str) -> Key | None:
+    """The key whose row would have this document id, or None when no row can produce it:
+    key_of only guesses (`007` parses as 7 for an INTEGER key, whose id is `7`)."""
+    key = parsed_key(mapping, doc_id)
+    return key if key is not None and mapping.doc_id(key) == doc_id else None
+
+
+def candidate_keys(mapping: TableMapping, doc_id: str) -> list[Key]:
+    """Keys whose row might produce `doc_id`. For a one-column key also the id's text and the
+    blob its hex spells: a column without a declared type holds any of them, and `123` may be
+    the text '123' as well as the integer."""
+    keys: list[Key] = []
+    parsed = parsed_key(mapping, doc_id)
+    if parsed is not None:
+        keys.append(parsed)
+    if len(mapping.key) == 1 and doc_id.startswith(mapping.id_prefix):
+        text = doc_id[len(mapping.id_prefix) :]
+        keys.append((text,))
+        with contextlib.suppress(ValueError):  # not hex
+            keys.append((bytes.fromhex(text),))
+    return keys
+
+
+class Sweep:
+    """Removes from a collection the documents of one table that no live row produces.
+
+    Streams the collection's documents (ids with the table's id_prefix; others are another
+    host's) and looks their rows up a page at a time, each page in one short read. An id whose
+    key has no live row is logged (op 'V'), so the normal sync path deletes it, or sends the row
+    if one exists again by then: race-free. An id no row can produce is deleted directly; nothing
+    the app writes can create it, and the sweep runs on the loop thread, so no batch is in
+    flight meanwhile. Memory: one page."""
+
+    def __init__(
+        self,
+        db: Database,
+        changelog: ChangeLog,
+        sink: TypesenseSink,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self.db = db
+        self.changelog = changelog
+        self.sink = sink
+        self.page_size = page_size
+
+    def run(
+        self,
+        mapping: TableMapping,
+        collection: str,
+        stop: threading.Event,
+        beat: Callable[[], None] = lambda: None,
+    ) -> SweepResult | None:
+        """Sweep `collection` (where `mapping`'s documents go); None when `stop` came first (it
+        starts again from the beginning next time: harmless). `beat` is called per page."""
+        result = SweepResult()
+        page: list[str] = []
+        for document in self.sink.export(collection):
+            doc_id = str(document.get("id", ""))
+            if not doc_id.startswith(mapping.id_prefix):
+                continue
+            page.append(doc_id)
+            if len(page) >= self.page_size:
+                self._page(mapping, collection, page, result)
+                page = []
+                beat()
+                if stop.is_set():
+                    return None
+        if page:
+            self._page(mapping, collection, page, result)
+        return result
+
+    def _page(
+        self, mapping: TableMapping, collection: str, ids: list[str], result: SweepResult
+    ) -> None:
+        keys = list(dict.fromkeys(k for doc_id in ids for k in candidate_keys(mapping, doc_id)))
+        with self.db.read() as conn:
+            rows = fetch_rows(conn, mapping, keys) if keys else {}
+        # Compared by id, not by key: a row found through a looser key ('007' finds 7 in an
+        # INTEGER column) produces another id.
+        produced = {mapping.doc_id(key) for key, row in rows.items() if row_is_live(mapping, row)}
+        queued: list[Key] = []
+        direct: list[str] = []
+        for doc_id in ids:
+            if doc_id in produced:
+                continue
+            key = producing_key(mapping, doc_id)
+            if key is None:
+                direct.append(doc_id)
+            else:
+                queued.append(key)
+        if queued:
+            self.changelog.enqueue_keys(mapping.table, queued, "V")
+        result.documents += len(ids)
+        result.queued += len(queued)
+        result.deleted += self._delete(collection, direct)
+
+    def _delete(self, collection: str, ids: list[str]) -> int:
+        """Delete ids no row produces; one that fails is logged and left (verify: extra)."""
+        if not ids:
+            return 0
+        deleted = 0
+        for doc_id, outcome in zip(ids, self.sink.delete(collection, ids), strict=True):
+            if outcome.ok:
+                deleted += 1
+            else:
+                log.warning(
+                    "document not removed", collection=collection, id=doc_id, error=outcome.error
+                )
+        return deleted
