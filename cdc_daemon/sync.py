@@ -197,7 +197,7 @@ class Syncer:
             )
             for i in failed
         ]
-        self._withdraw_dead(failures)
+        self._withdraw_dead(changes, failed, results)
         # Only read when there are dead letters to clear: a generator costs nothing otherwise.
         succeeded = ((c.table, c.log_key) for c, r in zip(changes, results, strict=True) if r.ok)
         self._pending = _Ack(acked, succeeded, failures, batch.deleted_by_others)
@@ -348,31 +348,29 @@ class Syncer:
             key = change.key
             if mapping is None or key is None or change.error is not None:
                 continue
-            if sum(len(v) for v in key if isinstance(v, str | bytes)) * 4 <= MAX_ID_BYTES:
+            # A character takes at most 6 bytes in an id (a JSON escape in a composite key).
+            if sum(len(v) for v in key if isinstance(v, str | bytes)) * 6 <= MAX_ID_BYTES:
                 continue
             problem = id_problem(mapping.doc_id(key))
             if problem is not None:
                 change.error = problem
 
-    def _withdraw_dead(self, failures: list[KeyFailure]) -> None:
+    def _withdraw_dead(
+        self, changes: list[_Change], failed: list[int], results: list[DocResult]
+    ) -> None:
         """A change that is about to be dead-lettered (rejected max_attempts times) takes its
         key's document out of search: search shows no document rather than an outdated one for
         a row whose latest version can't be indexed (README: dead letters). Sent before the
         acknowledgement, so a failure here leaves the batch to be tried again."""
         doomed: dict[str, list[str]] = {}
-        for failure in failures:
-            attempts = max(e.attempts for e in failure.entries) + 1
-            if failure.retryable or attempts < self.changelog.max_attempts:
-                continue
-            mapping = self.mappings.get(failure.table)
-            try:
-                key = log_key_to_key(failure.log_key, len(mapping.key)) if mapping else None
-            except (ValueError, TypeError):
-                key = None  # an unreadable key names no document
-            if mapping is not None and key is not None:
-                doc_id = mapping.doc_id(key)
-                if id_problem(doc_id) is None:
-                    doomed.setdefault(failure.table, []).append(doc_id)
+        for i in failed:
+            change = changes[i]
+            attempts = max(e.attempts for e in change.entries) + 1
+            if results[i].retryable or attempts < self.changelog.max_attempts or not change.key:
+                continue  # retried again (the old document stays meanwhile), or names no document
+            doc_id = self.mappings[change.table].doc_id(change.key)
+            if id_problem(doc_id) is None:
+                doomed.setdefault(change.table, []).append(doc_id)
         for table, ids in doomed.items():
             target = self.targets.get(table) or Target(self.mappings[table].collection)
             for collection in filter(None, (target.primary, target.mirror)):

@@ -14,6 +14,11 @@ def main() -> None:
     transactions = json.load(sys.stdin)
     conn = sqlite3.connect(db, timeout=30, isolation_level=None)
     for transaction in transactions:
+        if len(transaction) == 1 and transaction[0][0].lstrip().upper().startswith("PRAGMA"):
+            # Outside a transaction: inside one, `PRAGMA journal_mode=WAL` is silently ignored.
+            conn.execute(*transaction[0]).fetchall()
+            print("committed", flush=True)
+            continue
         conn.execute("BEGIN IMMEDIATE")
         try:
             for sql, params in transaction:

@@ -37,7 +37,7 @@ from conftest import (
 
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import TableConfig
-from cdc_daemon.database import Column, Database, TableInfo
+from cdc_daemon.database import Column, Database, TableInfo, opened_elsewhere
 from cdc_daemon.keys import affinity
 from cdc_daemon.localserver import free_port
 from cdc_daemon.schema import TableMapping, build_mapping
@@ -340,3 +340,27 @@ def test_the_sweep_pages_through_the_documents(tmp_path: Path) -> None:
     stop.set()  # stopped between pages: not finished, so the resync stays owed
     assert sweep.run(mapping, "c", stop) is None
     db.close()
+
+
+HOLD = (  # the app with the database open, idle after a read (WAL: it keeps its SHARED lock)
+    "import sqlite3, sys\n"
+    "conn = sqlite3.connect(sys.argv[1])\n"
+    "conn.execute('SELECT count(*) FROM t').fetchall()\n"
+    "print('open', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def test_another_process_having_the_file_open_is_seen(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    app_exec(path, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    set_journal_mode(path, "wal")
+    assert not opened_elsewhere(path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        assert opened_elsewhere(path)
+    finally:
+        holder.communicate(timeout=30)
+    assert not opened_elsewhere(path)
