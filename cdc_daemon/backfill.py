@@ -63,9 +63,10 @@ class Backfill:
         done, _, key_text = str(value).partition(" ")
         return (_resume_key(key_text) if key_text else None), int(done)
 
-    def start(self, table: str) -> None:
-        """Begin (or restart) a backfill of `table` from its first key."""
-        self._save(table, 0, None)
+    def start(self, table: str, conn: Any = None) -> None:
+        """Begin (or restart) a backfill of `table` from its first key (inside `conn`'s write
+        transaction when given: recorded together with what needs it)."""
+        self._save(table, 0, None, conn)
 
     def _save(self, table: str, done: int, last_key: Key | None, conn: Any = None) -> None:
         value = f"{done} {_resume_text(last_key)}" if last_key else str(done)

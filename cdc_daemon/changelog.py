@@ -59,6 +59,11 @@ class ChangeLog:
         self._log = quote_ident(names.log)
         self._dead = quote_ident(names.dead)
         self._state = quote_ident(names.state)
+        # Keys whose entry waits for a retry after a failure: (table, log key) → [(seq,
+        # attempts)], read once (with the deleted-by-others count it was read at), then kept
+        # up to date by commit(). A newer change of such a key that succeeds makes it obsolete.
+        self._retrying: dict[tuple[str, Any], list[tuple[int, int]]] = {}
+        self._retrying_read_at: int | None = None
 
     def read_batch(
         self, conn: apsw.Connection, limit: int, now: float, after: int = 0
@@ -114,15 +119,27 @@ class ChangeLog:
                 )
                 return []
             delete = list(acked)
+            retrying = self.retrying_entries(conn, deleted_by_others)
+            has_dead = self._has_dead_letters(conn)
+            succeeded = list(succeeded_keys) if retrying or has_dead else []
+            # Older entries of a key whose newer change succeeded (or failed again: one entry
+            # per key waits) are done; they would hold the lag up for nothing.
+            obsolete = [(seq, *ident) for ident in succeeded for seq, _ in retrying.pop(ident, [])]
             for failure in failures:
+                ident = (failure.table, failure.log_key)
                 keep = max(e.seq for e in failure.entries)
                 delete.extend((e.seq, e.seq) for e in failure.entries if e.seq != keep)
-                attempts = max(e.attempts for e in failure.entries)
+                read = {e.seq for e in failure.entries}
+                older = [(seq, n) for seq, n in retrying.pop(ident, []) if seq not in read]
+                obsolete.extend((seq, *ident) for seq, _ in older)
+                attempts = max([e.attempts for e in failure.entries] + [n for _, n in older])
                 if failure.retryable:
                     conn.execute(
-                        f"UPDATE {self._log} SET next_attempt_at = ?, last_error = ? WHERE seq = ?",
-                        (now + RETRYABLE_DELAY, failure.error, keep),
+                        f"UPDATE {self._log} SET next_attempt_at = ?, last_error = ?,"
+                        " attempts = ? WHERE seq = ?",
+                        (now + RETRYABLE_DELAY, failure.error, attempts, keep),
                     )
+                    retrying[ident] = [(keep, attempts)]
                     continue
                 attempts += 1
                 if attempts >= self.max_attempts:
@@ -130,6 +147,7 @@ class ChangeLog:
                     delete.append((keep, keep))
                     self._dead_letter(conn, failure, attempts, now)
                 else:
+                    retrying[ident] = [(keep, attempts)]
                     conn.execute(
                         f"UPDATE {self._log} SET attempts = ?, next_attempt_at = ?, last_error = ?"
                         " WHERE seq = ?",
@@ -143,10 +161,32 @@ class ChangeLog:
             # Our own deletes, not counted by the guard trigger: the marker is never committed.
             conn.execute(f"INSERT INTO {self._state} VALUES (?, 1)", (ACKNOWLEDGING,))
             conn.executemany(f"DELETE FROM {self._log} WHERE seq BETWEEN ? AND ?", delete)
+            for seq, table, log_key in obsolete:  # by seq and key: never another key's entry
+                placeholder, key = bind(log_key)
+                conn.execute(
+                    f"DELETE FROM {self._log} WHERE seq = ? AND tbl = ? AND pk IS {placeholder}",
+                    (seq, table, key),
+                )
             conn.execute(f"DELETE FROM {self._state} WHERE name = ?", (ACKNOWLEDGING,))
-            if self._has_dead_letters(conn):
-                self._clear_dead_letters(conn, succeeded_keys)
+            if has_dead:
+                self._clear_dead_letters(conn, succeeded)
         return dead
+
+    def retrying_entries(
+        self, conn: apsw.Connection, deleted_by_others: int
+    ) -> dict[tuple[str, Any], list[tuple[int, int]]]:
+        """The entries waiting for a retry, by key: read from the log the first time, and again
+        after a delete by someone else (their seqs may name other entries now)."""
+        if self._retrying_read_at != deleted_by_others:
+            self._retrying = {}
+            for table, log_key, seq, attempts in select_rows(
+                conn,
+                ("tbl", "pk", "seq", "attempts"),
+                f"FROM {self._log} WHERE last_error IS NOT NULL ORDER BY seq",
+            ):
+                self._retrying.setdefault((table, log_key), []).append((seq, attempts))
+            self._retrying_read_at = deleted_by_others
+        return self._retrying
 
     def _clear_dead_letters(
         self, conn: apsw.Connection, succeeded: Iterable[tuple[str, Any]]

@@ -93,20 +93,13 @@ class CollectionManager:
     def rebuilds(self) -> dict[str, str]:
         return rebuilds_in_progress(self.db, self.names)
 
-    def _set_rebuild(self, table: str, collection: str | None) -> None:
-        """Record the collection a rebuild fills; None: the rebuild is over (its retired
-        collection is forgotten too)."""
+    def _end_rebuild(self, table: str) -> None:
+        """Forget a rebuild (finished or abandoned) and the collection it retired."""
         with self.db.write() as conn:
-            if collection is None:
-                conn.execute(
-                    f"DELETE FROM {self._state} WHERE name IN (?, ?)",
-                    (REBUILD_PREFIX + table, RETIRE_PREFIX + table),
-                )
-            else:
-                conn.execute(
-                    f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
-                    (REBUILD_PREFIX + table, collection),
-                )
+            conn.execute(
+                f"DELETE FROM {self._state} WHERE name IN (?, ?)",
+                (REBUILD_PREFIX + table, RETIRE_PREFIX + table),
+            )
 
     def _set_retired(self, table: str, collection: str) -> None:
         """Before an alias switch: the collection it leaves, to drop even after a crash."""
@@ -169,8 +162,8 @@ class CollectionManager:
                 raise SchemaMismatch(f"alias {alias!r} points to {current!r}, which does not exist")
             return self._foreign(mapping, current, existing)
         if existing is None:  # deleted by hand: build it again, with every row
+            self.backfill.start(mapping.table)  # first: a crash after creating must still fill it
             self._create(mapping, current)
-            self.backfill.start(mapping.table)
             log.warning("collection was missing; recreated and backfilling", collection=current)
             return Target(alias)
         rebuilding = self.rebuilds().get(mapping.table)
@@ -188,8 +181,9 @@ class CollectionManager:
                 return Target(rebuilding, mirror=alias)
             self._abandon(mapping, rebuilding)
         added = added_optional_fields(schema, existing)
-        if added and self.sink.add_fields(current, added) is None:
+        if added:  # the re-send is recorded first: a crash after the PATCH must still send it
             self.backfill.start(mapping.table)
+        if added and self.sink.add_fields(current, added) is None:
             log.info(
                 "fields added; re-sending every row",
                 collection=current,
@@ -207,8 +201,9 @@ class CollectionManager:
         if not problems:
             return Target(mapping.collection)
         added = added_optional_fields(schema, existing)
-        if added and self.sink.add_fields(name, added) is None:
+        if added:  # recorded first, as in _ensure
             self.backfill.start(mapping.table)
+        if added and self.sink.add_fields(name, added) is None:
             return Target(mapping.collection)
         raise SchemaMismatch(
             f"collection {name!r} does not match table {mapping.table!r}: "
@@ -222,8 +217,12 @@ class CollectionManager:
     ) -> Target:
         new = version_name(alias, version + 1)
         self._create(mapping, new, fresh=True)
-        self._set_rebuild(mapping.table, new)
-        self.backfill.start(mapping.table)
+        with self.db.write() as conn:  # together: a rebuild never goes on without its backfill
+            conn.execute(
+                f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
+                (REBUILD_PREFIX + mapping.table, new),
+            )
+            self.backfill.start(mapping.table, conn)
         log.warning(
             "schema changed: rebuilding collection",
             table=mapping.table,
@@ -238,7 +237,7 @@ class CollectionManager:
         (delete_collection refuses one an alias points to)."""
         if self.sink.get_alias(rebuilding) is None and not self.sink.aliases_to(rebuilding):
             self.sink.delete_collection(rebuilding)
-        self._set_rebuild(mapping.table, None)
+        self._end_rebuild(mapping.table)
         log.info("rebuild abandoned", table=mapping.table, collection=rebuilding)
 
     def _finish(self, table: str, alias: str, collection: str) -> None:
@@ -247,7 +246,7 @@ class CollectionManager:
         old = self._retired(table)
         if old is not None and old != collection and self.sink.get_collection(old) is not None:
             self.sink.delete_collection(old)
-        self._set_rebuild(table, None)
+        self._end_rebuild(table)
         log.info(
             "rebuild finished: alias switched", alias=alias, collection=collection, dropped=old
         )
@@ -302,7 +301,7 @@ class CollectionManager:
             conn.execute(
                 f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)", (name, value)
             )
-        self.backfill.start(mapping.table)
+            self.backfill.start(mapping.table, conn)  # together: a crash can't skip the re-send
         log.info(
             "following shared collection: sending every row",
             table=mapping.table,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,10 +87,17 @@ class TableMapping:
         return self.id_prefix + document_id(key)
 
     def key_of(self, doc_id: str) -> Key | None:
-        """The key a document id stands for; None for another host's document (prefix)."""
+        """The key of the row that would have this document id; None when no row of this table
+        can have it: another host's id (prefix), an id that does not parse into key values, or
+        one a row would spell otherwise (`007` or `7.0` is not INTEGER key 7's id, `7`)."""
         if not doc_id.startswith(self.id_prefix):
             return None
-        return key_from_document_id(doc_id[len(self.id_prefix) :], self.key_affinities)
+        try:
+            key = key_from_document_id(doc_id[len(self.id_prefix) :], self.key_affinities)
+        except (ValueError, TypeError, KeyError, AttributeError):  # JSONDecodeError included
+            return None
+        kept = all(_stored_as_is(v, a) for v, a in zip(key, self.key_affinities, strict=True))
+        return key if kept and self.doc_id(key) == doc_id else None
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -107,6 +115,18 @@ class TableMapping:
         if any(f.type in OBJECT_TYPES for f in self.fields):
             schema["enable_nested_fields"] = True  # else Typesense refuses object fields
         return schema
+
+
+def _stored_as_is(value: Any, column_affinity: str) -> bool:
+    """Whether a key column of this affinity can hold `value` as it is: JSON also gives bools,
+    nulls, lists and NaN; an INTEGER or NUMERIC column stores 7.0 as 7, a REAL one 7 as 7.0."""
+    if type(value) is float:
+        if math.isnan(value):
+            return False
+        return column_affinity not in ("INTEGER", "NUMERIC") or not value.is_integer()
+    if type(value) is int:
+        return column_affinity != "REAL"
+    return type(value) in (str, bytes)
 
 
 def derived_type(declared_type: str) -> str | None:

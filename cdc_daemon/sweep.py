@@ -10,7 +10,6 @@ was stopped is noticed at start.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -93,35 +92,12 @@ class SweepResult:
     deleted: int = 0  # ids no row can produce: deleted directly
 
 
-def _bindable(value: object) -> bool:
-    """A value a key column can hold (json.loads also gives bools, None, lists, NaN)."""
-    return type(value) in (int, str, bytes) or (type(value) is float and not math.isnan(value))
-
-
-def parsed_key(mapping: TableMapping, doc_id: str) -> Key | None:
-    """mapping.key_of, or None when the id is not ours or does not parse into a key."""
-    try:
-        key = mapping.key_of(doc_id)
-    except (ValueError, TypeError, KeyError, AttributeError):  # JSONDecodeError is a ValueError
-        return None
-    if key is None or not all(_bindable(v) for v in key):
-        return None
-    return key
-
-
-def producing_key(mapping: TableMapping, doc_id: str) -> Key | None:
-    """The key whose row would have this document id, or None when no row can produce it:
-    key_of only guesses (`007` parses as 7 for an INTEGER key, whose id is `7`)."""
-    key = parsed_key(mapping, doc_id)
-    return key if key is not None and mapping.doc_id(key) == doc_id else None
-
-
 def candidate_keys(mapping: TableMapping, doc_id: str) -> list[Key]:
     """Keys whose row might produce `doc_id`. For a one-column key also the id's text and the
     blob its hex spells: a column without a declared type holds any of them, and `123` may be
     the text '123' as well as the integer."""
     keys: list[Key] = []
-    parsed = parsed_key(mapping, doc_id)
+    parsed = mapping.key_of(doc_id)
     if parsed is not None:
         keys.append(parsed)
     if len(mapping.key) == 1 and doc_id.startswith(mapping.id_prefix):
@@ -194,7 +170,7 @@ class Sweep:
         for doc_id in ids:
             if doc_id in produced:
                 continue
-            key = producing_key(mapping, doc_id)
+            key = mapping.key_of(doc_id)
             if key is None:
                 direct.append(doc_id)
             else:

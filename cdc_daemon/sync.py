@@ -270,6 +270,8 @@ class Syncer:
         with self.db.read() as conn:
             entries = self.changelog.read_batch(conn, self.batch_size, time.time(), after)
             deleted_by_others = self.changelog.deleted_by_others(conn) if entries else 0
+            if entries:  # read here, in a read transaction, when not known yet: not in the ack
+                self.changelog.retrying_entries(conn, deleted_by_others)
             changes: dict[tuple[str, Any], _Change] = {}
             for entry in entries:
                 ident = (entry.table, entry.log_key)

@@ -211,25 +211,12 @@ class Verifier:
                 if isinstance(expected, str) or found[0][0] != digest(expected):
                     diff.stale.append(difference)
             for (doc_id,) in scratch.execute("SELECT id FROM docs WHERE seen = 0"):
-                diff.extra.append(Difference(doc_id, self._producible_key(mapping, doc_id)))
+                diff.extra.append(Difference(doc_id, mapping.key_of(doc_id)))
             scratch.close()
         self._classify(mapping, diff)
         if len(diff.differences) <= RECHECK_LIMIT:
             self._recheck(mapping, diff)
         return diff
-
-    @staticmethod
-    def _producible_key(mapping: TableMapping, doc_id: str) -> Key | None:
-        """The key whose document has this id, or None when no row of this table could ever
-        produce it (parsed ids must give back the very same id: `007` is not key 7's)."""
-        try:
-            key = mapping.key_of(doc_id)
-        except (ValueError, TypeError):
-            return None
-        if key is None or mapping.doc_id(key) != doc_id:
-            return None
-        kept = all(_stored_as_is(v, a) for v, a in zip(key, mapping.key_affinities, strict=True))
-        return key if kept else None
 
     def _load_documents(
         self, scratch: apsw.Connection, mapping: TableMapping, diff: TableDiff
@@ -333,16 +320,6 @@ class Verifier:
         if not keys:
             return 0
         return self.changelog.enqueue_keys(mapping.table, keys, "V")
-
-
-def _stored_as_is(value: Any, column_affinity: str) -> bool:
-    """Whether a column of this affinity keeps `value` as it is (so a row can have it as its
-    key): an INTEGER or NUMERIC column stores 7.0 as 7, a REAL one stores 7 as 7.0."""
-    if isinstance(value, float):
-        return column_affinity not in ("INTEGER", "NUMERIC") or not value.is_integer()
-    if isinstance(value, int):
-        return column_affinity != "REAL"
-    return True
 
 
 def _readable(log_key: Any, mapping: TableMapping) -> Key | None:

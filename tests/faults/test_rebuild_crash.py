@@ -3,13 +3,14 @@
 A rebuild (here: a field's facet changed in the config, then SIGHUP) creates `<alias>__v2`,
 records it in the state table, backfills it through the log, records the collection it retires,
 switches the alias and drops `<alias>__v1`. The daemon, talking to Typesense through the
-FaultProxy, is killed once Typesense applied one of those steps (or in the middle of the
-backfill), either right after the answer reached it ("answered": it may get one local step
-further, e.g. a state table write) or before it could read the answer ("unanswered": the step is
-applied, the daemon never learns it), while the app keeps writing; then it is started again.
-Throughout, searches through the alias never lose the live collection (GET /collections/<alias>
-never 404, never 0 documents); in the end the alias points to `__v2` with the new schema,
-`verify` is in sync, `__v1` is gone and the state table holds no `rebuild:`/`retire:` rows.
+FaultProxy, is killed at one of those steps (or in the middle of the backfill; see CASES for the
+modes: before the request is sent, after Typesense applied it but before the answer, right after
+the answer), while the app keeps writing; then it is started again. One case ("rebuild-recorded")
+also writes the state rows the daemon writes right after creating `__v2` (the rebuild and its
+backfill, in one transaction), for the crash after that local step, which the proxy can't reach. Throughout, searches through the alias never lose
+the live collection (GET /collections/<alias> never 404, never 0 documents); in the end the alias
+points to `__v2` with the new schema, `verify` is in sync, `__v1` is gone and the state table
+holds no `rebuild:`/`retire:` rows.
 """
 
 from __future__ import annotations
@@ -54,9 +55,8 @@ def _is_import_into(request: Request, collection: str) -> bool:
 # kill point -> (does this request match, which matching request kills)
 KILL_POINTS: dict[str, tuple[Callable[[Request, str], bool], int]] = {
     "create-v2": (lambda r, alias: r.method == "POST" and _path(r) == "/collections", 1),
-    # killed at create-v2, then the state row the daemon writes next is written as it would:
-    # the crash between recording the rebuild and starting its backfill (two local steps the
-    # proxy cannot split)
+    # killed at create-v2, then the state rows the daemon writes next (one transaction) are
+    # written as it would: the crash after that local step, before any import
     "rebuild-recorded": (lambda r, alias: r.method == "POST" and _path(r) == "/collections", 1),
     "first-import-v2": (lambda r, alias: _is_import_into(r, f"{alias}__v2"), 1),
     "mid-backfill": (lambda r, alias: _is_import_into(r, f"{alias}__v2"), MID_BACKFILL_IMPORT),
@@ -187,9 +187,8 @@ class AppWriter(threading.Thread):
         self.failure: BaseException | None = None
 
     def write_one(self) -> None:
-        new, updated, gone = self.next_id, self.rng.randrange(1, ROWS + 1), self.rng.randrange(
-            1, ROWS + 1)
-        self.next_id += 1
+        new, self.next_id = self.next_id, self.next_id + 1
+        updated, gone = self.rng.randrange(1, ROWS + 1), self.rng.randrange(1, ROWS + 1)
         with open(self.world.keys_path, "a") as keys:
             keys.write(json.dumps([[TABLE, new], [TABLE, updated], [TABLE, gone]]) + "\n")
         app_write(self.world.db, [[
@@ -253,8 +252,8 @@ def _snapshot(world: FaultWorld, alias: str) -> dict[str, Any]:
 
 def _where(snapshot: dict[str, Any], alias: str) -> tuple[str, list[str]]:
     """A snapshot's alias target and collection versions, as "v1", "v2"."""
-    def short(name: str) -> str:
-        return name.removeprefix(f"{alias}__")
+    def short(name: str | None) -> str:
+        return str(name).removeprefix(f"{alias}__")
 
     return short(snapshot["alias_to"]), [short(v) for v in snapshot["versions"]]
 
@@ -273,13 +272,18 @@ def _rebuild_state(world: FaultWorld) -> dict[str, str]:
 
 
 def _record_rebuild(world: FaultWorld, collection: str) -> None:
-    """Write the state row the daemon writes right after creating the rebuild's collection."""
+    """Write the state rows the daemon writes right after creating the rebuild's collection, in
+    one transaction as it does: the rebuild, and its backfill from the first key. (Written in
+    two, a crash between them once left a rebuild without a backfill: the alias was switched to
+    a collection holding 10 of 3,000 documents.)"""
     world.app_sql(f"INSERT OR REPLACE INTO \"{LOG_TABLE}_state\" (name, value)"
-                  f" VALUES ('rebuild:{TABLE}', '{collection}')")
+                  f" VALUES ('rebuild:{TABLE}', '{collection}'), ('backfill:{TABLE}', '0')")
 
 
 def _live_documents(world: FaultWorld, alias: str) -> int:
-    return int(world.http.get(f"/collections/{alias}").json()["num_documents"])
+    """Documents behind the alias; 0 when it answers 404 (its collection is gone)."""
+    response = world.http.get(f"/collections/{alias}")
+    return int(response.json()["num_documents"]) if response.status_code == 200 else 0
 
 
 def _name_is_facet(world: FaultWorld, alias: str) -> bool:
@@ -349,8 +353,8 @@ def test_kill_9_at_each_rebuild_step(world: FaultWorld, proxy: FaultProxy, seed:
                  message="the rebuild to finish after the restart")
         live = _live_documents(world, alias)  # fail fast: a switch to a half-filled collection
         assert live >= ROWS - writer.deleted, (
-            f"the alias was switched to a collection with {live} documents; the table has about"
-            f" {ROWS}: {_snapshot(world, alias)}")
+            f"after the restart the alias has {live} documents (0: its collection is gone); the"
+            f" table has about {ROWS} rows: {_snapshot(world, alias)}")
         convergence, check = world.wait_converged(timeout=60, since=killed_at)
         restart_to_converged = time.monotonic() - restarted_at
     finally:

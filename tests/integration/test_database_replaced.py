@@ -42,7 +42,7 @@ from cdc_daemon.keys import affinity
 from cdc_daemon.localserver import free_port
 from cdc_daemon.schema import TableMapping, build_mapping
 from cdc_daemon.sink import DocResult
-from cdc_daemon.sweep import Sweep, SweepResult, candidate_keys, producing_key
+from cdc_daemon.sweep import Sweep, SweepResult, candidate_keys
 from cdc_daemon.triggers import LogTables, install
 
 ELEMENTS = {k: v for k, v in ELEMENTS_CONFIG.items() if k != "collection"}
@@ -276,6 +276,9 @@ def mapping_for(key_types: tuple[str, ...], id_prefix: str | None = None) -> Tab
 @pytest.mark.parametrize(("key_types", "doc_id", "expected"), [
     (("INTEGER",), "7", (7,)),
     (("INTEGER",), "007", None),  # parses as 7, whose id is "7": no row produces "007"
+    (("INTEGER",), "7.0", None),  # a float 7.0 is stored as 7 in an INTEGER column
+    (("REAL",), "7", None),  # ... and 7 as 7.0 in a REAL one
+    (("REAL",), "7.5", (7.5,)),
     (("INTEGER",), "manual-1", ("manual-1",)),  # text in an INTEGER column: a row can hold it
     (("TEXT",), "007", ("007",)),
     (("INTEGER", "TEXT"), '[1,"eu"]', (1, "eu")),
@@ -287,7 +290,7 @@ def mapping_for(key_types: tuple[str, ...], id_prefix: str | None = None) -> Tab
 def test_which_key_produces_a_document_id(
     key_types: tuple[str, ...], doc_id: str, expected: tuple[Any, ...] | None
 ) -> None:
-    assert producing_key(mapping_for(key_types), doc_id) == expected
+    assert mapping_for(key_types).key_of(doc_id) == expected
 
 
 def test_a_one_column_key_is_looked_up_as_every_value_that_prints_as_the_id() -> None:
@@ -298,8 +301,8 @@ def test_a_one_column_key_is_looked_up_as_every_value_that_prints_as_the_id() ->
 
 def test_another_hosts_documents_are_not_swept() -> None:
     mapping = mapping_for(("INTEGER",), id_prefix="a:")
-    assert candidate_keys(mapping, "b:7") == [] and producing_key(mapping, "b:7") is None
-    assert producing_key(mapping, "a:7") == (7,)
+    assert candidate_keys(mapping, "b:7") == [] and mapping.key_of("b:7") is None
+    assert mapping.key_of("a:7") == (7,)
 
 
 class FakeSink:
