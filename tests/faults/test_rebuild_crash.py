@@ -7,10 +7,10 @@ FaultProxy, is killed at one of those steps (or in the middle of the backfill; s
 modes: before the request is sent, after Typesense applied it but before the answer, right after
 the answer), while the app keeps writing; then it is started again. One case ("rebuild-recorded")
 also writes the state rows the daemon writes right after creating `__v2` (the rebuild and its
-backfill, in one transaction), for the crash after that local step, which the proxy can't reach. Throughout, searches through the alias never lose
-the live collection (GET /collections/<alias> never 404, never 0 documents); in the end the alias
-points to `__v2` with the new schema, `verify` is in sync, `__v1` is gone and the state table
-holds no `rebuild:`/`retire:` rows.
+backfill, in one transaction), for the crash after that local step, which the proxy can't reach.
+Throughout, searches through the alias never lose the live collection (GET /collections/<alias>
+never 404, never 0 documents); in the end the alias points to `__v2` with the new schema,
+`verify` is in sync, `__v1` is gone and the state table holds no `rebuild:`/`retire:` rows.
 """
 
 from __future__ import annotations
