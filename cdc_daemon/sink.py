@@ -468,7 +468,8 @@ class TypesenseSink:
         if len(body) <= IMPORT_BYTES:
             return self._import(collection, body, len(lines), dirty_values)
         results: list[DocResult] = []
-        for group in _import_groups(lines):
+        groups = _sized_groups(lines, lambda line: len(ascii_json_body([line])) + 1, IMPORT_BYTES)
+        for group in groups:
             results += self._import(collection, ascii_json_body(group), len(group), dirty_values)
         return results
 
@@ -515,7 +516,8 @@ class TypesenseSink:
                 filtered.append(doc_id)
             else:
                 results[i] = self._delete_one(path, doc_id)
-        for chunk in _filter_chunks(filtered):
+        # Each id costs its encoded text, its backticks and a comma; an id over the limit alone.
+        for chunk in _sized_groups(filtered, lambda i: len(quote(i, safe="")) + 9, FILTER_BYTES):
             self._delete_filtered(path, chunk)
         return results
 
@@ -615,17 +617,16 @@ class TypesenseSink:
         raise last or TargetUnavailable("no Typesense node to export from")
 
 
-def _import_groups(lines: list[str]) -> Iterator[list[str]]:
-    """Lines in groups whose ASCII body stays within IMPORT_BYTES (a larger line: alone)."""
+def _sized_groups(items: list[str], cost: Callable[[str], int], limit: int) -> Iterator[list[str]]:
+    """Items in order, in groups whose costs add up to at most `limit` (a costlier item alone)."""
     group: list[str] = []
     size = 0
-    for line in lines:
-        cost = len(ascii_json_body([line])) + 1
-        if group and size + cost > IMPORT_BYTES:
+    for item in items:
+        if group and size + cost(item) > limit:
             yield group
             group, size = [], 0
-        group.append(line)
-        size += cost
+        group.append(item)
+        size += cost(item)
     if group:
         yield group
 
@@ -670,22 +671,6 @@ def _filterable(doc_id: str) -> bool:
 
 def _id_filter(ids: list[str]) -> str:
     return "id:[" + ",".join(f"`{doc_id}`" for doc_id in ids) + "]"
-
-
-def _filter_chunks(ids: list[str]) -> Iterator[list[str]]:
-    """Ids in groups whose percent-encoded filter stays within FILTER_BYTES (an id that is
-    larger alone, at most MAX_ID_BYTES x 3, goes in a group of its own)."""
-    chunk: list[str] = []
-    size = 0
-    for doc_id in ids:
-        cost = len(quote(doc_id, safe="")) + 9  # backticks and a comma, encoded
-        if chunk and size + cost > FILTER_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(doc_id)
-        size += cost
-    if chunk:
-        yield chunk
 
 
 def _document_path(doc_id: str) -> str:

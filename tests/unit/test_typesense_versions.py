@@ -166,3 +166,24 @@ def test_an_error_body_that_is_not_json_is_still_read() -> None:
 
     sink, _ = _sink(answer)
     assert sink.delete("c", ["a\\"])[0].ok
+
+
+def test_an_import_larger_than_one_request_is_split_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bodies: list[bytes] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        lines = request.content.split(b"\n")
+        # the third document is rejected, wherever it lands
+        return httpx.Response(200, text="\n".join(
+            '{"code":400,"error":"bad","success":false}' if b'"id":"3"' in line
+            else '{"success":true}' for line in lines))
+
+    monkeypatch.setattr("cdc_daemon.sink.IMPORT_BYTES", 60)
+    sink, _ = _sink(answer)
+    documents = [f'{{"id":"{i}","t":"{"x" * 10}"}}' for i in range(6)]  # 25 bytes each
+    results = sink.upsert("c", documents)
+    assert [r.ok for r in results] == [True, True, True, False, True, True]
+    assert len(bodies) == 3 and all(len(b) <= 60 for b in bodies)  # two documents each
