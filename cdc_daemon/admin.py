@@ -37,11 +37,12 @@ from starlette.routing import Route
 from cdc_daemon.auth import JwtVerifier, Principal, Unauthorized
 from cdc_daemon.backfill import Backfill
 from cdc_daemon.changelog import ChangeLog
+from cdc_daemon.config import Config
 from cdc_daemon.database import Database
 from cdc_daemon.errors import CdcError
 from cdc_daemon.logs import redact
 from cdc_daemon.status import sync_status
-from cdc_daemon.verify import TableDiff, Verifier, summarize
+from cdc_daemon.verify import TableDiff, Verifier, refuse_foreign_repair, summarize
 
 if TYPE_CHECKING:
     from cdc_daemon.daemon import Daemon, Runtime
@@ -71,6 +72,20 @@ class AdminApi:
         self.daemon = daemon
         self.verifier = verifier
         self.stale_after = stale_after
+
+    def prepare_reload(self, config: Config) -> Callable[[], None]:
+        """SIGHUP: the new `admin.jwt` read now (keys, issuer, audience, roles claim), so that a
+        bad one refuses the reload (ConfigError naming the key) before anything changed. The
+        function returned puts it in place: from then on a token of a revoked key gets 401."""
+        verifier = jwt_verifier(config)
+        stale_after = loop_stale_after(config)
+
+        def apply() -> None:
+            self.verifier = verifier  # one assignment: a request sees the old or the new one
+            self.stale_after = stale_after
+            log.info("admin api reconfigured", auth=_auth_kind(verifier))
+
+        return apply
 
     def app(self) -> Starlette:
         routes = [
@@ -205,6 +220,8 @@ class AdminApi:
     def _status(self) -> dict[str, Any]:
         with self._database() as (runtime, db, _changelog):
             status = sync_status(db, runtime.names, list(runtime.mappings))
+        for table, problem in list(runtime.syncer.broken.items()):  # skipped: changes wait
+            status["tables"].setdefault(table, {})["problem"] = problem
         keys = runtime.keys.stats()
         status["daemon"] = {
             "paused": self.daemon.paused.is_set(),
@@ -230,6 +247,8 @@ class AdminApi:
                 mapping = runtime.mappings[name]
                 diff = verifier.compare(mapping)
                 if repair and not diff.in_sync:
+                    where = f"tables[{[t.table for t in runtime.config.tables].index(name)}]"
+                    refuse_foreign_repair(runtime.syncer.collections, mapping, where)
                     verifier.repair(mapping, diff)  # logs the keys; the loop syncs them
                     queued += len(diff.differences)
                 results[name] = diff
@@ -314,6 +333,7 @@ class AdminServer:
     def __init__(self, app: Starlette, listen: str) -> None:
         self.app = app
         self.listen = listen
+        self.api: AdminApi | None = None  # its routes, for a reload (prepare_reload)
         self.port = 0
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -366,15 +386,30 @@ class AdminServer:
         self._server = self._thread = self._socket = None
 
 
+def jwt_verifier(config: Config) -> JwtVerifier | None:
+    """The verifier `admin.jwt` asks for (its key files read now); None without a jwt section."""
+    jwt = config.admin.jwt
+    return JwtVerifier.from_config(jwt) if jwt is not None else None
+
+
+def loop_stale_after(config: Config) -> float:
+    """Seconds without a loop iteration before /healthz says 503."""
+    return max(60.0, 3 * config.sync.poll_interval, 4 * config.typesense.timeout)
+
+
+def _auth_kind(verifier: JwtVerifier | None) -> str:
+    return "jwt" if verifier is not None else "none (loopback)"
+
+
 def start_admin(daemon: Daemon, listen: str, verifier: JwtVerifier | None) -> AdminServer:
     """Serve the admin API for `daemon` on `listen` (HOST:PORT, checked by config.py)."""
-    config = daemon.runtime.config
-    stale_after = max(60.0, 3 * config.sync.poll_interval, 4 * config.typesense.timeout)
-    server = AdminServer(AdminApi(daemon, verifier, stale_after).app(), listen)
+    api = AdminApi(daemon, verifier, loop_stale_after(daemon.runtime.config))
+    server = AdminServer(api.app(), listen)
+    server.api = api
     server.start()
     log.info(
         "admin api listening",
         address=f"{listen.rpartition(':')[0]}:{server.port}",
-        auth="jwt" if verifier is not None else "none (loopback)",
+        auth=_auth_kind(verifier),
     )
     return server

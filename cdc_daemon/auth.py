@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from cdc_daemon.config import JwtConfig
 from cdc_daemon.errors import ConfigError
 from cdc_daemon.logs import register_secret
+from cdc_daemon.permissions import not_readable
 
 LEEWAY = 30.0  # seconds, for exp / nbf / iat
 MIN_HMAC_SECRET = 32  # bytes (RFC 7518 3.2: at least the hash size for HS256)
@@ -192,6 +193,8 @@ def _roles(claims: Mapping[str, Any], claim: str) -> list[str]:
 def _load_pem(path: Path) -> Any:
     try:
         data = path.read_bytes()
+    except PermissionError:
+        raise ConfigError(not_readable(path, "admin.jwt.public_key_file")) from None
     except OSError as exc:
         reason = exc.strerror
         raise ConfigError(f"admin.jwt.public_key_file: cannot read {path}: {reason}") from None
@@ -209,6 +212,8 @@ def _load_jwks(path: Path, algorithms: list[str]) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         keys = jwt.PyJWKSet.from_dict(data).keys
+    except PermissionError:
+        raise ConfigError(not_readable(path, "admin.jwt.jwks_file")) from None
     except OSError as exc:
         raise ConfigError(f"admin.jwt.jwks_file: cannot read {path}: {exc.strerror}") from None
     except (ValueError, UnicodeDecodeError, jwt.PyJWTError) as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -66,19 +66,26 @@ class ChangeLog:
         self._retrying_read_at: int | None = None
 
     def read_batch(
-        self, conn: apsw.Connection, limit: int, now: float, after: int = 0
+        self,
+        conn: apsw.Connection,
+        limit: int,
+        now: float,
+        after: int = 0,
+        skip_tables: Sequence[str] = (),
     ) -> list[LogEntry]:
-        """The oldest `limit` entries that are due (with a seq above `after`); call inside
+        """The oldest `limit` entries that are due (with a seq above `after`), leaving out those
+        of `skip_tables` (tables that can't be read now: their entries wait); call inside
         Database.read().
 
         next_attempt_at is wall-clock time: an entry due further ahead than any delay the daemon
         sets (MAX_DELAY) was scheduled before the clock was stepped back, and is due now."""
+        skip = f" AND tbl NOT IN ({', '.join('?' * len(skip_tables))})" if skip_tables else ""
         rows = select_rows(  # a key that is not UTF-8 comes back as an InvalidText, and is
             conn,  # dead-lettered (keys.py)
             ("seq", "tbl", "pk", "op", "attempts", "ts"),  # LogEntry's fields
             f"FROM {self._log} WHERE seq > ?"
-            " AND (next_attempt_at <= ? OR next_attempt_at > ?) ORDER BY seq LIMIT ?",
-            (after, now, now + MAX_DELAY + 1.0, limit),
+            f" AND (next_attempt_at <= ? OR next_attempt_at > ?){skip} ORDER BY seq LIMIT ?",
+            (after, now, now + MAX_DELAY + 1.0, *skip_tables, limit),
         )
         return list(map(LogEntry._make, rows))
 
@@ -195,7 +202,10 @@ class ChangeLog:
         with a REAL part also by its values (the app's SQLite and the daemon's may quote() a
         REAL in different digits)."""
         succeeded = list(succeeded)
-        conn.executemany(f"DELETE FROM {self._dead} WHERE tbl = ? AND pk IS ?", succeeded)
+        for table, log_key in succeeded:
+            placeholder, key = bind(log_key)  # a key that is not UTF-8: its own bytes
+            conn.execute(f"DELETE FROM {self._dead} WHERE tbl = ? AND pk IS {placeholder}",
+                         (table, key))
         with_reals = {(t, c) for t, k in succeeded if (c := _with_reals(k)) is not None}
         if with_reals:
             letters = select_rows(conn, ("rowid", "tbl", "pk"), f"FROM {self._dead}")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +18,20 @@ from cdc_daemon import __version__
 from cdc_daemon.backfill import Backfill, BackfillProgress
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import Config, default_config_path, load_config
-from cdc_daemon.daemon import build_runtime, open_tables, require_installed, serve
+from cdc_daemon.daemon import Runtime, build_runtime, open_tables, require_installed, serve
 from cdc_daemon.drain import Drainer
-from cdc_daemon.errors import CdcError, KmsUnavailable
+from cdc_daemon.errors import CdcError, DatabaseError, GaveUp, KmsUnavailable
 from cdc_daemon.init import render_config
 from cdc_daemon.logs import configure_logging, redact
+from cdc_daemon.preflight import sample_problems, startup_problems
+from cdc_daemon.schema import TableMapping
 from cdc_daemon.status import sync_status
 from cdc_daemon.triggers import LogTables, install, trigger_problems, uninstall
-from cdc_daemon.verify import TableDiff, Verifier, summarize
+from cdc_daemon.verify import TableDiff, Verifier, refuse_foreign_repair, summarize
 
 log = structlog.get_logger("cdc_daemon.cli")
+SHARED_COLLECTION_WAIT = 300.0  # backfill: seconds to wait for a host managing a shared collection
+SHARED_COLLECTION_POLL = 2.0  # seconds between its looks
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-log", action="store_true")
     p = add("backfill", "load every current row into Typesense, resumably")
     p.add_argument("--table")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=SHARED_COLLECTION_WAIT,
+        metavar="SECONDS",
+        help="how long to wait for a shared collection another host manages"
+        f" (default {SHARED_COLLECTION_WAIT:g}; inf: no limit)",
+    )
     p = add("run", "run the daemon")
     p.add_argument("--once", action="store_true", help="drain the backlog, then exit")
     p = add("status", "backlog, oldest pending age, dead letters, per table")
@@ -99,12 +113,23 @@ def _cmd_install(config: Config, _args: argparse.Namespace) -> int:
 
 
 def _cmd_uninstall(config: Config, args: argparse.Namespace) -> int:
-    from cdc_daemon.database import Database
+    from cdc_daemon.database import Database, ProcessorLock
 
     db = Database(config.database)
+    # Held throughout: no daemon (nor backfill) starts syncing while the log goes away.
+    lock = ProcessorLock(config.database)
     try:
+        if not lock.acquire():
+            raise DatabaseError(
+                f"{config.database}: a cdc-daemon process (pid {lock.holder()}: `run`, or a"
+                " `backfill` / `verify --repair`) is syncing this database: stop it first"
+                " (`systemctl stop cdc-daemon`), then uninstall"
+            )
         changes = uninstall(db, LogTables(config.log_table), drop_log=args.drop_log)
+        if lock.remove():
+            changes.append(f"removed lock file {str(lock.path)!r}")
     finally:
+        lock.release()
         db.close()
     for change in changes:
         print(change)
@@ -114,9 +139,11 @@ def _cmd_uninstall(config: Config, args: argparse.Namespace) -> int:
 
 def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
     runtime = build_runtime(config)
-    problems: list[str] = []
+    startup = startup_problems(config)  # what `run` refuses beyond tables, keys and Typesense
+    problems: list[str] = [problem.text for problem in startup]
     try:
         problems.extend(trigger_problems(runtime.db, runtime.names, runtime.tables))
+        problems.extend(_sampled_rejections(runtime))
         try:
             runtime.keys.ready()  # a KMS key is fetched now
         except KmsUnavailable as exc:
@@ -125,9 +152,9 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
             node_problems = runtime.sink.health()
             problems.extend(node_problems)
             if len(node_problems) < len(config.typesense.nodes):
-                for mapping in runtime.mappings.values():
+                for i, mapping in enumerate(runtime.mappings.values()):  # config order
                     try:
-                        problem = runtime.syncer.collections.check(mapping)
+                        problem = runtime.syncer.collections.check(mapping, f"tables[{i}]")
                     except CdcError as exc:
                         problem = f"collection {mapping.collection!r}: {exc}"
                     if problem:
@@ -138,7 +165,19 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
         print(redact(problem))
     if not problems:
         print(f"ok: {len(runtime.mappings)} tables, triggers current, Typesense reachable")
+    if any(problem.exit_code == 2 for problem in startup):
+        return 2  # bad config: `run` would refuse it with exit 2 too
     return 1 if problems else 0
+
+
+def _sampled_rejections(runtime: Runtime) -> list[str]:
+    """Each table's first rows built into documents: the fields Typesense would reject."""
+    entries = {table.table: f"tables[{i}]" for i, table in enumerate(runtime.config.tables)}
+    return [
+        problem
+        for table, mapping in runtime.mappings.items()
+        for problem in sample_problems(runtime.db, mapping, entries[table])
+    ]
 
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
@@ -153,13 +192,19 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _status(config: Config) -> dict[str, Any]:
-    db, _infos, mappings = open_tables(config)
+    """A table that can't be read (dropped, renamed, a `where` that no longer compiles) is shown
+    with its problem; it does not make `status` fail (a running daemon skips it too)."""
+    broken: dict[str, str] = {}
+    db, _infos, _mappings = open_tables(config, broken)
     try:
         names = LogTables(config.log_table)
         require_installed(db, names)
-        return sync_status(db, names, list(mappings))
+        status = sync_status(db, names, [t.table for t in config.tables])
     finally:
         db.close()
+    for table, problem in broken.items():
+        status["tables"].setdefault(table, {})["problem"] = problem
+    return status
 
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:
@@ -184,6 +229,18 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
             line += f", rebuilding into {entry['rebuilding_into']}"
         if "backfill_logged_rows" in entry:
             line += f", backfill in progress ({entry['backfill_logged_rows']} rows logged)"
+        if "resync" in entry:
+            line += f", resync in progress ({entry['resync']})"
+        if "leftovers" in entry:
+            line += f", old documents to clear: {'; '.join(entry['leftovers'])}"
+        if "problem" in entry:
+            line += f"; NOT SYNCING: {entry['problem']}"
+        if "trigger_problems" in entry:
+            line += (
+                "; triggers missing or outdated, changes NOT LOGGED: "
+                + "; ".join(entry["trigger_problems"])
+                + " (run `cdc-daemon install`)"
+            )
         print(line)
     return 0
 
@@ -224,7 +281,17 @@ def _cmd_backfill(config: Config, args: argparse.Namespace) -> int:
         TimeRemainingColumn(),
     )
     try:
-        if drainer.hold():  # no daemon runs: this process syncs, so it prepares the collections
+        holding = drainer.hold()
+        if not holding:
+            log.info(
+                "a running cdc-daemon syncs the backfilled rows; waiting for it",
+                pid=drainer.lock.holder(),
+            )
+        following = runtime.mappings.values() if holding else mappings
+        if not _wait_for_shared_collections(runtime, following, args.wait):
+            print("backfill stopped while waiting; nothing was backfilled", file=sys.stderr)
+            return 1
+        if holding:  # no daemon runs: this process syncs, so it prepares the collections
             runtime.syncer.ensure_collections()
         with Progress(*columns, disable=not sys.stderr.isatty(), transient=False) as bar:
             for mapping in mappings:
@@ -254,6 +321,13 @@ def _cmd_backfill(config: Config, args: argparse.Namespace) -> int:
                 )
                 if not finished:
                     return 1
+        # Synced here (no daemon ran): documents Typesense refused are said now, not when
+        # they are dead-lettered minutes later.
+        rejected = runtime.syncer.rejections.lines()
+        for line in rejected:
+            print(f"cdc-daemon: {line}", file=sys.stderr)
+        if rejected:
+            return 1
     except KeyboardInterrupt:
         print("backfill interrupted; run it again to resume", file=sys.stderr)
         return 130
@@ -261,6 +335,43 @@ def _cmd_backfill(config: Config, args: argparse.Namespace) -> int:
         drainer.close()
         runtime.close()
     return 0
+
+
+def _wait_for_shared_collections(
+    runtime: Runtime, mappings: Iterable[TableMapping], limit: float
+) -> bool:
+    """Tables that follow a shared collection (manage_collection: false) wait until the host
+    that manages it has created it (or migrated it to fit): said once per reason, GaveUp after
+    `limit` seconds. False when stopped (SIGTERM) meanwhile."""
+    deadline = time.monotonic() + limit
+    said: dict[str, str] = {}
+    while True:
+        waiting = {
+            m.table: problem
+            for m in mappings
+            if not m.manage_collection and (problem := runtime.syncer.collections.check(m))
+        }
+        if not waiting:
+            return True
+        remaining = deadline - time.monotonic()
+        for table, problem in waiting.items():
+            if said.get(table) != problem:
+                said[table] = problem
+                log.warning(
+                    "waiting for the host that manages the shared collection",
+                    table=table,
+                    problem=problem,
+                    gives_up_in_s=round(max(remaining, 0)) if remaining != math.inf else None,
+                )
+        if remaining <= 0:
+            table, problem = next(iter(waiting.items()))
+            raise GaveUp(
+                f"backfill: gave up after {limit:g} s waiting for table {table!r}'s shared"
+                f" collection: {problem}. Start the managing host (manage_collection: true), or"
+                " wait longer with --wait SECONDS (inf: no limit)"
+            )
+        if runtime.stop.wait(min(SHARED_COLLECTION_POLL, remaining)):
+            return False
 
 
 def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
@@ -279,6 +390,8 @@ def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
         for mapping in mappings:
             diff = verifier.compare(mapping)
             if args.repair and not diff.in_sync:
+                where = f"tables[{[t.table for t in config.tables].index(mapping.table)}]"
+                refuse_foreign_repair(runtime.syncer.collections, mapping, where)
                 seq = verifier.repair(mapping, diff)
                 repaired += len(diff.differences)
                 if seq:

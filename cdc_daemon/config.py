@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from cdc_daemon.errors import CdcError, ConfigError
+from cdc_daemon.permissions import not_readable
 
 FieldType = Literal[
     "string",
@@ -135,6 +136,9 @@ class SyncConfig(_Strict):
     batch_size: int = Field(default=1000, ge=1, le=50_000)
     poll_interval: float = Field(default=0.5, gt=0, le=60)
     max_attempts: int = Field(default=10, ge=1)
+    # The running daemon puts back triggers a migration dropped (what `install` does), then
+    # resyncs the table. Off by default: the daemon then only reports them.
+    reinstall_triggers: bool = False
 
 
 class MetricsConfig(_Strict):
@@ -272,6 +276,8 @@ def load_config(path: Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except PermissionError:
+        raise ConfigError(not_readable(path, "--config")) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
     try:
@@ -346,6 +352,8 @@ def read_secret_file(path: Path, key: str, error: type[CdcError]) -> str:
     the config `key` that points at the file."""
     try:
         value = path.read_text(encoding="utf-8").strip()
+    except PermissionError:
+        raise error(not_readable(path, key)) from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise error(f"{key}: cannot read {path}: {reason}") from None

@@ -12,27 +12,36 @@ from types import FrameType
 
 import structlog
 
-from cdc_daemon.admin import AdminServer, start_admin
-from cdc_daemon.auth import JwtVerifier
+from cdc_daemon.admin import AdminServer, jwt_verifier, start_admin
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import Config
 from cdc_daemon.database import Database, ProcessorLock, TableInfo, file_identity
-from cdc_daemon.errors import CdcError, ConfigError, DatabaseError
+from cdc_daemon.errors import CdcError, ConfigError, DatabaseError, GaveUp
 from cdc_daemon.evolution import CollectionManager
 from cdc_daemon.kms import ApiKeys, StaticKey, open_api_keys
+from cdc_daemon.logs import configure_logging
 from cdc_daemon.metrics import Metrics, error_kind
 from cdc_daemon.notify import Notifier
+from cdc_daemon.preflight import row_query_problem
+from cdc_daemon.reconfigure import (
+    LeftoverCleaner,
+    Reconfiguration,
+    config_changes,
+    refuse_restart_only,
+)
 from cdc_daemon.retry import backoff_delay, call_with_retry
 from cdc_daemon.schema import TableMapping, build_mapping
 from cdc_daemon.sink import TypesenseSink
 from cdc_daemon.sweep import AFTER_BACKFILL, START_BACKFILL, ResyncState, Sweep
 from cdc_daemon.sync import BatchReport, Syncer
-from cdc_daemon.triggers import LogTables, ensure_log_is_ours, trigger_problems
+from cdc_daemon.trigger_watch import TriggerWatch
+from cdc_daemon.triggers import LogTables, ensure_log_is_ours, install, trigger_problems
 from cdc_daemon.wake import ChangeWaiter
 from cdc_daemon.watchdog import HeartbeatTransport
 
 log = structlog.get_logger("cdc_daemon")
 
+CLEAR_LEFTOVERS = "leftovers"  # a resync's last phase: what an earlier mapping left (reconfigure)
 ONCE_MAX_FAILURES = 8  # `run --once` gives up after this many failed tries in a row (~1 minute)
 
 
@@ -61,25 +70,49 @@ class Runtime:
         self.db.close()
 
 
-def open_tables(config: Config) -> tuple[Database, list[TableInfo], dict[str, TableMapping]]:
-    """Open the database and check every configured table before any other SQL runs."""
+def open_tables(
+    config: Config, broken: dict[str, str] | None = None
+) -> tuple[Database, list[TableInfo], dict[str, TableMapping]]:
+    """Open the database and check every configured table before any other SQL runs: it exists,
+    its mapping builds, and the query its rows are read with (columns, `where`, `soft_delete`)
+    compiles. A table that fails is bad config (ConfigError naming the key), unless `broken` is
+    given (the running daemon, `status`): then it is left out, its one-line problem recorded
+    there by table name, and the other tables are returned."""
     db = Database(config.database)
     try:
-        infos = []
-        for i, table in enumerate(config.tables):
-            if not db.table_exists(table.table):
-                raise ConfigError(
-                    f"tables[{i}].table: table {table.table!r} does not exist in {config.database}"
-                )
-            infos.append(db.table_info(table.table))
-        mappings = {
-            t.table: build_mapping(
-                info, t, where=f"tables[{i}]", collection_prefix=config.typesense.collection_prefix
-            )
-            for i, (t, info) in enumerate(zip(config.tables, infos, strict=True))
-        }
-        if config.log_table in mappings:
+        if config.log_table in {t.table for t in config.tables}:
             raise ConfigError(f"log_table: {config.log_table!r} is also a configured table")
+        infos: list[TableInfo] = []
+        mappings: dict[str, TableMapping] = {}
+        for i, table in enumerate(config.tables):
+            try:
+                if not db.table_exists(table.table):
+                    raise ConfigError(
+                        f"tables[{i}].table: table {table.table!r} does not exist in"
+                        f" {config.database}"
+                    )
+                infos.append(db.table_info(table.table))
+            except ConfigError as exc:
+                if broken is None:
+                    raise
+                broken[table.table] = str(exc)
+        by_name = {info.name: info for info in infos}
+        prefix = config.typesense.collection_prefix
+        for i, table in enumerate(config.tables):
+            if table.table not in by_name:
+                continue
+            try:
+                mapping = build_mapping(by_name[table.table], table, f"tables[{i}]", prefix)
+                problem = row_query_problem(db, mapping, f"tables[{i}]")
+                if problem is not None:
+                    raise ConfigError(problem)
+            except ConfigError as exc:
+                if broken is None:
+                    raise
+                broken[table.table] = str(exc)
+                continue
+            mappings[table.table] = mapping
+        infos = [info for info in infos if info.name in mappings]
     except BaseException:
         db.close()
         raise
@@ -90,11 +123,15 @@ def build_runtime(
     config: Config,
     stop: threading.Event | None = None,
     heartbeat: Callable[[], None] | None = None,
+    skip_broken_tables: bool = False,
 ) -> Runtime:
-    """`heartbeat` (the watchdog's, from `run`) is also beaten during HTTP calls."""
+    """`heartbeat` (the watchdog's, from `run`) is also beaten during HTTP calls.
+    `skip_broken_tables` (the running daemon): a table open_tables can't use is skipped (its
+    changes wait in the log) instead of failing the whole runtime."""
     keys = open_api_keys(config.typesense)  # a static key is read now; a KMS key on first use
+    broken: dict[str, str] | None = {} if skip_broken_tables else None
     try:
-        db, infos, mappings = open_tables(config)
+        db, infos, mappings = open_tables(config, broken)
     except BaseException:
         keys.close()
         raise
@@ -109,9 +146,12 @@ def build_runtime(
         nearest_node=config.typesense.nearest_node,
         on_auth_error=keys.rejected,  # a 401 fetches a new key from the KMS (single flight)
     )
-    collections = CollectionManager(sink, db, names, changelog, config.sync.batch_size)
+    collections = CollectionManager(
+        sink, db, names, changelog, config.sync.batch_size, config.typesense.collection_prefix
+    )
     syncer = Syncer(db, changelog, sink, mappings, config.sync.batch_size, collections)
     syncer.resend_delay = 2 * config.typesense.timeout + 5
+    syncer.skip_tables(broken or {})
     runtime = Runtime(config, db, names, infos, mappings, changelog, sink, syncer, keys=keys)
     if stop is not None:
         runtime.stop = stop
@@ -173,6 +213,9 @@ class Daemon:
         self._reported_file: str | None = None  # ... once its trigger problems are logged
         self._sweep_failures = 0
         self._sweep_due = 0.0  # monotonic: no sweep before (backoff after a failed one)
+        self.triggers = TriggerWatch()  # missing triggers: looked at after each schema change
+        self._triggers_due = True
+        self.admin: AdminServer | None = None  # serve() sets it: a reload swaps its verifier
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -209,8 +252,12 @@ class Daemon:
                 self._reopen_replaced()
                 runtime = self.runtime
             if runtime.db.schema_version() != self._schema_version:
+                self._check_triggers()  # first: a migration may have dropped them
                 self._replace_runtime(runtime.config, "schema changed")
                 runtime = self.runtime
+            if self._triggers_due:
+                self._check_triggers()
+            self.triggers.report()  # at once after a change, then once a minute while missing
             runtime.sink.probe_idle_nodes()  # standby nodes' health, and recovered nodes
             collections_busy = runtime.syncer.step_collections()
             resync_busy = self._resync_step() if self._resync else False
@@ -247,14 +294,18 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.record_failure(error_kind(exc), self.runtime.sink.up)
 
-    def _call_until_up(self, what: str, fn: Callable[[], object]) -> bool:
+    def _call_until_up(self, what: str, fn: Callable[[], object], once: bool = False) -> bool:
         """Retry `fn` with backoff (watchdog fed, failures counted) until it succeeds: True.
-        False when SIGTERM came first (a clean stop, exit 0); a SIGHUP is left to the loop."""
+        False when SIGTERM came first (a clean stop, exit 0); a SIGHUP is left to the loop.
+        `once` (`run --once`): GaveUp after ONCE_MAX_FAILURES tries, the loop's own bound."""
         while True:
             try:
-                call_with_retry(
-                    what, fn, self.stop, on_retry=self._count_failure, sleep=self._sleep
-                )
+                if once:
+                    self._call_bounded(what, fn)
+                else:
+                    call_with_retry(
+                        what, fn, self.stop, on_retry=self._count_failure, sleep=self._sleep
+                    )
                 return True
             except CdcError as exc:
                 if getattr(self, "_stopping", False):
@@ -263,32 +314,90 @@ class Daemon:
                     raise
                 self.stop.clear()  # woken by SIGHUP: keep trying; the loop reloads once up
 
+    def _call_bounded(self, what: str, fn: Callable[[], object]) -> None:
+        """`fn` until it succeeds, at most ONCE_MAX_FAILURES tries with the loop's backoff; a
+        cron job's `run --once` must end when Typesense or the KMS stays unreachable."""
+        failures = 0
+        while True:
+            try:
+                fn()
+                return
+            except CdcError as exc:
+                if not exc.retryable or self.stop.is_set():
+                    raise
+                failures += 1
+                self._count_failure(exc)
+                if failures >= ONCE_MAX_FAILURES:
+                    raise GaveUp(f"{what}: gave up after {failures} tries: {exc}") from None
+                delay = backoff_delay(failures)
+                log.warning(
+                    "retrying",
+                    what=what,
+                    attempt=failures,
+                    error=str(exc),
+                    retry_in_s=round(delay, 2),
+                )
+                self._sleep(delay)
+                if self.stop.is_set():
+                    raise
+
     def _reload(self) -> None:
-        """SIGHUP: re-read the config; a bad new config keeps the old one running."""
+        """SIGHUP: re-read the config (and the key files it names) and apply every section, or
+        refuse the whole reload with one error line naming the key and keep the running config.
+        Applied: tables, typesense (nodes, timeout, key source), sync, logging, admin.jwt.
+        Refused (reconfigure.RESTART_ONLY): database, log_table, admin.listen, metrics.listen."""
         self._reload_requested = False
         if self._stopping:
             return
         self.stop.clear()
         self.notifier.send("RELOADING=1")
+        running = self.runtime.config
         try:
             if self.load_config is None:
                 raise ConfigError("no config file to reload")
-            self._replace_runtime(self.load_config(), "config reloaded")
+            self._apply_config(running, self.load_config())
         except CdcError as exc:
+            # The loader (cli.py) may have switched the log format and level already: undo.
+            configure_logging(running.logging.format, running.logging.level)
             log.error("reload failed; keeping the previous config", error=str(exc))
         self.notifier.send("READY=1")
 
+    def _apply_config(self, running: Config, config: Config) -> None:
+        """Everything that can fail is done before anything changes: the restart-only keys,
+        the admin API's new JWT keys, the new runtime (tables, collections, Typesense key)."""
+        refuse_restart_only(running, config)
+        api = self.admin.api if self.admin is not None else None
+        swap_admin = api.prepare_reload(config) if api is not None else None
+
+        def swap() -> None:
+            configure_logging(config.logging.format, config.logging.level)
+            if swap_admin is not None:
+                swap_admin()
+
+        self._replace_runtime(
+            config, "config reloaded", on_swap=swap, changed=config_changes(running, config)
+        )
+
     def _replace_runtime(
-        self, config: Config, why: str, prepare: Callable[[Runtime], None] | None = None
+        self,
+        config: Config,
+        why: str,
+        prepare: Callable[[Runtime], None] | None = None,
+        on_swap: Callable[[], None] | None = None,
+        **details: object,
     ) -> None:
         """Rebuild tables, mappings and collections from `config` and the current schema.
 
         On SIGHUP, when the app altered its schema (PRAGMA schema_version moved) and when the
         database file was replaced (`prepare` then checks the new runtime first). Raises,
-        leaving the running objects untouched, when the new ones can't be built."""
+        leaving the running objects untouched, when the new ones can't be built. What the new
+        mappings owe the collections (a resync, a re-send, old documents to clear) is recorded
+        just before the switch (reconfigure.py); `on_swap` runs just after it."""
         if config.database != self.runtime.config.database:
             raise ConfigError("database: cannot change on reload; restart the service")
-        fresh = build_runtime(config, stop=self.stop, heartbeat=self.notifier.heartbeat)
+        fresh = build_runtime(
+            config, stop=self.stop, heartbeat=self.notifier.heartbeat, skip_broken_tables=True
+        )
         try:
             if prepare is not None:
                 prepare(fresh)
@@ -307,11 +416,36 @@ class Daemon:
         except BaseException:
             fresh.close()
             raise
+        try:
+            self._record_changes(fresh, self.runtime.mappings)
+        except BaseException:
+            fresh.close()
+            raise
         old, self.runtime = self.runtime, fresh
         old.close()
+        if on_swap is not None:
+            on_swap()
         self._schema_version = fresh.db.schema_version()
         self._resync = ResyncState(fresh.db, fresh.names).owed()  # log_table may have changed
-        log.info(why, tables=list(fresh.mappings))
+        self._triggers_due = True  # a schema change may have dropped triggers
+        log.info(why, tables=list(fresh.mappings), **details)
+
+    def _record_changes(
+        self, runtime: Runtime, previous: dict[str, TableMapping] | None
+    ) -> None:
+        """Compare each table's mapping with the one its documents were made by; record the
+        resync, re-send or old documents to clear that a change owes (reconfigure.py)."""
+        reconfiguration = Reconfiguration(runtime.db, runtime.names)
+        plan = reconfiguration.plan(runtime.mappings, previous)
+        reconfiguration.record(runtime.mappings, plan)
+        for table, changed in plan.reasons.items():
+            log.warning(
+                "documents change: bringing the collection to the new mapping",
+                table=table,
+                changed=changed,
+                owes="resync" if table in plan.resync else "re-send",
+                clears=plan.leftovers[table]["collection"] if table in plan.leftovers else None,
+            )
 
     # -- a database file replaced (a backup restored with `mv`): sweep.py ---------------------
 
@@ -354,6 +488,11 @@ class Daemon:
             state.begin(runtime.mappings)
         self._resync = state.owed()
 
+    def _changes_at_start(self) -> None:
+        """A config changed while the daemon was stopped owes what a reload would."""
+        self._record_changes(self.runtime, None)
+        self._resync = ResyncState(self.runtime.db, self.runtime.names).owed()
+
     def _resync_step(self) -> bool:
         """Between batches: start each owing table's backfill, then sweep its collection.
 
@@ -376,6 +515,10 @@ class Daemon:
                 state.set_phase(table, AFTER_BACKFILL)
                 self._resync[table] = AFTER_BACKFILL
                 busy = True
+                continue
+            if phase == CLEAR_LEFTOVERS:
+                if not runtime.changelog.unsynced_for_table(table, 1):  # the new ones are in
+                    busy = self._clear_leftovers(table, mapping, state) or busy
                 continue
             if backfilling is None:
                 backfilling = runtime.syncer.collections.backfill.active()
@@ -400,8 +543,12 @@ class Daemon:
         if result is None:
             return False  # stopping: done again from the start after the restart
         self._sweep_failures = 0
-        state.set_phase(table, None)
-        del self._resync[table]
+        if Reconfiguration(runtime.db, runtime.names).leftovers(table):
+            state.set_phase(table, CLEAR_LEFTOVERS)  # once the table's new documents are in
+            self._resync[table] = CLEAR_LEFTOVERS
+        else:
+            state.set_phase(table, None)
+            del self._resync[table]
         log.info(
             "sweep finished",
             table=table,
@@ -412,8 +559,106 @@ class Daemon:
         )
         return True
 
+    def _clear_leftovers(self, table: str, mapping: TableMapping, state: ResyncState) -> bool:
+        """The last step of a table's resync, once its log is drained (searches find the new
+        documents first): the documents an earlier mapping of it left (its old id_prefix, its
+        old collection; reconfigure.py). A failure is retried like a sweep. True when done."""
+        runtime = self.runtime
+        reconfiguration = Reconfiguration(runtime.db, runtime.names)
+        entries = reconfiguration.leftovers(table).get(table, [])
+        cleaner = LeftoverCleaner(
+            reconfiguration,
+            runtime.sink,
+            runtime.syncer.collections.owners,
+            {m.collection for m in runtime.mappings.values()},
+            self.stop,
+            self._heartbeat,
+        )
+        for entry in entries:
+            if time.monotonic() < self._sweep_due:
+                return False  # backing off after a failure
+            try:
+                cleared = cleaner.clear(mapping, entry)
+            except CdcError as exc:
+                self._sweep_failures += 1
+                delay = backoff_delay(self._sweep_failures)
+                self._sweep_due = time.monotonic() + delay
+                log.warning(
+                    "clearing old documents failed",
+                    table=table,
+                    error=str(exc),
+                    retry_in_s=round(delay, 2),
+                )
+                return False
+            if cleared is None:
+                return False  # stopping: done again after the restart
+            self._sweep_failures = 0
+            log.info(
+                "old documents cleared",
+                table=table,
+                collection=entry["collection"],
+                id_prefix=entry["id_prefix"],
+                deleted=cleared.deleted,
+                dropped=cleared.dropped,
+                kept=cleared.kept,
+            )
+        state.set_phase(table, None)
+        del self._resync[table]
+        return True
+
+    # -- triggers a migration dropped (trigger_watch.py) ---------------------------------------
+
+    def _check_triggers(self) -> None:
+        """At start and at each schema change (before the runtime is rebuilt, which may fail):
+        record and report missing triggers, put them back when sync.reinstall_triggers is on,
+        and resync the tables whose triggers are back (their changes meanwhile were never
+        logged). Read from the schema as it is now, not from the runtime's table infos."""
+        runtime = self.runtime
+        infos = self._configured_tables()
+        back = self.triggers.check(runtime.db, runtime.names, infos)
+        if self.triggers.problems and runtime.config.sync.reinstall_triggers:
+            self._reinstall_triggers(infos)
+            back = self.triggers.check(runtime.db, runtime.names, infos)
+        if back:
+            state = ResyncState(runtime.db, runtime.names)
+            state.begin(back)
+            self.triggers.forget(runtime.db, runtime.names, back)
+            self._resync = state.owed()
+            log.warning(
+                "triggers back; resyncing the tables",
+                tables=back,
+                reason="changes made while they were missing were never logged",
+            )
+        self._triggers_due = False
+
+    def _configured_tables(self) -> list[TableInfo]:
+        """Every configured table that exists and has a key, as the schema is now: also one
+        the runtime skips for a problem of its own (a `where` that no longer compiles), whose
+        triggers still log its changes (and `install` would remove them as not configured)."""
+        db = self.runtime.db
+        infos = []
+        for table in self.runtime.config.tables:
+            if db.table_exists(table.table):
+                info = db.table_info(table.table)
+                if info.key:
+                    infos.append(info)
+        return infos
+
+    def _reinstall_triggers(self, infos: list[TableInfo]) -> None:
+        """What `cdc-daemon install` does (one transaction, idempotent), with the clear line."""
+        runtime = self.runtime
+        missing = sorted(self.triggers.problems)
+        changes = install(runtime.db, runtime.names, infos)
+        log.warning(
+            "triggers reinstalled",
+            tables=missing,
+            changes=changes,
+            reason="a migration dropped or changed them; sync.reinstall_triggers is on",
+        )
+
     def run(self, once: bool = False) -> int:
         require_installed(self.runtime.db, self.runtime.names)
+        self.runtime.db.require_writable()  # e.g. run as root before: one line with the fix
         lock = ProcessorLock(self.runtime.db.path)
         if not lock.acquire():
             raise DatabaseError(
@@ -434,13 +679,17 @@ class Daemon:
 
     def _loop(self, once: bool) -> int:
         runtime = self.runtime
-        for problem in trigger_problems(runtime.db, runtime.names, runtime.tables):
-            log.error("trigger problem", problem=problem)
-        if not self._call_until_up("fetch the Typesense API key", runtime.keys.ready):
-            return 0  # a KMS key: retried with backoff while the KMS is unreachable
-        if not self._call_until_up("check the database file", self._resync_on_start):
+        if not self._call_until_up("check the triggers", self._check_triggers, once):
             return 0
-        if not self._call_until_up("ensure collections", runtime.syncer.ensure_collections):
+        if not self._call_until_up("fetch the Typesense API key", runtime.keys.ready, once):
+            return 0  # a KMS key: retried with backoff while the KMS is unreachable
+        if not self._call_until_up("check the database file", self._resync_on_start, once):
+            return 0
+        if not self._call_until_up("compare the tables' mappings", self._changes_at_start, once):
+            return 0
+        if not self._call_until_up(
+            "ensure collections", runtime.syncer.ensure_collections, once
+        ):
             return 0
         version = runtime.sink.server_version()
         log.info(
@@ -455,12 +704,17 @@ class Daemon:
             while True:
                 if self._reload_requested:
                     self._reload()
-                if self.stop.is_set():
+                    waiter.close()
+                    waiter = self._waiter()  # sync.poll_interval may have changed
+                    continue  # a SIGHUP during the reload set `stop` too: reload again
+                if self.stop.is_set() and not self._reload_requested:  # SIGHUP wakes us too
                     log.info("stopping: nothing unsynced was acknowledged")
                     return 0
                 self._heartbeat()
                 report = self.iteration()
                 if report is None:
+                    if self._log_gone():
+                        return 1  # systemd's Restart= shows it; a restart says "run install"
                     if once and self.consecutive_failures >= ONCE_MAX_FAILURES:
                         log.error("giving up", failures=self.consecutive_failures)
                         return 1
@@ -470,11 +724,33 @@ class Daemon:
                     self._ready_sent = True
                 if self.busy:
                     continue  # more may be waiting: read again before sleeping
-                if once:
-                    return 0
+                if once:  # rejected documents: exit 1, each table's first reason logged
+                    return 1 if self.runtime.syncer.rejections.log() else 0
                 waiter.wait()
         finally:
             waiter.close()
+
+    def _log_gone(self) -> bool:
+        """After a failed iteration: True (the error logged) when the log tables were dropped
+        under the daemon (by hand: `uninstall` refuses while a daemon runs). Retrying can't
+        help, so the daemon stops instead of failing every iteration."""
+        runtime = self.runtime
+        names = runtime.names
+        try:
+            if runtime.db.replaced():
+                return False  # the new file's log is awaited (_adopt_replacement)
+            missing = [t for t in (names.log, names.state) if not runtime.db.table_exists(t)]
+        except CdcError:
+            return False  # can't tell: the failure is retried like any other
+        if not missing:
+            return False
+        log.error(
+            "change log dropped while running: stopping; run `cdc-daemon install` (then"
+            " `cdc-daemon backfill`) and start the daemon again",
+            database=str(runtime.db.path),
+            missing=missing,
+        )
+        return True
 
     def close(self) -> None:
         if self.metrics is not None:
@@ -514,9 +790,8 @@ def serve(config: Config, load_config: Callable[[], Config] | None, once: bool =
             daemon.metrics.serve(config.metrics.listen)
             log.info("metrics listening", address=config.metrics.listen)
         if config.admin.listen:
-            jwt = config.admin.jwt
-            verifier = JwtVerifier.from_config(jwt) if jwt is not None else None
-            admin = start_admin(daemon, config.admin.listen, verifier)
+            admin = start_admin(daemon, config.admin.listen, jwt_verifier(config))
+            daemon.admin = admin
         daemon.install_signal_handlers()
         return daemon.run(once=once)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import struct
 import sys
 import threading
@@ -17,6 +18,7 @@ from typing import Any
 import apsw
 
 from cdc_daemon.errors import ConfigError, DatabaseBusy, DatabaseError
+from cdc_daemon.permissions import database_access_problem, folder_not_writable, not_writable
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -71,6 +73,9 @@ def sqlite_errors(path: Path) -> Iterator[None]:
         raise DatabaseError(f"{path}: database disk image is malformed") from None
     except apsw.FullError:
         raise DatabaseError(f"{path}: disk full while writing the database") from None
+    except (apsw.ReadOnlyError, apsw.CantOpenError, apsw.IOError) as exc:
+        # Most often a file or folder this user may not write (run once as root, say).
+        raise DatabaseError(database_access_problem(path) or f"{path}: {exc}") from None
     except apsw.Error as exc:
         raise DatabaseError(f"{path}: {exc}") from None
     except UnicodeDecodeError as exc:  # a read that did not go through select_rows
@@ -91,6 +96,17 @@ class InvalidText(str):
         text = super().__new__(cls, raw.decode("utf-8", errors="replace"))
         text.raw = raw
         return text
+
+    # Equal only to the same bytes: 6BFF and 6BFE (and the valid text 'k\ufffd') all read as
+    # 'k\ufffd', and are three different keys.
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, InvalidText) and self.raw == other.raw
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((InvalidText, self.raw))
 
 
 def bind(value: Any) -> tuple[str, Any]:
@@ -192,7 +208,10 @@ class Database:
         self.path = path
         # Taken before opening: if the file is replaced in between, replaced() says so at once
         # (a reopen too many) rather than never.
-        self.identity = file_identity(path)
+        try:
+            self.identity = file_identity(path)
+        except PermissionError as exc:  # a folder on the way this user may not enter
+            raise DatabaseError(database_access_problem(path) or f"{path}: {exc}") from None
         self.released = False  # closed by release_replaced: it names no file any more
         if self.identity is None:
             raise DatabaseError(f"{path}: database file does not exist")
@@ -205,6 +224,16 @@ class Database:
 
     def close(self) -> None:
         self.conn.close()
+
+    def require_writable(self) -> None:
+        """DatabaseError naming the file and the fix when this process could not write the
+        database (SQLite opens a file it may only read read-only, and says so at the first
+        write): checked where a command starts that writes, rather than failing every retry."""
+        problem = database_access_problem(self.path)
+        if problem is None and self.conn.readonly("main"):
+            problem = not_writable(self.path, "the database file")
+        if problem is not None:
+            raise DatabaseError(problem)
 
     def replaced(self) -> bool:
         """True when the path no longer names the file this connection has open: a backup
@@ -362,14 +391,18 @@ class ProcessorLock:
     """Only one process may turn log rows into documents at a time (two would race on order).
 
     An flock on `<database>.cdc-lock`: the kernel releases it when the holder dies, even by kill -9.
+    The file holds the holder's pid. It is created with the database file's permission bits
+    (and, when root creates it, its owner and group): whoever may write the database may take
+    the lock, so a first run as root doesn't shut the service's user out.
     """
 
     def __init__(self, database: Path) -> None:
+        self.database = database
         self.path = database.with_name(database.name + ".cdc-lock")
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -380,11 +413,55 @@ class ProcessorLock:
         self._fd = fd
         return True
 
+    def _open(self) -> int:
+        """The lock file, opened for writing; created like the database file if missing.
+        DatabaseError naming the file and the fix when this user may not."""
+        for _ in range(3):  # removed (uninstall) between the two opens: create it, again
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                try:
+                    fd = os.open(self.path, os.O_RDWR)
+                except FileNotFoundError:
+                    continue
+                except PermissionError:
+                    raise DatabaseError(not_writable(self.path, "the lock file")) from None
+                self._own_like_database(fd)
+                return fd
+            except PermissionError:
+                raise DatabaseError(folder_not_writable(self.path.parent, self.database)) from None
+            except OSError as exc:  # a read-only file system, say
+                raise DatabaseError(f"{self.path}: cannot create the lock file: {exc}") from None
+            with contextlib.suppress(OSError):  # best effort: the lock works either way
+                os.fchmod(fd, stat.S_IMODE(os.stat(self.database).st_mode) & 0o666)
+            self._own_like_database(fd)
+            return fd
+        raise DatabaseError(f"{self.path}: keeps disappearing; is another uninstall running?")
+
+    def _own_like_database(self, fd: int) -> None:
+        """As root, give the lock file the database file's owner and group (also one an
+        earlier version left owned by root)."""
+        if os.geteuid() != 0:
+            return
+        with contextlib.suppress(OSError):  # e.g. root squashed on NFS: leave it as it is
+            st = os.stat(self.database)
+            os.fchown(fd, st.st_uid, st.st_gid)
+
     def holder(self) -> str:
         try:
             return self.path.read_text().strip() or "unknown"
         except OSError:
             return "unknown"
+
+    def remove(self) -> bool:
+        """Delete the lock file while holding the lock (uninstall). True when there was one."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            raise DatabaseError(folder_not_writable(self.path.parent, self.database)) from None
+        return True
 
     def release(self) -> None:
         if self._fd is not None:

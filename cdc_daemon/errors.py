@@ -53,6 +53,12 @@ class AuthError(TargetError):
     retryable = True
 
 
+class GaveUp(CdcError):
+    """A command that must end stopped waiting: `run --once` after ONCE_MAX_FAILURES failed
+    tries (Typesense or the KMS unreachable, a refused key), `backfill` after `--wait` seconds
+    for a shared collection another host manages. Exit code 1."""
+
+
 class KmsUnavailable(CdcError):
     """The Typesense key could not be fetched from the KMS (unreachable, refused, a bad answer,
     an unreadable token file). Retryable: `run` keeps trying with backoff."""

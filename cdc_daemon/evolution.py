@@ -16,8 +16,13 @@ Shared collections (several hosts, `id_prefix`): one host manages the collection
 the alias while their documents fit the collection behind it, follow the managing host's rebuild
 into `<name>__v<N+1>` as soon as it exists (and their documents fit it), send every row of their
 own again whenever the collection they write to changes, and otherwise wait (CollectionWaiting,
-retried with backoff; nothing is acknowledged meanwhile). Creating is safe when two hosts start
-at once: an existing collection with the same schema is adopted.
+retried with backoff; nothing is acknowledged meanwhile).
+
+Ownership (ownership.py): every `<name>__v<N>` this daemon creates is registered to its database
+first; before it writes to, extends, rebuilds or drops one, the registry must name this database
+(one made by an earlier version, without an entry, is adopted). Another database's collection is
+refused (CollectionOwned, exit 2) whatever its schema: only hosts that follow a shared collection
+(`manage_collection: false`, their own `id_prefix`) write to a collection they do not own.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import structlog
 from cdc_daemon.backfill import Backfill
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database, quote_ident
-from cdc_daemon.errors import CollectionWaiting, SchemaMismatch, TargetError
+from cdc_daemon.errors import CollectionWaiting, ConfigError, SchemaMismatch, TargetError
+from cdc_daemon.ownership import REGISTRY, Claim, Ownership, database_identity
 from cdc_daemon.schema import (
     TableMapping,
     added_optional_fields,
@@ -77,7 +83,9 @@ class CollectionManager:
         names: LogTables,
         changelog: ChangeLog,
         batch_size: int,
+        collection_prefix: str = "",
     ) -> None:
+        """`collection_prefix` (typesense.collection_prefix) names the owner registry too."""
         self.sink = sink
         self.db = db
         self.names = names
@@ -87,6 +95,8 @@ class CollectionManager:
         self._state = quote_ident(names.state)
         self.follow_interval = FOLLOW_INTERVAL
         self._follow_due = time.monotonic() + FOLLOW_INTERVAL
+        self.owners = Ownership(sink, collection_prefix + REGISTRY, database_identity(db.path))
+        self._where: dict[str, str] = {}  # table → its config key path (tables[N]), for messages
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -119,18 +129,35 @@ class CollectionManager:
 
     def ensure(self, mappings: dict[str, TableMapping]) -> dict[str, Target]:
         self._follow_due = time.monotonic() + self.follow_interval
+        self._where = {table: f"tables[{i}]" for i, table in enumerate(mappings)}  # config order
+        for mapping in mappings.values():
+            self._refuse_registry_name(mapping)
         return {
             table: self._ensure(mapping) if mapping.manage_collection else self._follow(mapping)
             for table, mapping in mappings.items()
         }
 
+    def _claim(self, mapping: TableMapping, physical: str) -> Claim:
+        where = self._where.get(mapping.table, "tables[?]")
+        return Claim(mapping.collection, physical, mapping.table, where)
+
+    def _refuse_registry_name(self, mapping: TableMapping) -> None:
+        registry = self.owners.registry
+        if mapping.collection == registry or _version_of(registry, mapping.collection):
+            where = self._where.get(mapping.table, "tables[?]")
+            raise ConfigError(
+                f"{where}.collection: {mapping.collection!r} is the name of cdc-daemon's owner"
+                " registry: choose another collection name"
+            )
+
     def _create(self, mapping: TableMapping, physical: str, fresh: bool = False) -> None:
-        """Create `physical` from the table. One that exists already (left over by a crash, a
-        create that timed out but was applied, another host starting at the same moment) is
-        adopted when its schema matches, else dropped and created again; `fresh` (a rebuild)
-        always starts from an empty collection."""
+        """Create `physical` from the table, registered to this database first (ownership.py).
+        One that exists already (left over by a crash, a create that timed out but was applied)
+        is adopted when its schema matches, else dropped and created again; `fresh` (a rebuild)
+        always starts from an empty collection. Another database's is refused."""
         schema = mapping.collection_schema(physical)
         existing = self.sink.get_collection(physical)
+        self.owners.claim(self._claim(mapping, physical), exists=existing is not None)
         if existing is not None and self.sink.get_alias(physical) is None:
             if not fresh and not schema_differences(schema, existing):
                 return
@@ -166,6 +193,7 @@ class CollectionManager:
             self._create(mapping, current)
             log.warning("collection was missing; recreated and backfilling", collection=current)
             return Target(alias)
+        self.owners.require(self._claim(mapping, current))  # before any write, PATCH or drop
         rebuilding = self.rebuilds().get(mapping.table)
         if rebuilding == current:  # a crash came after the alias switch: the rebuild is done
             self._finish(mapping.table, alias, rebuilding)
@@ -177,6 +205,7 @@ class CollectionManager:
         if rebuilding:
             new = self.sink.get_collection(rebuilding)
             if new is not None and not schema_differences(schema, new):
+                self.owners.require(self._claim(mapping, rebuilding))
                 log.info("rebuild continues", table=mapping.table, collection=rebuilding)
                 return Target(rebuilding, mirror=alias)
             self._abandon(mapping, rebuilding)
@@ -234,9 +263,8 @@ class CollectionManager:
 
     def _abandon(self, mapping: TableMapping, rebuilding: str) -> None:
         """Drop a rebuild that is no longer wanted; its collection only while nothing uses it
-        (delete_collection refuses one an alias points to)."""
-        if self.sink.get_alias(rebuilding) is None and not self.sink.aliases_to(rebuilding):
-            self.sink.delete_collection(rebuilding)
+        (delete_collection refuses one an alias points to) and only when it is ours."""
+        self._drop(rebuilding, idle=True)
         self._end_rebuild(mapping.table)
         log.info("rebuild abandoned", table=mapping.table, collection=rebuilding)
 
@@ -244,12 +272,25 @@ class CollectionManager:
         """The alias points at the rebuilt collection: drop the one it left (recorded before
         the switch; also after a crash between any two of these steps) and forget the rebuild."""
         old = self._retired(table)
-        if old is not None and old != collection and self.sink.get_collection(old) is not None:
-            self.sink.delete_collection(old)
+        if old is not None and old != collection:
+            self._drop(old)
         self._end_rebuild(table)
         log.info(
             "rebuild finished: alias switched", alias=alias, collection=collection, dropped=old
         )
+
+    def _drop(self, physical: str, idle: bool = False) -> None:
+        """Drop a collection of ours (another database's is left alone, with a warning), then
+        forget it in the registry: a crash between the two leaves an entry of ours without its
+        collection, which is harmless. `idle`: only while no alias points to it."""
+        if self.sink.get_collection(physical) is not None:
+            if not self.owners.droppable(physical):
+                log.warning("not dropped: another database's collection", collection=physical)
+                return
+            if idle and (self.sink.get_alias(physical) or self.sink.aliases_to(physical)):
+                return  # searches use it
+            self.sink.delete_collection(physical)
+        self.owners.release(physical)
 
     # -- following a shared collection another host manages --------------------------------------
 
@@ -308,29 +349,42 @@ class CollectionManager:
             collection=physical,
         )
 
-    def check(self, mapping: TableMapping) -> str | None:
+    def check(self, mapping: TableMapping, where: str | None = None) -> str | None:
         """For `check`: a problem the daemon would refuse to start with, or None. Changes nothing.
 
-        Differences in a collection cdc-daemon manages are not problems: they are rebuilt."""
+        Differences in a collection cdc-daemon manages are not problems: they are rebuilt; one
+        that belongs to another database is. `where`: the table entry's key path (tables[N])."""
+        if where is not None:
+            self._where[mapping.table] = where
         if not mapping.manage_collection:
             try:
                 self._follow_target(mapping)
             except CollectionWaiting as exc:
                 return str(exc)
             return None
+        try:
+            self._refuse_registry_name(mapping)
+        except ConfigError as exc:
+            return str(exc)
         alias = mapping.collection
         current = self.sink.get_alias(alias)
         name = current or alias
         if current is not None and _version_of(alias, current) is not None:
-            return None
+            return self._owner_problem(mapping, current)
         existing = self.sink.get_collection(name)
+        if existing is None and current is None:  # `run` would create <alias>__v1
+            return self._owner_problem(mapping, version_name(alias, 1))
         if existing is None:
-            return f"alias {alias!r} points to {name!r}, which does not exist" if current else None
+            return f"alias {alias!r} points to {name!r}, which does not exist"
         schema = mapping.collection_schema(name)
         problems = schema_differences(schema, existing)
         if not problems or added_optional_fields(schema, existing):
             return None
         return f"collection {name!r} does not match table {mapping.table!r}: " + "; ".join(problems)
+
+    def _owner_problem(self, mapping: TableMapping, physical: str) -> str | None:
+        exists = self.sink.get_collection(physical) is not None
+        return self.owners.problem(self._claim(mapping, physical), exists)
 
     # -- between batches ------------------------------------------------------------------------
 

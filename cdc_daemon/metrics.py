@@ -183,6 +183,14 @@ class Metrics:
             "cdc_typesense_up", "1 when the last call to Typesense succeeded", registry=r
         )
         self.started = Gauge("cdc_start_time_seconds", "Unix time the daemon started", registry=r)
+        self.table_skipped = Gauge(
+            "cdc_table_skipped",
+            "1 while the table can't be read (dropped, renamed, a where that fails) and is"
+            " skipped; its changes wait in the log",
+            ["table"],
+            registry=r,
+        )
+        self._skipped: set[str] = set()
         self.started.set_to_current_time()
         for kind in ERROR_KINDS:  # present from the start, so rate() and alerts see a zero
             self.errors.labels(kind)
@@ -213,6 +221,11 @@ class Metrics:
             self.dead_lettered.labels(table).inc(count)
         if report.entries:
             self.batch_duration.observe(report.duration)
+        for table in self._skipped - report.skipped.keys():
+            self.table_skipped.labels(table).set(0)
+        for table in report.skipped:
+            self.table_skipped.labels(table).set(1)
+        self._skipped = set(report.skipped)
 
     def record_success(self, typesense_up: bool) -> None:
         self.last_success.set_to_current_time()

@@ -125,7 +125,7 @@ def _stored_as_is(value: Any, column_affinity: str) -> bool:
             return False
         return column_affinity not in ("INTEGER", "NUMERIC") or not value.is_integer()
     if type(value) is int:
-        return column_affinity != "REAL"
+        return column_affinity != "REAL" and -(2**63) <= value < 2**63  # SQLite's integers
     return type(value) in (str, bytes)
 
 

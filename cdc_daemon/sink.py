@@ -405,6 +405,11 @@ class TypesenseSink:
             content=json.dumps({"collection_name": collection}),
         )
 
+    def delete_alias(self, name: str) -> None:
+        """Remove an alias (the collection behind it stays); one that is gone is fine."""
+        self._aliases.clear()
+        self._json("DELETE", f"/aliases/{quote(name, safe='')}", ok=(200, 404))
+
     def health(self) -> list[str]:
         """For `check`: every node, in order; one problem line per node that is unreachable, not
         ready (`/health`) or refuses the key. Names each failing node."""
@@ -575,6 +580,32 @@ class TypesenseSink:
             raise TargetError(f"GET {path}: answered id {result.get('id')!r}, not {doc_id!r}")
         return result
 
+    def write_document(
+        self, collection: str, document: dict[str, Any], replace: bool = False
+    ) -> bool:
+        """One document, to a collection by its real name (ownership.py's registry).
+        `action=create` unless `replace`: False when that id exists already (409), which makes
+        it a compare-and-set. CollectionMissing when there is no such collection."""
+        response = self._request(
+            "POST",
+            f"/collections/{quote(collection, safe='')}/documents"
+            f"?action={'upsert' if replace else 'create'}",
+            content=encode_document(document),
+        )
+        if response.status_code == 409 and not replace:
+            return False
+        if response.status_code == 404:
+            raise _collection_error(collection, response)
+        if response.status_code not in (200, 201):
+            status = response.status_code
+            raise TargetError(f"write to {collection!r}: HTTP {status}: {_message(response)}")
+        return True
+
+    def delete_document(self, collection: str, doc_id: str) -> None:
+        """Delete one document by id; one that is gone already (or its collection) is fine."""
+        path = f"/collections/{quote(collection, safe='')}/documents/{_document_path(doc_id)}"
+        self._json("DELETE", path, ok=(200, 404))
+
     def export(self, collection: str) -> Iterator[dict[str, Any]]:
         """Stream every document of a collection (JSONL), without holding them all in memory.
 
@@ -680,7 +711,7 @@ def _document_path(doc_id: str) -> str:
     dot stays in the id, and so does an encoded first character: no id (`search`, `export`)
     can match a route's literal segment."""
     path = quote(doc_id, safe="").replace(".", "%2E")
-    if path[:1].isalnum() or path[:1] in "-_~":
+    if path and (path[0].isalnum() or path[0] in "-_~"):
         path = f"%{ord(path[0]):02X}{path[1:]}"
     return path
 

@@ -12,17 +12,26 @@ import apsw
 import structlog
 
 from cdc_daemon.changelog import MAX_DELAY, ChangeLog, KeyFailure, LogEntry, contiguous_ranges
-from cdc_daemon.database import Database, quote_ident, select_rows
+from cdc_daemon.database import Database, InvalidText, bind, quote_ident, scalar, select_rows
 from cdc_daemon.document_sql import document_sql, fetch_documents
 from cdc_daemon.documents import build_document, row_is_live, row_key, size_problem
 from cdc_daemon.errors import CdcError, CollectionMissing, DocumentError, TargetError
 from cdc_daemon.evolution import CollectionManager, Target
 from cdc_daemon.keys import Key, log_key_to_key
 from cdc_daemon.schema import TableMapping
-from cdc_daemon.sink import MAX_ID_BYTES, DocResult, TypesenseSink, encode_document, id_problem
+from cdc_daemon.sink import (
+    MAX_ID_BYTES,
+    OK,
+    DocResult,
+    TypesenseSink,
+    encode_document,
+    id_problem,
+)
 
 KEYS_PER_SELECT = 500
 NOT_SENT = DocResult(ok=False, error="not sent")
+TABLE_RETRY = 30.0  # seconds before a table whose rows could not be read is read again
+REPORT_BROKEN_EVERY = 60.0  # seconds between two error lines about one skipped table
 log = structlog.get_logger("cdc_daemon.sync")
 
 
@@ -38,6 +47,47 @@ class BatchReport:
     last_seq: int | None = None
     duration: float = 0.0
     errors: list[str] = field(default_factory=list)
+    # Per table: documents refused as documents (not retryable: they count toward max_attempts),
+    # and "key K: reason" of the first of them.
+    rejected: dict[str, int] = field(default_factory=dict)
+    first_rejection: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # tables not read (Syncer.broken)
+
+
+@dataclass
+class Rejections:
+    """Documents Typesense (or documents.py) refused as documents, per table, over the batches
+    this process sent: what `backfill` and `run --once` report when they end."""
+
+    count: dict[str, int] = field(default_factory=dict)
+    first: dict[str, str] = field(default_factory=dict)  # "key K: reason"
+
+    def add(self, report: BatchReport) -> None:
+        for table, count in report.rejected.items():
+            self.count[table] = self.count.get(table, 0) + count
+        for table, first in report.first_rejection.items():
+            self.first.setdefault(table, first)
+
+    def lines(self) -> list[str]:
+        """One line per table, for a terminal."""
+        return [
+            f"{table}: {count} documents rejected (first: {self.first[table]});"
+            " they stay in the log, are retried with backoff, then dead-lettered"
+            " (`cdc-daemon dead-letters list`)"
+            for table, count in self.count.items()
+        ]
+
+    def log(self) -> bool:
+        """An error line per table with rejections; True when there were any."""
+        for table, count in self.count.items():
+            log.error(
+                "documents rejected",
+                table=table,
+                count=count,
+                first=self.first[table],
+                then="retried with backoff, then dead-lettered (`cdc-daemon dead-letters list`)",
+            )
+        return bool(self.count)
 
 
 @dataclass
@@ -51,6 +101,7 @@ class _Change:
     doc_id: str = ""
     line: str | None = None  # the document as JSON (built while reading): upsert; None: delete
     error: str | None = None
+    settled: bool = False  # a delete of a document that can't exist: done without a request
 
 
 @dataclass
@@ -76,6 +127,7 @@ class _Batch:
     ranges: list[tuple[int, int]]  # the same, as contiguous ranges: the acknowledgement
     writes: list[_TableWrite]
     refused: list[int]  # changes that failed before sending (change.error)
+    settled: list[int]  # changes done without sending (change.settled)
 
 
 @dataclass
@@ -136,6 +188,19 @@ class Syncer:
         self._next: _Batch | None = None  # read ahead, sent by the next sync_once
         self._pending: _Ack | None = None  # the last batch's acknowledgement, not written yet
         self._document_sql = {table: document_sql(m) for table, m in mappings.items()}
+        # Tables skipped while their rows can't be read (dropped, renamed, a `where` that no
+        # longer compiles): table → why. Their log entries wait, untouched, while the other
+        # tables sync. Those open_tables left out stay skipped until the runtime is built again
+        # (the schema or the config changed); one whose read failed here is tried again after
+        # TABLE_RETRY seconds (monotonic time in _retry_at).
+        self.broken: dict[str, str] = {}
+        self._retry_at: dict[str, float] = {}
+        self._reported_at: dict[str, float] = {}
+        self.rejections = Rejections()  # over this syncer's batches (backfill, run --once)
+
+    def skip_tables(self, broken: dict[str, str]) -> None:
+        """Leave out these configured tables (open_tables could not use them): table → why."""
+        self.broken.update(broken)
 
     def ensure_collections(self) -> None:
         """Create, extend or start rebuilding collections; SchemaMismatch for a foreign one."""
@@ -158,6 +223,7 @@ class Syncer:
             self.ensure_collections()
         report = BatchReport()
         batch, self._next = self._next or self._read(), None
+        report.skipped = dict(self.broken)
         changes = batch.changes
         if not changes:
             self._commit_pending(report)
@@ -209,6 +275,11 @@ class Syncer:
             self._commit_pending(report)
         report.failed = len(failures)
         report.errors = [f"{f.table} {f.log_key!r}: {f.error}" for f in failures[:5]]
+        for f in failures:
+            if not f.retryable:
+                report.rejected[f.table] = report.rejected.get(f.table, 0) + 1
+                report.first_rejection.setdefault(f.table, f"key {f.log_key!r}: {f.error}")
+        self.rejections.add(report)
         report.duration = time.monotonic() - started
         return report
 
@@ -267,8 +338,11 @@ class Syncer:
     def _read(self, after: int = 0) -> _Batch:
         """The due log entries (after seq `after`) and the rows they point at, in one read
         transaction."""
+        skipped = self._skipped_tables()
         with self.db.read() as conn:
-            entries = self.changelog.read_batch(conn, self.batch_size, time.time(), after)
+            entries = self.changelog.read_batch(
+                conn, self.batch_size, time.time(), after, skip_tables=skipped
+            )
             deleted_by_others = self.changelog.deleted_by_others(conn) if entries else 0
             if entries:  # read here, in a read transaction, when not known yet: not in the ack
                 self.changelog.retrying_entries(conn, deleted_by_others)
@@ -281,17 +355,61 @@ class Syncer:
             by_table: dict[str, list[_Change]] = {}
             for change in changes.values():
                 by_table.setdefault(change.table, []).append(change)
+            unreadable: set[str] = set()
             for table, table_changes in by_table.items():
-                self._resolve(conn, table, table_changes)
-                self._refuse_unusable_ids(table, table_changes)
-        return self._plan(list(changes.values()), deleted_by_others)
+                if not self._resolve_or_skip(conn, table, table_changes):
+                    unreadable.add(table)
+                    continue
+                self._check_ids(conn, table, table_changes)
+        self._report_broken()
+        # A skipped table's entries are neither sent nor acknowledged: they wait in the log.
+        kept = [c for c in changes.values() if c.table not in unreadable]
+        return self._plan(kept, deleted_by_others)
+
+    def _skipped_tables(self) -> list[str]:
+        """The broken tables whose log entries are not read now; one whose retry time came is
+        read again (and skipped again if it still fails)."""
+        now = time.monotonic()
+        for table, due in list(self._retry_at.items()):
+            if now >= due:
+                del self._retry_at[table], self.broken[table]
+        return sorted(self.broken)
+
+    def _resolve_or_skip(self, conn: apsw.Connection, table: str, changes: list[_Change]) -> bool:
+        """_resolve, unless the table's rows can't be read (the table was dropped or renamed,
+        or its `where` fails, since the runtime was built): then the table is skipped for a
+        while, and False. Any other error is the whole batch's."""
+        try:
+            self._resolve(conn, table, changes)
+        except apsw.SQLError as exc:
+            self.broken[table] = f"table {table!r} could not be read: {exc}"
+            self._retry_at[table] = time.monotonic() + TABLE_RETRY
+            return False
+        return True
+
+    def _report_broken(self) -> None:
+        """An error line per skipped table when it is first skipped, then once a minute."""
+        now = time.monotonic()
+        for table, problem in self.broken.items():
+            last = self._reported_at.get(table)
+            if last is None or now - last >= REPORT_BROKEN_EVERY:
+                self._reported_at[table] = now
+                log.error(
+                    "table skipped: its changes wait in the log until it can be read",
+                    table=table,
+                    problem=problem,
+                )
 
     @staticmethod
     def _plan(changes: list[_Change], deleted_by_others: int) -> _Batch:
         seqs = sorted(e.seq for c in changes for e in c.entries)
         writes: dict[str, _TableWrite] = {}
         refused: list[int] = []
+        settled: list[int] = []
         for i, change in enumerate(changes):
+            if change.settled:
+                settled.append(i)
+                continue
             if change.error is not None:
                 refused.append(i)
                 continue
@@ -305,7 +423,9 @@ class Syncer:
                 write.upserts.append(i)
                 write.lines.append(change.line)
         ranges = contiguous_ranges(seqs)
-        return _Batch(changes, deleted_by_others, seqs, ranges, list(writes.values()), refused)
+        return _Batch(
+            changes, deleted_by_others, seqs, ranges, list(writes.values()), refused, settled
+        )
 
     def _resolve(self, conn: apsw.Connection, table: str, changes: list[_Change]) -> None:
         """Attach to each change its current document (upsert) or None (delete), or an error."""
@@ -341,21 +461,42 @@ class Syncer:
             if change.line is not None and change.error is None:  # SQLite's or Python's line
                 change.error = size_problem(change.line)  # too big to import: fails this row
 
-    def _refuse_unusable_ids(self, table: str, changes: list[_Change]) -> None:
-        """A key whose document id Typesense could not take (or that could not be deleted
-        again: too long for a URL) fails for its row alone. Only long text or blob keys can be
-        too long, so most keys cost one length check."""
+    def _check_ids(self, conn: apsw.Connection, table: str, changes: list[_Change]) -> None:
+        """A key whose document id Typesense can't take (empty, or too long to be deleted again
+        in a URL) fails for its row alone; its delete, and the delete of a key that is not
+        UTF-8, are done without a request: no such document can exist. Only long text or blob
+        keys can be too long, so most keys cost one length check."""
         mapping = self.mappings.get(table)
+        if mapping is None:
+            return
         for change in changes:
             key = change.key
-            if mapping is None or key is None or change.error is not None:
+            if key is None:
+                if change.line is None and self._gone_unreadable(conn, mapping, change.log_key):
+                    change.error, change.settled = None, True
                 continue
-            # A character takes at most 6 bytes in an id (a JSON escape in a composite key).
-            if sum(len(v) for v in key if isinstance(v, str | bytes)) * 6 <= MAX_ID_BYTES:
+            if change.error is not None:
+                continue
+            # A character takes at most 6 bytes in an id (a JSON escape in a composite key);
+            # only a one-column key can make an empty id.
+            size = sum(len(v) for v in key if isinstance(v, str | bytes))
+            if (size or len(key) > 1) and size * 6 <= MAX_ID_BYTES:
                 continue
             problem = id_problem(mapping.doc_id(key))
-            if problem is not None:
+            if problem is not None and change.line is None:
+                change.settled = True
+            elif problem is not None:
                 change.error = problem
+
+    @staticmethod
+    def _gone_unreadable(conn: apsw.Connection, mapping: TableMapping, log_key: Any) -> bool:
+        """A one-column key that is not UTF-8 whose row is gone (its bytes bound as they are)."""
+        if len(mapping.key) != 1 or not isinstance(log_key, InvalidText):
+            return False
+        placeholder, value = bind(log_key)
+        column = quote_ident(mapping.key[0])
+        rest = f"FROM {quote_ident(mapping.table)} WHERE {column} = {placeholder}"
+        return not scalar(conn, f"SELECT EXISTS (SELECT 1 {rest})", (value,))
 
     def _withdraw_dead(
         self, changes: list[_Change], failed: list[int], results: list[DocResult]
@@ -384,6 +525,8 @@ class Syncer:
         results = [NOT_SENT] * len(changes)
         for i in batch.refused:
             results[i] = DocResult(ok=False, error=changes[i].error)
+        for i in batch.settled:
+            results[i] = OK
         for write in batch.writes:
             target = self.targets.get(write.table) or Target(self.mappings[write.table].collection)
             upsert_results = self.sink.upsert(target.primary, write.lines)

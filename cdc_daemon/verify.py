@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import apsw
 
@@ -37,10 +37,11 @@ from cdc_daemon.database import (
     select_rows,
 )
 from cdc_daemon.documents import build_document, row_is_live, row_key
-from cdc_daemon.errors import DocumentError
+from cdc_daemon.errors import ConfigError, DocumentError
 from cdc_daemon.keys import Key, log_key_to_key
+from cdc_daemon.reconfigure import old_documents
 from cdc_daemon.schema import TableMapping
-from cdc_daemon.sink import TypesenseSink
+from cdc_daemon.sink import TypesenseSink, id_problem
 from cdc_daemon.sync import fetch_rows
 
 PAGE_SIZE = 2000
@@ -150,8 +151,11 @@ class Verifier:
 
     def _expected(self, mapping: TableMapping, row: tuple[Any, ...]) -> dict[str, Any] | str:
         """The document a live row should have, or why it can't have one."""
-        if any(isinstance(value, InvalidText) for value in row_key(mapping, row)):
+        key = row_key(mapping, row)
+        if any(isinstance(value, InvalidText) for value in key):
             return "cannot be indexed: the key is text that is not valid UTF-8"
+        if None not in key and (problem := id_problem(mapping.doc_id(key))) is not None:
+            return f"cannot be indexed: {problem}"
         try:
             return build_document(mapping, row)
         except DocumentError as exc:
@@ -197,13 +201,18 @@ class Verifier:
                 diff.rows += 1
                 key = row_key(mapping, row)
                 expected = self._expected(mapping, row)
-                doc_id = expected["id"] if isinstance(expected, dict) else mapping.doc_id(key)
+                doc_id = _usable_id(mapping, key)
+                if doc_id is None:  # no id names this row's document: it can't have one
+                    difference = Difference(_shown_id(mapping, key), key)
+                    diff.reasons[difference.doc_id] = str(expected)
+                    diff.missing.append(difference)
+                    continue
+                difference = Difference(doc_id, key)
+                if isinstance(expected, str):  # no document can be right: an old one is stale
+                    diff.reasons[doc_id] = expected
                 found = scratch.execute(
                     "SELECT digest FROM docs WHERE id = ?", (doc_id,)
                 ).fetchall()
-                difference = Difference(doc_id, key)
-                if isinstance(expected, str):  # no document can be right; the row is not mirrored
-                    diff.reasons[doc_id] = expected
                 if not found:
                     diff.missing.append(difference)
                     continue
@@ -228,8 +237,13 @@ class Verifier:
                 scratch.executemany("INSERT OR REPLACE INTO docs (id, digest) VALUES (?, ?)", batch)
             batch.clear()
 
+        # An earlier id_prefix's documents a reload has not cleared yet are this table's too.
+        olds = old_documents(self.db, self.changelog.names, mapping)
         for document in self.sink.export(mapping.collection):
-            if not str(document["id"]).startswith(mapping.id_prefix):
+            doc_id = str(document["id"])
+            if not doc_id.startswith(mapping.id_prefix) and not any(
+                old.surely_ours(doc_id) for old in olds
+            ):
                 continue  # another host's document in a shared collection (id_prefix)
             diff.documents += 1
             batch.append((str(document["id"]), digest(document)))
@@ -285,7 +299,7 @@ class Verifier:
         """Look at each difference again, row and document, to drop the ones a write raced."""
         def raced(difference: Difference) -> bool:
             key = difference.key or ()
-            if any(isinstance(value, InvalidText) for value in key):
+            if any(isinstance(v, InvalidText) for v in key) or id_problem(difference.doc_id):
                 return False  # never indexable, whatever a second look finds
             return self._agrees(mapping, difference)
 
@@ -322,9 +336,40 @@ class Verifier:
         return self.changelog.enqueue_keys(mapping.table, keys, "V")
 
 
+def _usable_id(mapping: TableMapping, key: Key) -> str | None:
+    """The row's document id, None when it has none (a NULL or non-UTF-8 key part, an empty
+    or too long id)."""
+    if None in key or any(isinstance(v, InvalidText) for v in key):
+        return None
+    doc_id = mapping.doc_id(key)
+    return None if id_problem(doc_id) else doc_id
+
+
+def _shown_id(mapping: TableMapping, key: Key) -> str:
+    """How a row that can't have a document is named in the report: its would-be id, and the
+    bytes of a key part that is not UTF-8 (such keys read alike: each byte is U+FFFD)."""
+    raw = [v.raw.hex() for v in key if isinstance(v, InvalidText)]
+    if None in key:
+        return "NULL key " + repr(key)
+    return mapping.doc_id(key) + (f" (not UTF-8: {', '.join(raw)})" if raw else "")
+
+
 def _readable(log_key: Any, mapping: TableMapping) -> Key | None:
     try:
         return log_key_to_key(log_key, len(mapping.key))
     except (ValueError, TypeError):
         return None
 
+
+class CollectionChecker(Protocol):
+    def check(self, mapping: TableMapping, where: str | None = None) -> str | None: ...
+
+
+def refuse_foreign_repair(
+    collections: CollectionChecker, mapping: TableMapping, where: str
+) -> None:
+    """Before a repair writes: a collection that is not this database's to change (another
+    database's, see ownership.py) is refused, with `check`'s one line. `where`: tables[N]."""
+    problem = collections.check(mapping, where)
+    if problem is not None:
+        raise ConfigError(f"not repaired: {problem}")

@@ -149,8 +149,9 @@ def test_two_hosts_share_one_collection_managed_by_one(
 def test_two_managing_hosts_started_at_once_is_safe(
     cluster: Cluster, make_host: Callable[..., Host]
 ) -> None:
-    """Two hosts that both (by mistake) manage the collection, created by both at the same
-    moment: the second create finds it exists with the same schema and adopts it."""
+    """Two hosts that both (by mistake) manage the collection, started at the same moment: one
+    registers and creates it; the other is refused (exit 2, one line naming the owner) and never
+    writes to, rebuilds or drops it (README: who owns a collection)."""
     hosts = [make_host(f"twin{i}", collection="twin_items", id_prefix=f"t{i}:") for i in (1, 2)]
     for i, host in enumerate(hosts):
         host.install()
@@ -163,9 +164,13 @@ def test_two_managing_hosts_started_at_once_is_safe(
         for h in hosts
     ]
     outputs = [run.communicate(timeout=120) for run in runs]
-    assert [run.returncode for run in runs] == [0, 0], outputs
+    codes = [run.returncode for run in runs]
+    assert sorted(codes) == [0, 2], outputs
+    winner, loser = (hosts[0], hosts[1]) if codes[0] == 0 else (hosts[1], hosts[0])
+    assert "belongs to" in outputs[codes.index(2)][1], outputs
     for host in hosts:
         host.stop_workload()
-        assert host.cli("run", "--once").returncode == 0
-    settle(cluster, hosts)
+    assert winner.cli("run", "--once").returncode == 0
+    assert loser.cli("run", "--once").returncode == 2
+    settle(cluster, [winner])
     assert alias_target(cluster, "twin_items") == "twin_items__v1"

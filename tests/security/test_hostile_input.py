@@ -67,7 +67,8 @@ def test_hostile_corpus_end_to_end(env: Env) -> None:
         *[(INSERT, [key, "odd id", 11, 1, 1.0, None]) for key in ODD_IDS],
     ]])
     result = env.cli("run", "--once", timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1, result.stderr[-3000:]  # rejected documents are said: exit 1
+    assert '"event": "documents rejected"' in result.stderr
 
     docs = collection_documents(env.http, collection)
     assert set(docs) == {"plain", "it's \"ü\" ; --", "bad-utf8", "nan", "big", *ODD_IDS}

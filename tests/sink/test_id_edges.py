@@ -27,9 +27,10 @@ CJK = [f"{i:04d}中文字符的文档标识符号" for i in range(500)]  # 16 ch
 PLAIN = [f"p{i}" for i in range(50)]
 
 
-def _run_once(env: Env) -> None:
+def _run_once(env: Env, rejected: bool = False) -> None:
+    """`run --once`; exit 1 when documents were rejected (issue 13: said at once)."""
     result = env.cli("run", "--once", timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == (1 if rejected else 0), result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
@@ -74,7 +75,7 @@ def test_an_id_too_long_for_a_url_is_refused_for_its_row_alone(env: Env) -> None
     env.cli("install", check=True)
     too_long = "é" * (MAX_ID_BYTES // 2 + 1)  # 2 bytes a character
     app_write(env.db, [[("INSERT INTO items VALUES (?, 'v')", [k]) for k in [too_long, *PLAIN]]])
-    _run_once(env)
+    _run_once(env, rejected=True)
     assert _keys(env) == set(PLAIN)
     letters = [json.loads(line) for line in env.cli(
         "dead-letters", "list", "--json", check=True).stdout.splitlines()]

@@ -1,0 +1,251 @@
+"""What `check` (and start-up) can find before anything is synced: a table's row query that does
+not compile, settings `run` would refuse at start, and sampled rows Typesense would reject.
+
+The value rules are Typesense 0.24.1's with `dirty_values=reject` (how the daemon imports),
+measured on the bundled server (tests/integration/test_check_finds.py compares every field type
+and value kind with it); the reasons are its own words.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+import apsw.ext
+
+from cdc_daemon.auth import JwtVerifier
+from cdc_daemon.config import Config
+from cdc_daemon.database import Database, ProcessorLock, quote_ident, select_rows
+from cdc_daemon.documents import build_document, row_is_live, row_key, size_problem
+from cdc_daemon.errors import CdcError, ConfigError, DocumentError
+from cdc_daemon.metrics import parse_listen
+from cdc_daemon.schema import TableMapping
+from cdc_daemon.sink import encode_document
+
+SAMPLE_ROWS = 100  # per table: the first rows by key, one short read
+_ARTICLE = {"int32": "an", "int64": "an"}  # Typesense: "must be an int32", "must be a float"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One line of `check`; `exit_code` 2 when `run` would refuse the config itself."""
+
+    text: str
+    exit_code: int = 1
+
+
+# -- a table's row query ---------------------------------------------------------------------
+
+
+def _compile_problem(db: Database, sql: str) -> str | None:
+    """Why SQLite can't compile `sql` as one statement (None: it can). Nothing is run."""
+    try:
+        details = apsw.ext.query_info(db.conn, sql)
+    except apsw.Error as exc:
+        return str(exc)
+    if (details.query_remaining or "").strip():
+        return "it ends the row filter and starts another statement"
+    return None
+
+
+def row_query_problem(db: Database, mapping: TableMapping, entry: str) -> str | None:
+    """Why the query that reads this table's rows (its columns, `where` and `soft_delete`, as
+    sync, backfill and verify use them) does not compile, naming the config key (`entry` is
+    `tables[N]`); None when it does."""
+    columns = ", ".join(quote_ident(c) for c in mapping.columns)
+    select = f"SELECT {columns} FROM {quote_ident(mapping.table)}"
+    problem = _compile_problem(db, f"{select} LIMIT 0")
+    if problem is not None:
+        return f"{entry}.table: cannot read table {mapping.table!r}: {problem}"
+    if mapping.where is None:
+        return None
+    problem = _compile_problem(db, f"{select} WHERE ({mapping.where}) LIMIT 0")
+    if problem is None:
+        return None
+    usable = f"is not a usable row filter for {mapping.table!r}"
+    return f"{entry}.where: {mapping.where!r} {usable}: {problem}"
+
+
+# -- what `run` refuses at start ---------------------------------------------------------------
+
+
+def daemon_running(database: Path) -> bool:
+    """Whether a daemon (or a backfill) holds the processor lock; never creates the lock file."""
+    try:
+        fd = os.open(ProcessorLock(database).path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
+def _listen_problem(key: str, listen: str, bind: bool) -> Problem | None:
+    """Whether `run` could listen on `listen`: HOST:PORT, and (`bind`) a socket bound to it and
+    closed at once."""
+    try:
+        host, port = parse_listen(listen, key)
+    except ConfigError as exc:
+        return Problem(str(exc), exc.exit_code)
+    if not bind:
+        return None
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            sock.bind(address)
+    except OSError as exc:
+        return Problem(f"{key}: cannot listen on {listen}: {exc.strerror or exc}")
+    return None
+
+
+def startup_problems(config: Config) -> list[Problem]:
+    """What `run` checks when it starts, beyond the database and Typesense: the admin API's JWT
+    key (config errors, exit 2) and whether the metrics and admin addresses are free (exit 1;
+    not while a daemon runs: then they are its own)."""
+    problems: list[Problem] = []
+    admin = config.admin
+    if admin.listen and admin.jwt is not None:
+        try:
+            JwtVerifier.from_config(admin.jwt)
+        except CdcError as exc:
+            problems.append(Problem(str(exc), exc.exit_code))
+    bind = not daemon_running(config.database)
+    for key, listen in (("metrics.listen", config.metrics.listen), ("admin.listen", admin.listen)):
+        problem = _listen_problem(key, listen, bind) if listen else None
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+# -- values Typesense rejects ------------------------------------------------------------------
+
+
+def _fits(base: str, value: Any) -> bool:
+    """A scalar for a field of type `base`, as Typesense 0.24.1 accepts it without coercion."""
+    if base in ("string", "string*"):
+        return isinstance(value, str)
+    if type(value) is bool:  # JSON true/false: only a bool field takes them
+        return base == "bool"
+    if base in ("int32", "int64"):
+        return isinstance(value, int)  # int32 overflow is accepted (documents.py refuses it)
+    if base == "float":
+        return isinstance(value, int | float)
+    return base != "bool"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and type(value) is not bool
+
+
+def value_problem(name: str, field_type: str, value: Any) -> str | None:
+    """Typesense's reason for rejecting `value` in field `name` of `field_type`, None if it
+    takes it. Types whose rules are Typesense's own business (auto, object, object[]) pass."""
+    reason = f"Field `{name}` must be"
+    if field_type in ("auto", "object", "object[]"):
+        return None  # auto: typed by the first document; objects: checked by documents.py
+    if field_type == "geopoint":
+        if not isinstance(value, list) or len(value) != 2:
+            return f"{reason} a 2 element array: [lat, lng]."
+        return None if all(map(_is_number, value)) else f"{reason} a geopoint."
+    if field_type.endswith("[]"):
+        base = field_type[:-2]
+        if not isinstance(value, list):
+            return f"{reason} an array."
+        if all(_fits(base, item) for item in value):
+            return None
+        article = "an" if base in ("string", "int32", "int64") else "a"  # sic, as Typesense
+        return f"{reason} {article} array of {base}."
+    if _fits(field_type, value):
+        return None
+    return f"{reason} {_ARTICLE.get(field_type, 'a')} {field_type.rstrip('*')}."
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class _Finding:
+    """Sampled rows one problem hits, and the first of them."""
+
+    count: int
+    example: str
+
+
+def _document_findings(
+    mapping: TableMapping, key: tuple[Any, ...], row: Sequence[Any], findings: dict[str, _Finding]
+) -> None:
+    """Add what is wrong with one row's document to `findings` (key: the config key path's
+    tail, `fields.<column>` or the row-level problem)."""
+    shown_key = _shown(key[0] if len(key) == 1 else key)
+    try:
+        document = build_document(mapping, row)
+        oversize = size_problem(encode_document(document))
+    except (DocumentError, ValueError, TypeError) as exc:  # as the sync step catches them
+        _add(findings, f":{str(exc).split(':')[0]}", f"key {shown_key}: {exc}")
+        return
+    if oversize is not None:
+        _add(findings, ":size", f"key {shown_key}: {oversize}")
+    for field, value in zip(mapping.fields, row[len(mapping.key) :], strict=False):
+        where = f"fields.{field.column}"
+        if field.name not in document:
+            if not field.optional:
+                reason = (
+                    f"Field `{field.name}` has been declared in the schema, but is not found in"
+                    " the document."
+                )
+                _add(findings, where, f"key {shown_key}: NULL ({reason})")
+            continue
+        problem = value_problem(field.name, field.type, document[field.name])
+        if problem is not None:
+            _add(findings, where, f"key {shown_key}: {_shown(value)} ({problem})")
+
+
+def _add(findings: dict[str, _Finding], where: str, example: str) -> None:
+    finding = findings.get(where)
+    if finding is None:
+        findings[where] = _Finding(1, example)
+    else:
+        finding.count += 1
+
+
+def sample_problems(
+    db: Database, mapping: TableMapping, entry: str, limit: int = SAMPLE_ROWS
+) -> list[str]:
+    """Build the documents of the table's first `limit` rows (by key, matching `where`, not
+    soft-deleted) and say, per field, how many Typesense would reject and why, with an example
+    key and value. `entry` is the table's config key (`tables[N]`)."""
+    where = f" WHERE ({mapping.where})" if mapping.where else ""
+    order = ", ".join(quote_ident(c) for c in mapping.key)
+    rest = f"FROM {quote_ident(mapping.table)}{where} ORDER BY {order} LIMIT {int(limit)}"
+    with db.read() as conn:
+        rows = select_rows(conn, mapping.columns, rest)
+    live = [row for row in rows if row_is_live(mapping, row)]
+    findings: dict[str, _Finding] = {}
+    for row in live:
+        _document_findings(mapping, row_key(mapping, row), row, findings)
+    problems = []
+    types = {f"fields.{f.column}": f for f in mapping.fields}
+    for where_key, finding in findings.items():
+        field = types.get(where_key)
+        what = f"field {field.name!r} ({field.type})" if field else "documents"
+        path = f"{entry}.{where_key}" if field else entry
+        problems.append(
+            f"{path}: table {mapping.table!r}, {what}: Typesense will reject {finding.count} of"
+            f" {len(live)} sampled rows, e.g. {finding.example}"
+        )
+    return problems

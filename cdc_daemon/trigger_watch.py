@@ -1,0 +1,128 @@
+"""The running daemon's watch over its triggers: a migration that rebuilds a table (the 12-step
+ALTER, `sqlite-utils transform`) drops them, and from then on the table's changes are never
+logged.
+
+Triggers only appear, disappear or change together with PRAGMA schema_version, so the daemon
+looks at start and after every schema change (daemon.py), not on every iteration. While some are
+missing or outdated, the error is logged at once and then again every REPORT_INTERVAL: an
+iteration can take milliseconds under load, and one line a minute keeps the problem in view
+without burying every other line (`status`, the admin API and `cdc_triggers_installed` show it
+all the time). Each table found without its triggers is recorded in the state table
+(`triggers-missing:<table>` = unix time first seen), so that when they come back (`install` by
+the operator, by the daemon with `sync.reinstall_triggers`, while running or stopped) the table is
+resynced: the changes made meanwhile were never logged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from cdc_daemon.database import Database, TableInfo, quote_ident
+from cdc_daemon.triggers import (
+    LogTables,
+    ensure_log_is_ours,
+    expected_triggers,
+    installed_triggers,
+    log_guard_trigger,
+)
+
+MISSING_PREFIX = "triggers-missing:"
+REPORT_INTERVAL = 60.0  # seconds between repeats of the error while triggers stay missing
+MISSING_EVENT = "triggers missing or outdated: changes to these tables are not logged"
+log = structlog.get_logger("cdc_daemon.triggers")
+
+
+def problems_by_table(
+    db: Database, names: LogTables, tables: Iterable[TableInfo]
+) -> dict[str, list[str]]:
+    """Table → one line per missing or outdated trigger; the log's own guard under the log's
+    name. Empty when every trigger is current."""
+    present = installed_triggers(db, names)
+    wanted = [(names.log, log_guard_trigger(names))]
+    wanted += [(info.name, expected_triggers(names, info)) for info in tables]
+    problems: dict[str, list[str]] = {}
+    for table, triggers in wanted:
+        for name, sql in triggers.items():
+            if name not in present:
+                problems.setdefault(table, []).append(f"trigger {name!r} is missing")
+            elif present[name][1] != sql:
+                problems.setdefault(table, []).append(f"trigger {name!r} is outdated")
+    return problems
+
+
+def missing_since(db: Database, names: LogTables) -> dict[str, float]:
+    """Tables recorded without their triggers → unix time first seen (for `status`)."""
+    rows = db.query(
+        f"SELECT name, value FROM {quote_ident(names.state)} WHERE name LIKE ?",
+        (MISSING_PREFIX + "%",),
+    )
+    return {str(name).removeprefix(MISSING_PREFIX): float(value) for name, value in rows}
+
+
+class TriggerWatch:
+    """What the daemon knows of its triggers since it last looked; `report()` each iteration."""
+
+    def __init__(
+        self,
+        interval: float = REPORT_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.problems: dict[str, list[str]] = {}
+        self._next_report = 0.0
+
+    def check(self, db: Database, names: LogTables, tables: list[TableInfo]) -> list[str]:
+        """Look at the triggers again (at start, after a schema change). Records the tables
+        found without them; returns the recorded ones whose triggers are current again (to be
+        resynced; their records are removed by `forget` once that resync is recorded)."""
+        problems = problems_by_table(db, names, tables)
+        if not ensure_log_is_ours(db, names):  # nothing can be recorded without the log
+            problems.setdefault(names.log, []).insert(0, f"log table {names.log!r} is missing")
+            self._set(problems)
+            return []
+        configured = {info.name for info in tables}
+        recorded = missing_since(db, names)
+        new = [t for t in problems if t in configured and t not in recorded]
+        if new:
+            now = self.wall_clock()
+            with db.write() as conn:
+                conn.executemany(
+                    f"INSERT OR IGNORE INTO {quote_ident(names.state)} (name, value)"
+                    " VALUES (?, ?)",
+                    ((MISSING_PREFIX + t, now) for t in new),
+                )
+        self._set(problems)
+        return [t for t in recorded if t in configured and t not in problems]
+
+    def forget(self, db: Database, names: LogTables, tables: list[str]) -> None:
+        """The resync of these tables is recorded: they are no longer owed anything here."""
+        with db.write() as conn:
+            conn.executemany(
+                f"DELETE FROM {quote_ident(names.state)} WHERE name = ?",
+                ((MISSING_PREFIX + t,) for t in tables),
+            )
+
+    def _set(self, problems: dict[str, list[str]]) -> None:
+        if problems != self.problems:
+            self._next_report = self.clock()  # something changed: say so at once
+        self.problems = problems
+
+    def report(self) -> None:
+        """Log the problems when due: at once after a change, then every `interval`."""
+        if not self.problems or self.clock() < self._next_report:
+            return
+        self._next_report = self.clock() + self.interval
+        log.error(
+            MISSING_EVENT,
+            tables=sorted(self.problems),
+            problems={t: lines for t, lines in sorted(self.problems.items())},
+            fix="run `cdc-daemon install` (or set sync.reinstall_triggers: true); the daemon then"
+            " resyncs these tables",
+            repeats_every_s=self.interval,
+        )
