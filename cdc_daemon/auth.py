@@ -1,6 +1,6 @@
 """JWT bearer tokens for the admin API: verification (PyJWT) and roles. No HTTP here.
 
-Rules (README, Security):
+Rules (docs/security.md):
 - the token's `alg` must be in `admin.jwt.algorithms`; `none` is never accepted, and HS* and
   public-key algorithms never share one config (config.py refuses it), so a public key can never
   be used as an HMAC secret. Public keys are handed to PyJWT as key objects, never as bytes.
