@@ -241,7 +241,8 @@ class AdminApi:
         results: dict[str, TableDiff] = {}
         queued = 0
         with self._database() as (runtime, db, changelog):
-            verifier = Verifier(db, changelog, runtime.sink)
+            # Inside the daemon: its loop delivers what is in the log.
+            verifier = Verifier(db, changelog, runtime.sink, processor_running=True)
             names = [table] if table else list(runtime.mappings)
             for name in names:
                 mapping = runtime.mappings[name]

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import apsw
+
 from cdc_daemon.database import (
     Database,
     InvalidText,
@@ -24,6 +26,7 @@ from cdc_daemon.database import (
     scalar,
     select_rows,
 )
+from cdc_daemon.errors import DatabaseError
 from cdc_daemon.keys import Key, KeyValue, parse_quoted_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.triggers import LogTables, key_expr
@@ -33,6 +36,25 @@ if TYPE_CHECKING:
 
 PAGE_SIZE = 2000
 STATE_PREFIX = "backfill:"
+# What one table's row query raises when it is that table's trouble, not the database's: its
+# `where` failing on a row (json_extract of text that is not JSON), the table dropped or altered
+# under a built runtime. Busy, I/O, corruption, a full disk... fail everything, as before.
+ROW_QUERY_ERRORS = (
+    apsw.SQLError,
+    apsw.MismatchError,
+    apsw.RangeError,
+    apsw.TooBigError,
+)
+
+
+class RowQueryFailed(DatabaseError):
+    """Reading one table's rows failed (ROW_QUERY_ERRORS): that table is skipped for a while
+    (sync.Syncer.broken); the other tables go on. `error` is SQLite's message."""
+
+    def __init__(self, table: str, error: str) -> None:
+        super().__init__(f"table {table!r}: its rows could not be read: {error}")
+        self.table = table
+        self.error = error
 
 
 @dataclass
@@ -107,11 +129,14 @@ class Backfill:
             # SQLite writes each key's log text with the triggers' own expression: the same value
             # an app change of that row logs (a text key that is not UTF-8 included: dead-lettered
             # like any such key, while the other rows go on).
-            conn.execute(
-                f"INSERT INTO {self._log} (tbl, pk, op)"
-                f" SELECT ?, {key_expr('', mapping.key)}, 'B' {rows} LIMIT {int(self.page_size)}",
-                [mapping.table, *params],
-            )
+            try:
+                conn.execute(
+                    f"INSERT INTO {self._log} (tbl, pk, op) SELECT ?,"
+                    f" {key_expr('', mapping.key)}, 'B' {rows} LIMIT {int(self.page_size)}",
+                    [mapping.table, *params],
+                )
+            except ROW_QUERY_ERRORS as exc:  # caught here: write() would make it the database's
+                raise RowQueryFailed(mapping.table, str(exc)) from None
             count = conn.changes()
             if not count:
                 conn.execute(

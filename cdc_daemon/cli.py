@@ -375,6 +375,8 @@ def _wait_for_shared_collections(
 
 
 def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
+    from cdc_daemon.database import ProcessorLock
+
     runtime = build_runtime(config)
     require_installed(runtime.db, runtime.names)
     mappings = (
@@ -382,8 +384,16 @@ def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
         if args.table
         else list(runtime.mappings.values())
     )
-    verifier = Verifier(runtime.db, runtime.changelog, runtime.sink)
     drainer = Drainer(runtime.syncer, runtime.changelog, runtime.stop)
+    lock = ProcessorLock(runtime.db.path)
+    # Young changes are on their way only while another process (a daemon, a backfill) syncs:
+    # this one's --repair drains only what it logged, so newer changes would wait for nobody.
+    verifier = Verifier(
+        runtime.db,
+        runtime.changelog,
+        runtime.sink,
+        processor_running=lambda: not drainer.holding and lock.busy(),
+    )
     results: dict[str, TableDiff] = {}
     repaired = 0
     try:

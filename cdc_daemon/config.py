@@ -84,6 +84,17 @@ class TableConfig(_Strict):
             )
         return prefix
 
+    @model_validator(mode="after")
+    def _followers_have_a_prefix(self) -> TableConfig:
+        # Without its own id_prefix a following host's documents take the managing host's ids:
+        # its rows would overwrite and its deletes remove that host's documents.
+        if not self.manage_collection and self.id_prefix is None:
+            raise ValueError(
+                "manage_collection: false (a collection another host manages) needs this host's"
+                " own id_prefix, e.g. 'host2:'"
+            )
+        return self
+
     @property
     def collection_name(self) -> str:
         return self.collection or self.table

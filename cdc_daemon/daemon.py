@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import signal
 import threading
@@ -146,12 +147,11 @@ def build_runtime(
         nearest_node=config.typesense.nearest_node,
         on_auth_error=keys.rejected,  # a 401 fetches a new key from the KMS (single flight)
     )
-    collections = CollectionManager(
-        sink, db, names, changelog, config.sync.batch_size, config.typesense.collection_prefix
-    )
+    collections = CollectionManager(sink, db, names, changelog, config.sync.batch_size)
     syncer = Syncer(db, changelog, sink, mappings, config.sync.batch_size, collections)
     syncer.resend_delay = 2 * config.typesense.timeout + 5
     syncer.skip_tables(broken or {})
+    syncer.entries = {t.table: f"tables[{i}]" for i, t in enumerate(config.tables)}
     runtime = Runtime(config, db, names, infos, mappings, changelog, sink, syncer, keys=keys)
     if stop is not None:
         runtime.stop = stop
@@ -374,8 +374,14 @@ class Daemon:
             if swap_admin is not None:
                 swap_admin()
 
+        # An operator's config error (a `where` that doesn't compile, a table that doesn't
+        # exist) refuses the reload, as `check` and start refuse it: no skipping here.
         self._replace_runtime(
-            config, "config reloaded", on_swap=swap, changed=config_changes(running, config)
+            config,
+            "config reloaded",
+            on_swap=swap,
+            skip_broken=False,
+            changed=config_changes(running, config),
         )
 
     def _replace_runtime(
@@ -384,6 +390,7 @@ class Daemon:
         why: str,
         prepare: Callable[[Runtime], None] | None = None,
         on_swap: Callable[[], None] | None = None,
+        skip_broken: bool = True,
         **details: object,
     ) -> None:
         """Rebuild tables, mappings and collections from `config` and the current schema.
@@ -392,11 +399,16 @@ class Daemon:
         database file was replaced (`prepare` then checks the new runtime first). Raises,
         leaving the running objects untouched, when the new ones can't be built. What the new
         mappings owe the collections (a resync, a re-send, old documents to clear) is recorded
-        just before the switch (reconfigure.py); `on_swap` runs just after it."""
+        just before the switch (reconfigure.py); `on_swap` runs just after it. `skip_broken`:
+        a table the app dropped or altered is skipped (its changes wait) rather than failing
+        the rebuild; False (SIGHUP) makes any table problem a ConfigError naming the key."""
         if config.database != self.runtime.config.database:
             raise ConfigError("database: cannot change on reload; restart the service")
         fresh = build_runtime(
-            config, stop=self.stop, heartbeat=self.notifier.heartbeat, skip_broken_tables=True
+            config,
+            stop=self.stop,
+            heartbeat=self.notifier.heartbeat,
+            skip_broken_tables=skip_broken,
         )
         try:
             if prepare is not None:
@@ -473,19 +485,21 @@ class Daemon:
             for problem in trigger_problems(fresh.db, fresh.names, fresh.tables):
                 log.error("trigger problem", problem=problem, database=str(fresh.db.path))
         require_installed(fresh.db, fresh.names)
-        ResyncState(fresh.db, fresh.names).begin(fresh.mappings)
+        ResyncState(fresh.db, fresh.names, self.lock).begin(fresh.mappings)
 
     def _resync_on_start(self) -> None:
         """A file replaced while the daemon was stopped owes the same resync as one replaced
         under it (and a resync a kill -9 interrupted is continued)."""
         runtime = self.runtime
-        state = ResyncState(runtime.db, runtime.names)
+        state = ResyncState(runtime.db, runtime.names, self.lock)
         if state.file_changed():
             log.warning(
                 "database file is not the one last synced (a backup restored?); resyncing",
                 database=str(runtime.db.path),
             )
             state.begin(runtime.mappings)
+        else:
+            state.rotate()  # a backup taken before now carries an older token
         self._resync = state.owed()
 
     def _changes_at_start(self) -> None:
@@ -659,7 +673,7 @@ class Daemon:
     def run(self, once: bool = False) -> int:
         require_installed(self.runtime.db, self.runtime.names)
         self.runtime.db.require_writable()  # e.g. run as root before: one line with the fix
-        lock = ProcessorLock(self.runtime.db.path)
+        lock = self.lock = ProcessorLock(self.runtime.db.path)
         if not lock.acquire():
             raise DatabaseError(
                 f"{self.runtime.db.path}: another cdc-daemon (pid {lock.holder()}) is syncing it"
@@ -674,6 +688,8 @@ class Daemon:
         try:
             return self._loop(once)
         finally:
+            with contextlib.suppress(CdcError):  # a new token: a backup restored from now on,
+                ResyncState(self.runtime.db, self.runtime.names, lock).rotate()  # even in place
             lock.release()
             log.info("stopped")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -13,7 +14,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import apsw
 
@@ -390,28 +391,89 @@ class Database:
 class ProcessorLock:
     """Only one process may turn log rows into documents at a time (two would race on order).
 
-    An flock on `<database>.cdc-lock`: the kernel releases it when the holder dies, even by kill -9.
-    The file holds the holder's pid. It is created with the database file's permission bits
-    (and, when root creates it, its owner and group): whoever may write the database may take
-    the lock, so a first run as root doesn't shut the service's user out.
+    An flock on `<database>.cdc-lock`, beside the database's real file (symlinks resolved, so
+    every path to one database meets the same lock): the kernel releases it when the holder dies,
+    even by kill -9. The file holds the holder's pid. It is created with the database file's
+    permission bits (and, when root creates it, its owner and group): whoever may write the
+    database may take the lock, so a first run as root doesn't shut the service's user out.
+
+    A lock file can be deleted under its holder (`rm`), and a newcomer would then lock a new
+    file. So the holder also takes an open-file-description lock on one byte of the database
+    file itself, far beyond any byte SQLite locks: the database can't be deleted while in use.
+    Where that lock is unsupported (not Linux), the lock file alone guards.
     """
 
     def __init__(self, database: Path) -> None:
         self.database = database
-        self.path = database.with_name(database.name + ".cdc-lock")
+        real = Path(os.path.realpath(database))
+        self.path = real.with_name(real.name + ".cdc-lock")
         self._fd: int | None = None
+        self._database_fd: int | None = None  # holding the database-side lock through it
 
     def acquire(self) -> bool:
-        fd = self._open()
+        for _ in range(3):  # the file was removed or replaced between open and flock: again
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            if not self._is_at_path(fd):
+                os.close(fd)
+                continue
+            database_fd = _lock_database(self.database)
+            if database_fd is False:  # a holder whose lock file was deleted
+                os.close(fd)
+                return False
+            token = _token(_read(fd))  # kept across holders (ResyncState)
+            os.ftruncate(fd, 0)
+            os.pwrite(
+                fd, f"{os.getpid()}\n".encode() + (f"file {token}\n".encode() if token else b""), 0
+            )
+            self._fd, self._database_fd = fd, database_fd
+            return True
+        raise DatabaseError(f"{self.path}: keeps being replaced; is another uninstall running?")
+
+    def busy(self) -> bool:
+        """Whether another process holds the lock (never creates the lock file)."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            pass
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            finally:
+                os.close(fd)  # closing releases a lock taken here
+        return _database_locked(self.database)
+
+    def _is_at_path(self, fd: int) -> bool:
+        """Whether the locked file is still the one at the lock's path (not removed or replaced
+        between open and flock: that lock would guard nothing)."""
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
             return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
+        held = os.fstat(fd)
+        return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
+
+    def file_token(self) -> str | None:
+        """The token of the database file last synced (sweep.ResyncState), kept here because a
+        backup restored over the database can't carry it: it is not in the database file."""
+        if self._fd is not None:  # the holder reads its own file, even if removed meanwhile
+            return _token(_read(self._fd))
+        try:
+            return _token(self.path.read_bytes())
+        except OSError:
+            return None
+
+    def set_file_token(self, token: str) -> None:
+        """Record the token (only the lock's holder writes the file)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\nfile {token}\n".encode(), 0)
 
     def _open(self) -> int:
         """The lock file, opened for writing; created like the database file if missing.
@@ -448,13 +510,19 @@ class ProcessorLock:
             os.fchown(fd, st.st_uid, st.st_gid)
 
     def holder(self) -> str:
+        """The holder's pid: the file's first line (a `file` token line may follow)."""
         try:
-            return self.path.read_text().strip() or "unknown"
+            lines = self.path.read_text(errors="replace").splitlines()
         except OSError:
             return "unknown"
+        return lines[0].strip() if lines and lines[0].strip() else "unknown"
 
     def remove(self) -> bool:
-        """Delete the lock file while holding the lock (uninstall). True when there was one."""
+        """Delete the lock file while holding the lock (uninstall). True when there was one.
+        Only our own file: a newcomer that opened it before finds it gone after its flock
+        (_is_at_path) and makes a new one; the database-side lock covers the moment between."""
+        if self._fd is None or not self._is_at_path(self._fd):
+            return False
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -468,3 +536,86 @@ class ProcessorLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+        if self._database_fd is not None:
+            _unlock_database(self._database_fd)
+            self._database_fd = None
+
+
+# The database-side lock: one byte far beyond SQLite's lock bytes (around 1 GiB), as an
+# open-file-description lock (F_OFD_*), which other descriptors' closes don't release.
+_DATABASE_LOCK_BYTE = 1 << 62
+# One descriptor per database file, kept until exit: closing any descriptor of the database
+# would drop the POSIX locks this process's SQLite connections hold on it.
+_DATABASE_FDS: dict[tuple[int, int], int] = {}
+_DATABASE_FDS_LOCK = threading.Lock()
+
+
+def _read(fd: int) -> bytes:
+    return os.pread(fd, 65536, 0)
+
+
+def _token(content: bytes) -> str | None:
+    lines = content.decode(errors="replace").splitlines()
+    return next((line[5:] for line in lines if line.startswith("file ")), None)
+
+
+def _database_descriptor(database: Path) -> int | None:
+    """This process's descriptor of the database file; None if it can't be opened (missing)."""
+    try:
+        st = os.stat(database)
+    except OSError:
+        return None
+    with _DATABASE_FDS_LOCK:
+        if (st.st_dev, st.st_ino) not in _DATABASE_FDS:
+            try:
+                fd = os.open(database, os.O_RDWR)
+            except PermissionError:  # a read lock then: still in the way of a holder's
+                try:
+                    fd = os.open(database, os.O_RDONLY)
+                except OSError:
+                    return None
+            except OSError:
+                return None
+            st = os.fstat(fd)  # replaced meanwhile: file it under what was opened
+            _DATABASE_FDS.setdefault((st.st_dev, st.st_ino), fd)
+        return _DATABASE_FDS[(st.st_dev, st.st_ino)]
+
+
+def _database_lock_request(fd: int, kind: int) -> bytes:
+    if kind == fcntl.F_WRLCK and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+        kind = fcntl.F_RDLCK
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks)
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, _DATABASE_LOCK_BYTE, 1, 0)
+
+
+def _lock_database(database: Path) -> int | Literal[False] | None:
+    """Take the database-side lock: its descriptor; None when it can't be had here (no such
+    lock on this system or file system: the lock file alone guards); False when held."""
+    fd = _database_descriptor(database)
+    if fd is None or not hasattr(fcntl, "F_OFD_SETLK"):
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _database_lock_request(fd, fcntl.F_WRLCK))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        return None
+    return fd
+
+
+def _unlock_database(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _database_lock_request(fd, fcntl.F_UNLCK))
+
+
+def _database_locked(database: Path) -> bool:
+    """Whether another process holds the database-side lock."""
+    fd = _database_descriptor(database)
+    if fd is None or not hasattr(fcntl, "F_OFD_GETLK"):
+        return False
+    request = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, _DATABASE_LOCK_BYTE, 1, 0)
+    try:
+        answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, request)
+    except OSError:
+        return False
+    return bool(struct.unpack("hhqqi4x", answer)[0] != fcntl.F_UNLCK)

@@ -31,12 +31,13 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from cdc_daemon.backfill import Backfill
+from cdc_daemon.backfill import Backfill, RowQueryFailed
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database, quote_ident
 from cdc_daemon.errors import CollectionWaiting, ConfigError, SchemaMismatch, TargetError
@@ -52,6 +53,8 @@ from cdc_daemon.triggers import LogTables
 
 log = structlog.get_logger("cdc_daemon.evolution")
 REBUILD_PREFIX = "rebuild:"
+MAPPING_PREFIX = "mapping:"  # a table's mapping as last synced (reconfigure.py)
+CREATED_PREFIX = "created:"  # the alias cdc-daemon created for a table (filled ever since)
 RETIRE_PREFIX = "retire:"  # the collection a finishing rebuild's alias switch leaves behind
 FOLLOW_PREFIX = "follow:"
 FOLLOW_INTERVAL = 10.0  # seconds between a following host's looks at a shared collection
@@ -83,9 +86,7 @@ class CollectionManager:
         names: LogTables,
         changelog: ChangeLog,
         batch_size: int,
-        collection_prefix: str = "",
     ) -> None:
-        """`collection_prefix` (typesense.collection_prefix) names the owner registry too."""
         self.sink = sink
         self.db = db
         self.names = names
@@ -95,7 +96,7 @@ class CollectionManager:
         self._state = quote_ident(names.state)
         self.follow_interval = FOLLOW_INTERVAL
         self._follow_due = time.monotonic() + FOLLOW_INTERVAL
-        self.owners = Ownership(sink, collection_prefix + REGISTRY, database_identity(db.path))
+        self.owners = Ownership(sink, REGISTRY, database_identity(db.path))
         self._where: dict[str, str] = {}  # table → its config key path (tables[N]), for messages
 
     # -- state ----------------------------------------------------------------------------------
@@ -177,8 +178,19 @@ class CollectionManager:
         if current is None:
             existing = self.sink.get_collection(alias)
             if existing is None:
+                created = CREATED_PREFIX + mapping.table
+                if self.db.scalar(f"SELECT value FROM {self._state} WHERE name = ?", (created,)):
+                    # Its alias and collection were deleted by hand: every row again (recorded
+                    # first: a crash after creating must still fill it).
+                    self.backfill.start(mapping.table)
+                    log.warning("collection was missing; recreated and backfilling", alias=alias)
                 self._create(mapping, version_name(alias, 1))
                 self.sink.set_alias(alias, version_name(alias, 1))
+                with self.db.write() as conn:
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
+                        (created, alias),
+                    )
                 log.info("collection created", collection=version_name(alias, 1), alias=alias)
                 return Target(alias)
             return self._foreign(mapping, alias, existing)
@@ -224,7 +236,9 @@ class CollectionManager:
         )
 
     def _foreign(self, mapping: TableMapping, name: str, existing: dict[str, Any]) -> Target:
-        """A collection cdc-daemon did not create: used as it is, or only given new fields."""
+        """A collection cdc-daemon did not create: used as it is, or only given new fields.
+        One another database created (configured by its real name, `books__v1`) is refused."""
+        self.owners.refuse_if_other(self._claim(mapping, name))
         schema = mapping.collection_schema(name)
         problems = schema_differences(schema, existing)
         if not problems:
@@ -376,6 +390,10 @@ class CollectionManager:
             return self._owner_problem(mapping, version_name(alias, 1))
         if existing is None:
             return f"alias {alias!r} points to {name!r}, which does not exist"
+        try:  # a collection configured by its real name: refused if another database made it
+            self.owners.refuse_if_other(self._claim(mapping, name))
+        except ConfigError as exc:
+            return str(exc)
         schema = mapping.collection_schema(name)
         problems = schema_differences(schema, existing)
         if not problems or added_optional_fields(schema, existing):
@@ -388,9 +406,18 @@ class CollectionManager:
 
     # -- between batches ------------------------------------------------------------------------
 
-    def step(self, mappings: dict[str, TableMapping], targets: dict[str, Target]) -> bool:
+    def step(
+        self,
+        mappings: dict[str, TableMapping],
+        targets: dict[str, Target],
+        skip: Collection[str] = (),
+        unreadable: dict[str, str] | None = None,
+    ) -> bool:
         """Feed backfills a page at a time, finish rebuilds, and (hosts following a shared
-        collection, every `follow_interval`) look where to write; True when it did some work."""
+        collection, every `follow_interval`) look where to write; True when it did some work.
+        No backfill page for the tables in `skip` (rows that can't be read: sync.py); a table
+        whose page can't be read now goes into `unreadable` (table → SQLite's message) while
+        the other tables go on (without `unreadable`: RowQueryFailed)."""
         busy = False
         if time.monotonic() >= self._follow_due:
             self._follow_due = time.monotonic() + self.follow_interval
@@ -409,8 +436,16 @@ class CollectionManager:
         for table, target in list(targets.items()):
             mapping = mappings[table]
             if table in active:
+                if table in skip:
+                    continue
                 if self.changelog.unsynced_for_table(table, self.batch_size) < self.batch_size:
-                    self.backfill.log_next_page(mapping)
+                    try:
+                        self.backfill.log_next_page(mapping)
+                    except RowQueryFailed as exc:
+                        if unreadable is None:
+                            raise
+                        unreadable[table] = exc.error
+                        continue
                     busy = True
                 continue
             if not mapping.manage_collection:

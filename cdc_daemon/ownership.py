@@ -2,8 +2,10 @@
 
 A second database whose table has the same name (another app, a staging copy) must never rebuild,
 write or drop the first one's collection. Typesense 0.24 has no metadata on collections, so the
-owner is recorded in one small collection, `<collection_prefix>cdc_daemon_owners` (the prefix:
-a key scoped to `<prefix>*` can reach it), one document per physical collection cdc-daemon
+owner is recorded in one small collection, `cdc_daemon_owners`, shared by every instance on the
+cluster whatever its `collection_prefix` (a collection's owner must be found whatever prefix the
+daemon looking at it has: per-prefix registries let a copy with another prefix adopt and drop
+the original's collections), one document per physical collection cdc-daemon
 created: id = the collection's real name (`<alias>__v<N>`), `owner` = this database's identity,
 `alias`, `table` and `claimed_at` (unix seconds).
 
@@ -120,6 +122,19 @@ class Ownership:
             if exists:
                 raise self.refusal(claim, entry)
             self._take_over_stale(claim, entry)
+
+    def refuse_if_other(self, claim: Claim) -> None:
+        """CollectionOwned when the collection is registered to another database (nothing is
+        adopted: for collections cdc-daemon did not name)."""
+        entry = self.entry(claim.physical)
+        if entry is not None and not self._ours(entry):
+            raise self.refusal(claim, entry)
+
+    def other_owner(self, physical: str) -> str | None:
+        """The owner of a collection registered to another database; None when it is ours or
+        unregistered."""
+        entry = self.entry(physical)
+        return None if entry is None or self._ours(entry) else str(entry.get("owner"))
 
     def droppable(self, physical: str) -> bool:
         """May this database drop it? Yes when it is ours, or unregistered (an earlier version's

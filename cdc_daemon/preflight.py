@@ -8,8 +8,6 @@ and value kind with it); the reasons are its own words.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ import apsw
 import apsw.ext
 
 from cdc_daemon.auth import JwtVerifier
+from cdc_daemon.backfill import ROW_QUERY_ERRORS
 from cdc_daemon.config import Config
 from cdc_daemon.database import Database, ProcessorLock, quote_ident, select_rows
 from cdc_daemon.documents import build_document, row_is_live, row_key, size_problem
@@ -72,22 +71,24 @@ def row_query_problem(db: Database, mapping: TableMapping, entry: str) -> str | 
     return f"{entry}.where: {mapping.where!r} {usable}: {problem}"
 
 
+def row_failure_problem(db: Database, mapping: TableMapping, entry: str, error: str) -> str:
+    """One line for a row query that failed while running (SQLite's `error`), naming the config
+    key: its compile problem when it no longer compiles (the table dropped or altered since),
+    else the `where` failing on some row (`json_extract` of text that is not JSON)."""
+    problem = row_query_problem(db, mapping, entry)
+    if problem is not None:
+        return problem
+    if mapping.where is not None:
+        return f"{entry}.where: {mapping.where!r} fails on rows of {mapping.table!r}: {error}"
+    return f"{entry}.table: cannot read table {mapping.table!r}: {error}"
+
+
 # -- what `run` refuses at start ---------------------------------------------------------------
 
 
 def daemon_running(database: Path) -> bool:
     """Whether a daemon (or a backfill) holds the processor lock; never creates the lock file."""
-    try:
-        fd = os.open(ProcessorLock(database).path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing releases a lock taken here
-    return False
+    return ProcessorLock(database).busy()
 
 
 def _listen_problem(key: str, listen: str, bind: bool) -> Problem | None:
@@ -233,7 +234,10 @@ def sample_problems(
     order = ", ".join(quote_ident(c) for c in mapping.key)
     rest = f"FROM {quote_ident(mapping.table)}{where} ORDER BY {order} LIMIT {int(limit)}"
     with db.read() as conn:
-        rows = select_rows(conn, mapping.columns, rest)
+        try:
+            rows = select_rows(conn, mapping.columns, rest)
+        except ROW_QUERY_ERRORS as exc:  # the running daemon skips this table: say why
+            return [row_failure_problem(db, mapping, entry, str(exc))]
     live = [row for row in rows if row_is_live(mapping, row)]
     findings: dict[str, _Finding] = {}
     for row in live:

@@ -41,7 +41,7 @@ from cdc_daemon.backfill import Backfill
 from cdc_daemon.config import Config
 from cdc_daemon.database import Database, quote_ident
 from cdc_daemon.errors import ConfigError
-from cdc_daemon.evolution import REBUILD_PREFIX, RETIRE_PREFIX
+from cdc_daemon.evolution import MAPPING_PREFIX, REBUILD_PREFIX, RETIRE_PREFIX  # state names
 from cdc_daemon.keys import Key
 from cdc_daemon.ownership import Ownership
 from cdc_daemon.schema import TableMapping
@@ -50,7 +50,6 @@ from cdc_daemon.sweep import ResyncState
 from cdc_daemon.sync import fetch_rows
 from cdc_daemon.triggers import LogTables
 
-MAPPING_PREFIX = "mapping:"
 LEFTOVER_PREFIX = "leftover:"
 # Keys a running daemon can't change: the file and log it syncs (its lock, its triggers) and
 # the sockets it serves. A reload that changes one is refused as a whole.
@@ -357,6 +356,12 @@ class LeftoverCleaner:
             cleared = Cleared(kept="configured (again)")
         elif not same and entry.get("drop") and self._name_gone(old.collection):
             cleared = self._drop(None, entry.get("collections", []))  # alias gone before a crash
+        elif (owner := self._other_owner(old)) is not None:
+            # The old name is another database's (this one is a copy of it, say, renamed to
+            # get out of its way): its documents are that database's, never ours to delete.
+            log.warning("old collection left alone: another database's", collection=old.collection,
+                        owner=owner)
+            cleared = Cleared(kept=f"another database's ({owner})")
         else:
             cleared, entry = self._drop_or_delete(documents, entry)
         if cleared is not None:
@@ -379,6 +384,14 @@ class LeftoverCleaner:
             log.info("old collection kept: other hosts' documents are in it", collection=physical,
                      documents=others)
         return self._delete(documents), entry
+
+    def _other_owner(self, old: TableMapping) -> str | None:
+        """Who owns the collection behind the old name, when the old mapping managed it and it
+        is registered to another database (None otherwise: ours, unregistered, or shared)."""
+        if not old.manage_collection:
+            return None  # a follower's own documents (its id_prefix) in a shared collection
+        physical = self.sink.get_alias(old.collection) or old.collection
+        return self.owners.other_owner(physical)
 
     def _name_gone(self, name: str) -> bool:
         """No alias and no collection of that name (GET /collections resolves aliases too)."""

@@ -10,6 +10,7 @@ was stopped is noticed at start.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import structlog
 
 from cdc_daemon.changelog import ChangeLog
-from cdc_daemon.database import Database, quote_ident
+from cdc_daemon.database import Database, ProcessorLock, quote_ident
 from cdc_daemon.documents import row_is_live
 from cdc_daemon.keys import Key
 from cdc_daemon.schema import TableMapping
@@ -26,7 +27,7 @@ from cdc_daemon.sync import fetch_rows
 from cdc_daemon.triggers import LogTables
 
 SWEEP_PREFIX = "sweep:"
-FILE_STATE = "database-file"  # the inode of the file last synced
+FILE_STATE = "database-file"  # the file last synced: "<inode> <token>" (the token: file_changed)
 START_BACKFILL = "backfill"  # a table's first phase: its backfill is still to be started
 AFTER_BACKFILL = "sweep"  # then: sweep once its backfill has logged every row
 PAGE_SIZE = 500  # document ids looked up per read transaction
@@ -36,9 +37,10 @@ log = structlog.get_logger("cdc_daemon.sweep")
 class ResyncState:
     """What a replaced file still owes its collections: `sweep:<table>` → phase."""
 
-    def __init__(self, db: Database, names: LogTables) -> None:
+    def __init__(self, db: Database, names: LogTables, lock: ProcessorLock | None = None) -> None:
         self.db = db
         self._state = quote_ident(names.state)
+        self.lock = lock  # the daemon's: the token's copy a backup can't carry
 
     def _file(self) -> str:
         # The inode alone: a device number can change across reboots (NFS, some volumes),
@@ -46,20 +48,52 @@ class ResyncState:
         return str(self.db.identity[1]) if self.db.identity else ""
 
     def file_changed(self) -> bool:
-        """True when the state names another file than the one open (restored while stopped).
-        The first time (no file recorded yet) it records this one and says False."""
+        """True when the file open is not the one last synced (restored while stopped): another
+        inode, or the same inode (a file system reuses a freed one) with another token than the
+        lock file's. A backup carries the token recorded when it was taken; each file detected
+        as new gets a new token, in the database and in the lock file. The first time (nothing
+        recorded yet) this file is recorded, and it says False."""
         recorded = self.db.scalar(f"SELECT value FROM {self._state} WHERE name = ?", (FILE_STATE,))
         if recorded is None:
-            self._set(FILE_STATE, self._file())
-        return recorded is not None and str(recorded) != self._file()
+            self._record(self._tokened())
+            return False
+        inode, _, token = str(recorded).partition(" ")
+        kept = self.lock.file_token() if self.lock is not None else None
+        return inode != self._file() or bool(token and kept and token != kept)
 
     def begin(self, tables: Iterable[str]) -> None:
         """Every table owes a backfill and then a sweep; this file is the one synced now. One
         transaction: a kill -9 before it leaves the old file recorded, so the restart resyncs."""
+        value = self._tokened()
         with self.db.write() as conn:
             sql = f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)"
             conn.executemany(sql, ((SWEEP_PREFIX + t, START_BACKFILL) for t in tables))
-            conn.execute(sql, (FILE_STATE, self._file()))
+            conn.execute(sql, (FILE_STATE, value))
+        self._keep_token(value)
+
+    def rotate(self) -> None:
+        """A new token for the same file (at start and at a clean stop): a backup taken before
+        carries an older one, so restoring it in place, while the daemon is stopped, is seen."""
+        if self.lock is not None:
+            self._record(self._tokened())
+
+    def _tokened(self) -> str:
+        """`<inode> <token>`: a new token when this process holds the lock (it writes the lock
+        file's copy), else the one recorded (a reload's resync, which doesn't change files)."""
+        if self.lock is not None:
+            return f"{self._file()} {secrets.token_hex(8)}"
+        recorded = self.db.scalar(f"SELECT value FROM {self._state} WHERE name = ?", (FILE_STATE,))
+        token = str(recorded or "").partition(" ")[2]
+        return f"{self._file()} {token}".rstrip()
+
+    def _record(self, value: str) -> None:
+        self._set(FILE_STATE, value)
+        self._keep_token(value)
+
+    def _keep_token(self, value: str) -> None:
+        token = value.partition(" ")[2]
+        if self.lock is not None and token:
+            self.lock.set_file_token(token)  # after the database: a crash between resyncs again
 
     def owed(self) -> dict[str, str]:
         rows = self.db.query(f"SELECT name, value FROM {self._state} WHERE name LIKE 'sweep:%'")

@@ -11,6 +11,7 @@ from typing import Any
 import apsw
 import structlog
 
+from cdc_daemon.backfill import ROW_QUERY_ERRORS
 from cdc_daemon.changelog import MAX_DELAY, ChangeLog, KeyFailure, LogEntry, contiguous_ranges
 from cdc_daemon.database import Database, InvalidText, bind, quote_ident, scalar, select_rows
 from cdc_daemon.document_sql import document_sql, fetch_documents
@@ -194,6 +195,7 @@ class Syncer:
         # (the schema or the config changed); one whose read failed here is tried again after
         # TABLE_RETRY seconds (monotonic time in _retry_at).
         self.broken: dict[str, str] = {}
+        self.entries: dict[str, str] = {}  # table → its config key, `tables[N]` (build_runtime)
         self._retry_at: dict[str, float] = {}
         self._reported_at: dict[str, float] = {}
         self.rejections = Rejections()  # over this syncer's batches (backfill, run --once)
@@ -208,14 +210,22 @@ class Syncer:
         self._collections_ready = True
 
     def step_collections(self) -> bool:
-        """Between batches: feed backfills and finish rebuilds. True when it did some work."""
+        """Between batches: feed backfills and finish rebuilds. True when it did some work.
+        A table whose backfill page can't be read is skipped like one whose changes can't."""
         if not self._collections_ready:
             self.ensure_collections()
+        unreadable: dict[str, str] = {}
         try:
-            return self.collections.step(self.mappings, self.targets)
+            skip = self._skipped_tables()
+            return self.collections.step(self.mappings, self.targets, skip, unreadable)
         except CollectionMissing:
             self._collections_ready = False  # look again before the next batch
             raise
+        finally:
+            for table, error in unreadable.items():
+                self._skip_unreadable(table, error)
+            if unreadable:
+                self._report_broken()
 
     def sync_once(self) -> BatchReport:
         started = time.monotonic()
@@ -359,8 +369,6 @@ class Syncer:
             for table, table_changes in by_table.items():
                 if not self._resolve_or_skip(conn, table, table_changes):
                     unreadable.add(table)
-                    continue
-                self._check_ids(conn, table, table_changes)
         self._report_broken()
         # A skipped table's entries are neither sent nor acknowledged: they wait in the log.
         kept = [c for c in changes.values() if c.table not in unreadable]
@@ -376,16 +384,33 @@ class Syncer:
         return sorted(self.broken)
 
     def _resolve_or_skip(self, conn: apsw.Connection, table: str, changes: list[_Change]) -> bool:
-        """_resolve, unless the table's rows can't be read (the table was dropped or renamed,
-        or its `where` fails, since the runtime was built): then the table is skipped for a
-        while, and False. Any other error is the whole batch's."""
+        """_resolve and _check_ids, unless the table's rows can't be read (dropped or renamed
+        since the runtime was built, or its `where` fails on a row: json_extract of text that
+        is not JSON): then the table is skipped for a while, and False. Caught here, per table:
+        Database.read() would make it the whole read's error. Any other error (busy, I/O) is
+        the whole batch's."""
         try:
             self._resolve(conn, table, changes)
-        except apsw.SQLError as exc:
-            self.broken[table] = f"table {table!r} could not be read: {exc}"
-            self._retry_at[table] = time.monotonic() + TABLE_RETRY
+            self._check_ids(conn, table, changes)
+        except ROW_QUERY_ERRORS as exc:
+            self._skip_unreadable(table, str(exc))
             return False
         return True
+
+    def _skip_unreadable(self, table: str, error: str) -> None:
+        """Skip `table` for TABLE_RETRY seconds; its problem names the config key and SQLite's
+        message (`tables[N].where`, or `.table` when its query no longer compiles)."""
+        # Imported here: preflight imports metrics, which imports this module.
+        from cdc_daemon.preflight import row_failure_problem
+
+        mapping = self.mappings.get(table)
+        entry = self.entries.get(table, "tables[?]")
+        self.broken[table] = (
+            row_failure_problem(self.db, mapping, entry, error)  # compiles it: never raises
+            if mapping is not None
+            else f"table {table!r} could not be read: {error}"
+        )
+        self._retry_at[table] = time.monotonic() + TABLE_RETRY
 
     def _report_broken(self) -> None:
         """An error line per skipped table when it is first skipped, then once a minute."""
@@ -431,8 +456,11 @@ class Syncer:
         """Attach to each change its current document (upsert) or None (delete), or an error."""
         mapping = self.mappings.get(table)
         if mapping is None:
+            # Logged by triggers `install` put on a table before the config names it (or after
+            # it stopped naming it): done without sending. Adding a table to the config sends
+            # every row of it and removes what it has no row for (reconfigure.py's resync).
             for change in changes:
-                change.error = f"table {table!r} is not configured"
+                change.settled = True
             return
         for change in changes:
             try:

@@ -20,7 +20,7 @@ import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -144,10 +144,19 @@ class _LogView:
 
 
 class Verifier:
-    def __init__(self, db: Database, changelog: ChangeLog, sink: TypesenseSink) -> None:
+    def __init__(
+        self,
+        db: Database,
+        changelog: ChangeLog,
+        sink: TypesenseSink,
+        processor_running: bool | Callable[[], bool] = True,
+    ) -> None:
+        """`processor_running`: whether a process holds the processor lock (a daemon, or a
+        backfill draining), asked at each comparison. Without one, no change is on its way."""
         self.db = db
         self.changelog = changelog
         self.sink = sink
+        self.processor_running = processor_running
 
     def _expected(self, mapping: TableMapping, row: tuple[Any, ...]) -> dict[str, Any] | str:
         """The document a live row should have, or why it can't have one."""
@@ -251,7 +260,7 @@ class Verifier:
                 flush()
         flush()
 
-    def _log_view(self, mapping: TableMapping) -> _LogView:
+    def _log_view(self, mapping: TableMapping, running: bool) -> _LogView:
         now = time.time()
         with self.db.read() as conn:
             stalled_since = scalar(
@@ -273,6 +282,8 @@ class Verifier:
             elif stalled or now - oldest > GRACE:
                 age = now - min(oldest, stalled_since or oldest)
                 waiting[key] = f"not synced: changes waiting in the log for {age:.0f} s"
+            elif not running:  # young, but nobody will deliver it
+                waiting[key] = "not synced: no cdc-daemon is running"
             else:
                 waiting[key] = None
         dead_keys = {k: error for log_key, error in dead if (k := _readable(log_key, mapping))}
@@ -280,7 +291,8 @@ class Verifier:
 
     def _classify(self, mapping: TableMapping, diff: TableDiff) -> None:
         """Leave out the differences whose changes are in flight; give the others a reason."""
-        view = self._log_view(mapping)
+        running = self.processor_running
+        view = self._log_view(mapping, running if isinstance(running, bool) else running())
         for found in (diff.missing, diff.stale, diff.extra):
             kept = []
             for difference in found:

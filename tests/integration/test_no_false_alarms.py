@@ -43,3 +43,27 @@ def test_a_resend_of_every_row_keeps_one_entry_per_key(env: Env) -> None:
     assert db_scalar(env.db, "SELECT COUNT(*) FROM change_log") == 1
     # ... and it kept its attempts (the key's rejections are counted, not restarted).
     assert db_scalar(env.db, "SELECT attempts FROM change_log") == 2
+
+
+def test_changes_to_a_table_not_configured_yet_are_not_dead_lettered(env: Env) -> None:
+    """`install` with the new table in the config, the app writing to it, and the daemon still
+    on the old config (the reload not done yet): nothing is dead-lettered; once the config names
+    the table, every row of it is sent (found by walking the operator guide's "add a table")."""
+    app_exec(env.db, "CREATE TABLE items (id INTEGER PRIMARY KEY, t TEXT)",
+             "CREATE TABLE notes (id INTEGER PRIMARY KEY, t TEXT)")
+    env.write_config([{"table": "items"}], sync={"max_attempts": 1})
+    env.cli("install", check=True)
+    app_write(env.db, [[("INSERT INTO items VALUES (1, 'x')", [])]])
+    assert env.cli("run", "--once", timeout=180).returncode == 0
+    env.write_config([{"table": "items"}, {"table": "notes"}], sync={"max_attempts": 1})
+    env.cli("install", check=True)
+    app_write(env.db, [[("INSERT INTO notes VALUES (?, 'n')", [i]) for i in range(1, 21)]
+                       + [("DELETE FROM notes WHERE id > 15", [])]])
+    env.write_config([{"table": "items"}], sync={"max_attempts": 1})  # the running config
+    assert env.cli("run", "--once", timeout=180).returncode == 0
+    status = env.status()
+    assert status["dead_letters"] == 0 and status["backlog"] == 0, status
+    env.write_config([{"table": "items"}, {"table": "notes"}], sync={"max_attempts": 1})
+    assert env.cli("run", "--once", timeout=180).returncode == 0
+    assert set(env.documents("notes")) == {str(i) for i in range(1, 16)}
+    assert env.verify()["in_sync"] is True

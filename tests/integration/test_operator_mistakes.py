@@ -31,6 +31,7 @@ import pytest
 import yaml
 from conftest import (
     API_KEY,
+    ELEMENTS_CONFIG,
     ELEMENTS_DDL,
     Env,
     app_exec,
@@ -128,6 +129,58 @@ def test_a_daemon_whose_log_is_dropped_by_hand_stops_with_one_error(elements_env
     assert error["missing"] == ["change_log", "change_log_state"]
     assert sum(e["event"] == "sync failed" for e in events) <= 2, events  # no endless loop
     assert events[-1]["event"] == "stopped"
+
+
+def test_a_deleted_lock_file_does_not_let_a_second_processor_in(elements_env: Env) -> None:
+    env = elements_env
+    insert_elements(env.db, range(1, 6))
+    daemon = start_daemon_logged(env)
+    try:
+        wait_running(env, daemon)
+        lock_file(env).unlink()  # `rm app.db.cdc-lock` under the running daemon
+        triggers = our_triggers(env.db)
+        for args in (["run", "--once"], ["uninstall"], ["uninstall", "--drop-log"]):
+            result = env.cli(*args, timeout=SLOW)
+            assert result.returncode == 1, (args, result.stdout, result.stderr)
+            assert "Traceback" not in result.stderr, result.stderr
+            [line] = error_lines(result)
+            assert "is syncing" in line, line
+        assert our_triggers(env.db) == triggers
+        insert_elements(env.db, range(6, 11))  # the daemon still syncs, alone
+        wait_for(lambda: len(env.documents("elements")) == 10, 90, "10 documents")
+        assert daemon.poll() is None, read_daemon_log(env)
+    finally:
+        assert stop_process(daemon, timeout=60) == 0, read_daemon_log(env)
+    env.cli("run", "--once", check=True)  # the holder gone, the lock is free again
+
+
+def test_a_database_reached_through_a_symlink_meets_the_same_lock(elements_env: Env) -> None:
+    env = elements_env
+    insert_elements(env.db, range(1, 6))
+    elsewhere = env.tmp / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "app.db").symlink_to(env.db)
+    # Other collections (the same ones are refused by their owner registry): the lock alone
+    # must keep a second processor off this database's log.
+    other = Env(elsewhere, env.typesense, env.prefix + "b")
+    other.write_config([{k: v for k, v in ELEMENTS_CONFIG.items() if k != "collection"}])
+    daemon = start_daemon_logged(env)
+    try:
+        wait_running(env, daemon)
+        result = other.cli("run", "--once", timeout=SLOW)
+        assert result.returncode == 1 and f"pid {daemon.pid}" in result.stderr, result.stderr
+        second = start_daemon_logged(other, name="second")
+        try:
+            wait_for(lambda: second.poll() is not None, SLOW, "the second daemon to give up")
+        finally:
+            stop_process(second)
+        assert second.returncode == 1, read_daemon_log(other, "second")
+        assert f"pid {daemon.pid}" in read_daemon_log(other, "second")
+        assert not (elsewhere / "app.db.cdc-lock").exists()  # the lock is beside the real file
+        assert daemon.poll() is None, read_daemon_log(env)
+    finally:
+        assert stop_process(daemon, timeout=60) == 0, read_daemon_log(env)
+        other.http.close()
 
 
 # -- item 6: commands that end -----------------------------------------------------------------

@@ -429,3 +429,40 @@ def test_config_changed_while_stopped_is_applied_at_start(env: Env) -> None:
     assert _doc_ids(env, renamed) == _ids(env, "d")
     assert env.http.get(f"/aliases/{env.collection('d')}").status_code == 404
     assert env.verify()["in_sync"] is True
+
+
+def test_a_config_error_refuses_the_reload(env: Env, daemons: list[Any]) -> None:
+    """A `where` typo (no such column) or a table that does not exist, by SIGHUP: the reload is
+    refused as a whole naming the key, as `check` and start refuse it, and the running config
+    keeps syncing both tables. Before the fix the typo was "reloaded" and its table skipped."""
+    tables: list[dict[str, Any]] = [{"table": "items"},
+                                    {"table": "other", "where": "body IS NOT NULL"}]
+    for name in ("items", "other"):
+        _make_table(env, name)
+    env.write_config(tables)
+    env.cli("install", check=True)
+    for name in ("items", "other"):
+        _fill(env, name)
+    daemon = start_daemon_logged(env)
+    daemons.append(daemon)
+    wait_for(lambda: all(_doc_ids(env, env.collection(t)) == _ids(env, t)
+                         for t in ("items", "other")), 60, message="initial sync")
+
+    typo = [tables[0], {"table": "other", "where": "bdy IS NOT NULL"}]
+    _reload(env, daemon, typo)
+    refused = _events(env, "reload failed; keeping the previous config")
+    assert refused and refused[-1]["error"].startswith("tables[1].where:"), read_daemon_log(env)
+    assert "bdy" in refused[-1]["error"]
+    _reload(env, daemon, [*tables, {"table": "missing"}])
+    refused = _events(env, "reload failed; keeping the previous config")
+    assert len(refused) == 2 and refused[-1]["error"].startswith("tables[2].table:"), refused
+    assert not _events(env, "config reloaded")
+    assert not [line for line in read_daemon_log(env).splitlines() if "table skipped" in line]
+
+    # The previous config still syncs both tables.
+    app_exec(env.db, "UPDATE items SET title = 'after'", "UPDATE other SET title = 'after'")
+    for table in ("items", "other"):
+        wait_for(lambda t=table: {d["title"] for d in
+                                  collection_documents(env.http, env.collection(t)).values()}
+                 == {"after"}, 60, message=f"{table} still syncing")
+    assert daemon.poll() is None

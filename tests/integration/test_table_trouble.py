@@ -179,3 +179,85 @@ def test_the_sync_step_skips_a_table_it_cannot_read(env: Env) -> None:
         assert len(env.documents("elements")) == 5
     finally:
         runtime.close()
+
+
+NOT_JSON_WHERE = "json_extract(body, '$.x') IS NULL"  # fails on a body that is not JSON
+
+
+def test_a_where_failing_on_rows_stops_only_its_table(env: Env) -> None:
+    """A `where` that compiles but fails on the rows (json_extract of text that is not JSON):
+    `check` names `tables[0].where` with SQLite's message; `run --once` and the daemon skip that
+    table (backfill page and changes alike), report it (log, admin status, gauge) and sync the
+    other one; once the app fixes the rows it syncs. Before the fix: `check` said only
+    `…/app.db: malformed JSON`, and every iteration failed with it for every table."""
+    app_exec(env.db, "PRAGMA journal_mode=WAL", ELEMENTS_DDL, NOTES_DDL)
+    metrics_port, admin_port = free_port(), free_port()
+    env.write_config([{"table": "notes", "where": NOT_JSON_WHERE}, {"table": "elements"}],
+                     metrics={"listen": f"127.0.0.1:{metrics_port}"},
+                     admin={"listen": f"127.0.0.1:{admin_port}"})
+    env.cli("install", check=True)
+    insert_notes(env, range(1, 6))  # "note 1": not JSON
+    insert_elements(env.db, range(1, 11))
+
+    check = env.cli("check")
+    assert check.returncode == 1, (check.stdout, check.stderr)
+    assert "tables[0].where" in check.stdout and "malformed JSON" in check.stdout, check.stdout
+    assert "Traceback" not in check.stderr
+
+    once = env.cli("run", "--once", timeout=240)
+    assert "gave up" not in once.stderr and "giving up" not in once.stderr, once.stderr
+    assert "tables[0].where" in once.stderr and "Traceback" not in once.stderr, once.stderr
+    assert len(env.documents("elements")) == 10
+
+    daemon = start_daemon_logged(env)
+    try:
+        app_exec(env.db, "UPDATE elements SET comment = 'changed'")
+        wait_for(lambda: comments(env) == {"changed"}, timeout=DEADLINE,
+                 message="the other table to keep syncing")
+
+        def skipped_logged() -> bool:
+            return any(e.get("level") == "error" and e.get("table") == "notes"
+                       and str(e.get("problem", "")).startswith("tables[0].where:")
+                       and "malformed JSON" in e["problem"] for e in log_events(env))
+
+        wait_for(skipped_logged, timeout=DEADLINE, message="the skipped table logged")
+        status = httpx.get(f"http://127.0.0.1:{admin_port}/v1/status", timeout=10).json()
+        problem = status["tables"]["notes"]["problem"]
+        assert problem.startswith("tables[0].where:") and "malformed JSON" in problem, status
+        assert skipped_gauge(metrics_port) == 'cdc_table_skipped{table="notes"} 1.0'
+        assert notes_backlog(env) == 5  # its entries wait in the log
+        assert not [e for e in log_events(env) if e.get("event") == "sync failed"]
+
+        # The app fixes its rows: after the retry delay the table syncs (backfill included).
+        app_exec(env.db, """UPDATE notes SET body = '{"x": null}'""")
+        wait_for(lambda: len(env.documents("notes")) == 5 and notes_backlog(env) == 0,
+                 timeout=DEADLINE + 60, message="notes synced once its rows are JSON")
+        wait_for(lambda: skipped_gauge(metrics_port) == 'cdc_table_skipped{table="notes"} 0.0',
+                 timeout=DEADLINE, message="the gauge back to 0")
+        assert daemon.poll() is None
+    finally:
+        stop_process(daemon, timeout=30)
+    assert "Traceback" not in read_daemon_log(env)
+
+
+def test_the_sync_step_names_a_where_failing_on_rows(env: Env) -> None:
+    """In the sync step (the read of changed rows, not the backfill): the table whose `where`
+    fails on its rows is skipped naming `tables[0].where` and SQLite's message; the other
+    table's changes are sent."""
+    app_exec(env.db, "PRAGMA journal_mode=WAL", ELEMENTS_DDL, NOTES_DDL)
+    env.write_config([{"table": "notes", "where": NOT_JSON_WHERE}, {"table": "elements"}])
+    env.cli("install", check=True)
+    insert_elements(env.db, range(1, 6))
+    insert_notes(env, range(1, 4))
+    runtime = build_runtime(load_config(env.config_path))
+    try:
+        runtime.syncer.ensure_collections()
+        report = runtime.syncer.sync_once()
+        assert report.upserted == {"elements": 5} and report.failed == 0, report
+        problem = runtime.syncer.broken["notes"]
+        assert problem.startswith("tables[0].where:") and "malformed JSON" in problem, problem
+        assert report.skipped == {"notes": problem}
+        assert notes_backlog(env) == 3
+        assert db_scalar(env.db, "SELECT MAX(attempts) FROM change_log") == 0  # not counted
+    finally:
+        runtime.close()

@@ -6,10 +6,19 @@ stdlib-sqlite3 process, the CLI as a subprocess."""
 from __future__ import annotations
 
 import json
+import signal
 from typing import Any
 
 import httpx
-from conftest import Env, app_exec, app_write
+from conftest import (
+    Env,
+    app_exec,
+    app_write,
+    read_daemon_log,
+    start_daemon_logged,
+    stop_process,
+    wait_for,
+)
 
 from cdc_daemon.verify import GRACE
 
@@ -49,8 +58,9 @@ def test_a_backlog_older_than_the_grace_is_not_in_sync(env: Env) -> None:
     # The daemon stops (crashed, or never restarted); the app goes on writing.
     _insert(env, range(21, 31))
     app_exec(env.db, "DELETE FROM items WHERE id <= 5")
-    young_code, young = _verify(env)
-    assert young_code == 0 and young["in_flight"] == 15  # just written: on their way
+    young_code, young = _verify(env)  # just written, but no daemon will deliver them
+    assert young_code == 1 and young["in_flight"] == 0, young
+    assert set(_reasons(young).values()) == {"not synced: no cdc-daemon is running"}, young
     # The same changes, GRACE seconds later (their log entries aged by hand instead of waiting).
     app_exec(env.db, f"UPDATE change_log SET ts = ts - {GRACE + 5}")
     code, summary = _verify(env)
@@ -59,6 +69,31 @@ def test_a_backlog_older_than_the_grace_is_not_in_sync(env: Env) -> None:
     assert all("waiting in the log" in r for r in _reasons(summary).values()), summary
     text = env.cli("verify").stdout
     assert "NOT in sync" in text and "15 changes waiting" in text, text
+
+
+def test_young_changes_are_in_flight_only_while_a_daemon_runs(env: Env) -> None:
+    _items(env)
+    _insert(env, range(1, 6))
+    daemon = start_daemon_logged(env)
+    try:
+        wait_for(lambda: _verify(env)[0] == 0, 90, "the daemon to sync 5 rows")
+        daemon.send_signal(signal.SIGSTOP)  # running, holding the lock, not delivering yet
+        try:
+            app_exec(env.db, "UPDATE items SET n = 100 WHERE id = 1")
+            code, summary = _verify(env)
+            assert code == 0 and summary["in_flight"] == 1, summary  # on its way
+        finally:
+            daemon.send_signal(signal.SIGCONT)
+        wait_for(lambda: _verify(env)[1]["in_flight"] == 0, 90, "the change delivered")
+    finally:
+        assert stop_process(daemon, timeout=60) == 0, read_daemon_log(env)
+    # Stopped by SIGTERM: a change made now waits for nobody, however young it is.
+    app_exec(env.db, "UPDATE items SET n = 200 WHERE id = 2")
+    code, summary = _verify(env)
+    assert code == 1 and summary["in_flight"] == 0 and summary["stale"] == 1, summary
+    assert list(_reasons(summary).values()) == ["not synced: no cdc-daemon is running"], summary
+    text = env.cli("verify").stdout
+    assert "NOT in sync" in text and "no cdc-daemon is running" in text, text
 
 
 def test_a_young_change_stuck_behind_an_old_one_is_not_in_sync(env: Env) -> None:

@@ -64,12 +64,19 @@ def test_id_prefix_that_could_start_another_hosts_is_refused(prefix: str) -> Non
 
 def test_manage_collection_must_be_a_bool() -> None:
     assert (
-        not parse(tables=[{"table": "elements", "manage_collection": False}])
+        not parse(tables=[{"table": "elements", "manage_collection": False, "id_prefix": "b:"}])
         .tables[0]
         .manage_collection
     )
     with pytest.raises(ConfigError, match=r"tables\[0\]\.manage_collection"):
         parse(tables=[{"table": "elements", "manage_collection": "maybe"}])
+
+
+def test_a_following_host_needs_its_own_id_prefix() -> None:
+    # Without one, its documents take the managing host's ids: its rows overwrite, and its
+    # deletes remove, that host's documents.
+    with pytest.raises(ConfigError, match=r"tables\[0\].*needs this host's own id_prefix"):
+        parse(tables=[{"table": "elements", "manage_collection": False}])
 
 
 def test_collection_prefix_applies_to_every_collection_name() -> None:
