@@ -219,7 +219,7 @@ def test_typesense_slow_503_and_dropped_connections(make_world: Callable[..., Fa
 
     (Faults are paced in time, not drawn per request: a batch takes many requests, and it is
     all or nothing, so at a per-request failure rate of 1 in 15 the daemon made no progress at
-    all in 100 s. See the README's fault suite section.)"""
+    all in 100 s. See docs/fault-suite.md.)"""
     rng = random.Random(seed)
     lock = threading.Lock()
     failures = ["503-before", "drop-before", "503-after", "drop-after", "timeout"]

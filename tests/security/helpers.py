@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cdc_daemon.localserver import LocalTypesense
 
-# What the daemon's Typesense key needs (README, Security): collections (create, inspect, drop
+# What the daemon's Typesense key needs (docs/security.md): collections (create, inspect, drop
 # after a rebuild), documents (import, delete, export, get) and aliases (each collection is an
 # alias to a versioned collection).
 DAEMON_KEY_ACTIONS = ["collections:*", "documents:*", "aliases:*"]
