@@ -740,8 +740,11 @@ class Daemon:
                     self._ready_sent = True
                 if self.busy:
                     continue  # more may be waiting: read again before sleeping
-                if once:  # rejected documents: exit 1, each table's first reason logged
-                    return 1 if self.runtime.syncer.rejections.log() else 0
+                if once:  # rejected documents or a skipped table: exit 1, each logged
+                    rejected = self.runtime.syncer.rejections.log()
+                    for table, why in self.runtime.syncer.broken.items():
+                        log.error("table not synced", table=table, problem=why)
+                    return 1 if rejected or self.runtime.syncer.broken else 0
                 waiter.wait()
         finally:
             waiter.close()

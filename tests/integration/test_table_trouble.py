@@ -205,6 +205,7 @@ def test_a_where_failing_on_rows_stops_only_its_table(env: Env) -> None:
     assert "Traceback" not in check.stderr
 
     once = env.cli("run", "--once", timeout=240)
+    assert once.returncode == 1, once.stderr  # the other table synced; this one did not
     assert "gave up" not in once.stderr and "giving up" not in once.stderr, once.stderr
     assert "tables[0].where" in once.stderr and "Traceback" not in once.stderr, once.stderr
     assert len(env.documents("elements")) == 10
