@@ -41,9 +41,9 @@ from benchlib import (
 )
 
 from cdc_daemon.config import load_config
-from cdc_daemon.daemon import open_tables
 from cdc_daemon.database import quote_ident
 from cdc_daemon.documents import build_document
+from cdc_daemon.wiring import open_tables
 
 BATCHES = (100, 1000, 5000)
 APP_TXN = 1000

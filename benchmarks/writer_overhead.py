@@ -35,7 +35,8 @@ from benchlib import (
 )
 
 from cdc_daemon.database import Database
-from cdc_daemon.triggers import LogTables, install
+from cdc_daemon.log_schema import LogTables
+from cdc_daemon.triggers import install
 
 TS = "(julianday('now') - 2440587.5) * 86400.0"
 REST = "tbl TEXT NOT NULL, pk, op TEXT NOT NULL"

@@ -16,14 +16,13 @@ SQLite connection: verify compares, repair and backfill only log keys (as `verif
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 import uvicorn
@@ -35,17 +34,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cdc_daemon.auth import JwtVerifier, Principal, Unauthorized
-from cdc_daemon.backfill import Backfill
-from cdc_daemon.changelog import ChangeLog
-from cdc_daemon.config import Config
-from cdc_daemon.database import Database
+from cdc_daemon.control import Controls
 from cdc_daemon.errors import CdcError
 from cdc_daemon.logs import redact
-from cdc_daemon.status import sync_status
-from cdc_daemon.verify import TableDiff, Verifier, refuse_foreign_repair, summarize
-
-if TYPE_CHECKING:
-    from cdc_daemon.daemon import Daemon, Runtime
 
 log = structlog.get_logger("cdc_daemon.admin")
 
@@ -64,26 +55,26 @@ class ApiError(Exception):
 
 
 class AdminApi:
-    """The routes; `daemon` is the running Daemon (its runtime may be replaced by a reload)."""
+    """The routes, over `controls` (control.py: what the running daemon lets them do)."""
 
     def __init__(
-        self, daemon: Daemon, verifier: JwtVerifier | None, stale_after: float = 60.0
+        self, controls: Controls, verifier: JwtVerifier | None, stale_after: float = 60.0
     ) -> None:
-        self.daemon = daemon
+        self.controls = controls
         self.verifier = verifier
-        self.stale_after = stale_after
+        self.stale_after = stale_after  # seconds without a loop iteration before /healthz 503
 
-    def prepare_reload(self, config: Config) -> Callable[[], None]:
-        """SIGHUP: the new `admin.jwt` read now (keys, issuer, audience, roles claim), so that a
-        bad one refuses the reload (ConfigError naming the key) before anything changed. The
-        function returned puts it in place: from then on a token of a revoked key gets 401."""
-        verifier = jwt_verifier(config)
-        stale_after = loop_stale_after(config)
+    def prepare_reload(
+        self, verifier: JwtVerifier | None, stale_after: float
+    ) -> Callable[[], None]:
+        """SIGHUP: the new `admin.jwt` was read by the root already (a bad one refused the
+        reload before anything changed). The function returned puts it in place: from then on
+        a token of a revoked key gets 401."""
 
         def apply() -> None:
             self.verifier = verifier  # one assignment: a request sees the old or the new one
             self.stale_after = stale_after
-            log.info("admin api reconfigured", auth=_auth_kind(verifier))
+            log.info("admin api reconfigured", auth=auth_kind(verifier))
 
         return apply
 
@@ -138,26 +129,26 @@ class AdminApi:
     # -- routes -----------------------------------------------------------------------------
 
     async def healthz(self, _request: Request) -> Response:
-        idle = time.monotonic() - self.daemon.last_beat
+        idle = self.controls.loop_idle_seconds()
         ok = idle < self.stale_after
-        body: dict[str, Any] = {"ok": ok, "paused": self.daemon.paused.is_set()}
+        body: dict[str, Any] = {"ok": ok, "paused": self.controls.paused()}
         if not ok:
             body["error"] = f"the sync loop has not run for {idle:.0f} s"
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def status(self, request: Request) -> Response:
         self._authorize(request, VIEWER, "status")
-        return JSONResponse(await run_in_threadpool(self._status))
+        return JSONResponse(await run_in_threadpool(self.controls.status))
 
     async def pause(self, request: Request) -> Response:
         principal = self._authorize(request, OPERATOR, "pause")
-        self.daemon.paused.set()
+        self.controls.pause()
         self._audit(principal, "pause")
         return JSONResponse({"paused": True})
 
     async def resume(self, request: Request) -> Response:
         principal = self._authorize(request, OPERATOR, "resume")
-        self.daemon.paused.clear()  # the loop syncs again within poll_interval
+        self.controls.resume()  # the loop syncs again within poll_interval
         self._audit(principal, "resume")
         return JSONResponse({"paused": False})
 
@@ -165,7 +156,7 @@ class AdminApi:
         principal = self._authorize(request, OPERATOR, "dead-letters retry")
         body = await _body(request)
         table = self._table(body)
-        count = await run_in_threadpool(self._retry_dead_letters, table)
+        count = await run_in_threadpool(self.controls.retry_dead_letters, table)
         self._audit(principal, "dead-letters retry", table=table, retried=count)
         return JSONResponse({"retried": count})
 
@@ -179,7 +170,7 @@ class AdminApi:
             self._authorize(request, ADMIN, "verify with repair")  # logs and raises 403
         table = self._table(body)
         self._audit(principal, "verify", repair=repair, table=table)
-        result = await run_in_threadpool(self._verify, table, repair)
+        result = await run_in_threadpool(self.controls.verify, table, repair)
         log.info(
             "admin verify finished",
             sub=principal.subject,
@@ -194,82 +185,17 @@ class AdminApi:
         principal = self._authorize(request, ADMIN, "backfill")
         body = await _body(request)
         table = self._table(body)
-        result = await run_in_threadpool(self._backfill, table)
+        result = await run_in_threadpool(self.controls.backfill, table)
         self._audit(principal, "backfill", table=table, **result)
         return JSONResponse(result, status_code=202)
-
-    # -- the work, on a thread of the pool, on a connection of its own ----------------------
 
     def _table(self, body: dict[str, Any]) -> str | None:
         table = body.get("table")
         if table is None:
             return None
-        if not isinstance(table, str) or table not in self.daemon.runtime.mappings:
+        if not isinstance(table, str) or table not in self.controls.tables():
             raise ApiError(400, f"table {str(table)[:100]!r} is not configured")
         return table
-
-    @contextlib.contextmanager
-    def _database(self) -> Iterator[tuple[Runtime, Database, ChangeLog]]:
-        runtime = self.daemon.runtime
-        db = Database(runtime.db.path)
-        try:
-            yield runtime, db, ChangeLog(db, runtime.names, runtime.config.sync.max_attempts)
-        finally:
-            db.close()
-
-    def _status(self) -> dict[str, Any]:
-        with self._database() as (runtime, db, _changelog):
-            status = sync_status(db, runtime.names, list(runtime.mappings))
-        for table, problem in list(runtime.syncer.broken.items()):  # skipped: changes wait
-            status["tables"].setdefault(table, {})["problem"] = problem
-        keys = runtime.keys.stats()
-        status["daemon"] = {
-            "paused": self.daemon.paused.is_set(),
-            "loop_idle_seconds": round(time.monotonic() - self.daemon.last_beat, 3),
-            "consecutive_failures": self.daemon.consecutive_failures,
-            "typesense_up": runtime.sink.up,
-            "api_key_source": keys.source,  # never the key
-            "kms_up": keys.kms_up,
-        }
-        return status
-
-    def _retry_dead_letters(self, table: str | None) -> int:
-        with self._database() as (_runtime, _db, changelog):
-            return changelog.retry_dead_letters(table)
-
-    def _verify(self, table: str | None, repair: bool) -> dict[str, Any]:
-        results: dict[str, TableDiff] = {}
-        queued = 0
-        with self._database() as (runtime, db, changelog):
-            # Inside the daemon: its loop delivers what is in the log.
-            verifier = Verifier(db, changelog, runtime.sink, processor_running=True)
-            names = [table] if table else list(runtime.mappings)
-            for name in names:
-                mapping = runtime.mappings[name]
-                diff = verifier.compare(mapping)
-                if repair and not diff.in_sync:
-                    where = f"tables[{[t.table for t in runtime.config.tables].index(name)}]"
-                    refuse_foreign_repair(runtime.syncer.collections, mapping, where)
-                    verifier.repair(mapping, diff)  # logs the keys; the loop syncs them
-                    queued += len(diff.differences)
-                results[name] = diff
-            summary = summarize(results, changelog.status(list(runtime.mappings)))
-        if repair:
-            summary["repair_queued"] = queued
-        return summary
-
-    def _backfill(self, table: str | None) -> dict[str, Any]:
-        with self._database() as (runtime, db, _changelog):
-            backfill = Backfill(db, runtime.names)
-            running = backfill.active()
-            started, already = [], []
-            for name in [table] if table else list(runtime.mappings):
-                if name in running:
-                    already.append(name)
-                else:
-                    backfill.start(name)  # the loop logs its pages between batches
-                    started.append(name)
-        return {"started": started, "already_running": already}
 
 
 # -- errors as JSON --------------------------------------------------------------------------
@@ -387,30 +313,5 @@ class AdminServer:
         self._server = self._thread = self._socket = None
 
 
-def jwt_verifier(config: Config) -> JwtVerifier | None:
-    """The verifier `admin.jwt` asks for (its key files read now); None without a jwt section."""
-    jwt = config.admin.jwt
-    return JwtVerifier.from_config(jwt) if jwt is not None else None
-
-
-def loop_stale_after(config: Config) -> float:
-    """Seconds without a loop iteration before /healthz says 503."""
-    return max(60.0, 3 * config.sync.poll_interval, 4 * config.typesense.timeout)
-
-
-def _auth_kind(verifier: JwtVerifier | None) -> str:
+def auth_kind(verifier: JwtVerifier | None) -> str:
     return "jwt" if verifier is not None else "none (loopback)"
-
-
-def start_admin(daemon: Daemon, listen: str, verifier: JwtVerifier | None) -> AdminServer:
-    """Serve the admin API for `daemon` on `listen` (HOST:PORT, checked by config.py)."""
-    api = AdminApi(daemon, verifier, loop_stale_after(daemon.runtime.config))
-    server = AdminServer(api.app(), listen)
-    server.api = api
-    server.start()
-    log.info(
-        "admin api listening",
-        address=f"{listen.rpartition(':')[0]}:{server.port}",
-        auth=_auth_kind(verifier),
-    )
-    return server

@@ -1,6 +1,6 @@
 """JWT bearer tokens for the admin API: verification (PyJWT) and roles. No HTTP here.
 
-Rules (docs/security.md):
+Rules (docs/security.md; the root turns `admin.jwt` into `TokenRules` and a key):
 - the token's `alg` must be in `admin.jwt.algorithms`; `none` is never accepted, and HS* and
   public-key algorithms never share one config (config.py refuses it), so a public key can never
   be used as an HMAC secret. Public keys are handed to PyJWT as key objects, never as bytes.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from cdc_daemon.config import JwtConfig
 from cdc_daemon.errors import ConfigError
 from cdc_daemon.logs import register_secret
-from cdc_daemon.permissions import not_readable
+from cdc_daemon.permissions import cannot_read
 
 LEEWAY = 30.0  # seconds, for exp / nbf / iat
 MIN_HMAC_SECRET = 32  # bytes (RFC 7518 3.2: at least the hash size for HS256)
@@ -58,52 +57,34 @@ def _algorithms_for(key: Any) -> set[str]:
     return set()
 
 
+@dataclass(frozen=True)
+class TokenRules:
+    """What a token must be besides well signed: one of `algorithms`, from `issuer` and for
+    `audience` when they are set; its roles are in the claim `roles_claim`."""
+
+    algorithms: tuple[str, ...]
+    issuer: str | None = None
+    audience: str | None = None
+    roles_claim: str = "roles"
+
+
 class JwtVerifier:
-    """Checks bearer tokens against one config; build it with `from_config`."""
+    """Checks bearer tokens against one set of rules and one key: an HMAC `secret`, a
+    `public_key` object, or `jwks` (kid → public key object). Read-only once built: admin
+    requests use it from any thread."""
 
     def __init__(
         self,
-        config: JwtConfig,
+        rules: TokenRules,
         secret: bytes | None = None,
         public_key: Any = None,
         jwks: Mapping[str, Any] | None = None,
     ) -> None:
-        self.config = config
-        self.algorithms = list(config.algorithms)
+        self.rules = rules
+        self.algorithms = list(rules.algorithms)
         self._secret = secret
         self._public_key = public_key
         self._jwks = dict(jwks or {})  # kid → public key object
-
-    @classmethod
-    def from_config(
-        cls, config: JwtConfig, environ: Mapping[str, str] | None = None
-    ) -> JwtVerifier:
-        """Read the secret or the public key(s) named by the config; ConfigError names the key."""
-        env = os.environ if environ is None else environ
-        if config.secret_env is not None:
-            value = env.get(config.secret_env, "")
-            if not value:
-                raise ConfigError(
-                    f"admin.jwt.secret_env: environment variable {config.secret_env} is not set"
-                )
-            if len(value.encode()) < MIN_HMAC_SECRET:
-                raise ConfigError(
-                    f"admin.jwt.secret_env: the secret in {config.secret_env} is shorter than"
-                    f" {MIN_HMAC_SECRET} bytes"
-                )
-            register_secret(value)
-            return cls(config, secret=value.encode())
-        if config.public_key_file is not None:
-            key = _load_pem(config.public_key_file)
-            usable = _algorithms_for(key) & set(config.algorithms)
-            if not usable:
-                raise ConfigError(
-                    f"admin.jwt.public_key_file: a {type(key).__name__} cannot verify"
-                    f" {config.algorithms}"
-                )
-            return cls(config, public_key=key)
-        assert config.jwks_file is not None  # config.py: exactly one source
-        return cls(config, jwks=_load_jwks(config.jwks_file, config.algorithms))
 
     def _key_for(self, header: Mapping[str, Any], alg: str) -> Any:
         if self._secret is not None:
@@ -132,14 +113,14 @@ class JwtVerifier:
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise Unauthorized(f"algorithm {str(alg)[:20]!r} is not allowed")
         key = self._key_for(header, alg)
-        config = self.config
+        rules = self.rules
         try:
             claims = jwt.decode(
                 token,
                 key,
                 algorithms=[alg],
-                audience=config.audience,
-                issuer=config.issuer,
+                audience=rules.audience,
+                issuer=rules.issuer,
                 leeway=LEEWAY,
                 options={
                     "require": ["exp"],
@@ -147,8 +128,8 @@ class JwtVerifier:
                     "verify_exp": True,
                     "verify_nbf": True,
                     "verify_iat": True,
-                    "verify_aud": config.audience is not None,
-                    "verify_iss": config.issuer is not None,
+                    "verify_aud": rules.audience is not None,
+                    "verify_iss": rules.issuer is not None,
                 },
             )
         except jwt.PyJWTError as exc:
@@ -156,7 +137,7 @@ class JwtVerifier:
         subject = claims.get("sub")
         return Principal(
             subject=str(subject)[:200] if subject is not None else "",
-            roles=frozenset(_roles(claims, config.roles_claim)),
+            roles=frozenset(_roles(claims, rules.roles_claim)),
         )
 
 
@@ -190,40 +171,67 @@ def _roles(claims: Mapping[str, Any], claim: str) -> list[str]:
     return [role for role in value if isinstance(role, str)]
 
 
+# -- the keys: ConfigError names the key relative to the jwt section (the root adds its path) --
+
+
+def hmac_secret(variable: str, environ: Mapping[str, str] | None = None) -> bytes:
+    """The HMAC secret in environment variable `variable` (`secret_env`)."""
+    value = (os.environ if environ is None else environ).get(variable, "")
+    if not value:
+        raise ConfigError(f"environment variable {variable} is not set", key="secret_env")
+    if len(value.encode()) < MIN_HMAC_SECRET:
+        raise ConfigError(
+            f"the secret in {variable} is shorter than {MIN_HMAC_SECRET} bytes", key="secret_env"
+        )
+    register_secret(value)
+    return value.encode()
+
+
+def load_public_key(path: Path, algorithms: Sequence[str]) -> Any:
+    """The PEM public key in `path` (`public_key_file`), which must fit one of `algorithms`."""
+    key = _load_pem(path)
+    if not _algorithms_for(key) & set(algorithms):
+        raise ConfigError(
+            f"a {type(key).__name__} cannot verify {list(algorithms)}", key="public_key_file"
+        )
+    return key
+
+
 def _load_pem(path: Path) -> Any:
+    where = "public_key_file"
     try:
         data = path.read_bytes()
     except PermissionError:
-        raise ConfigError(not_readable(path, "admin.jwt.public_key_file")) from None
+        raise ConfigError(cannot_read(path), key=where) from None
     except OSError as exc:
-        reason = exc.strerror
-        raise ConfigError(f"admin.jwt.public_key_file: cannot read {path}: {reason}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", key=where) from None
     try:
         return load_pem_public_key(data)
     except (ValueError, TypeError):
         raise ConfigError(
-            f"admin.jwt.public_key_file: {path} is not a PEM public key"
-            " (an HMAC secret goes in secret_env)"
+            f"{path} is not a PEM public key (an HMAC secret goes in secret_env)", key=where
         ) from None
 
 
-def _load_jwks(path: Path, algorithms: list[str]) -> dict[str, Any]:
-    """kid → public key object; keys for other algorithms (and symmetric keys) are left out."""
+def load_jwks(path: Path, algorithms: Sequence[str]) -> dict[str, Any]:
+    """kid → public key object from the JWKS in `path` (`jwks_file`); keys for other
+    algorithms (and symmetric keys) are left out."""
+    where = "jwks_file"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         keys = jwt.PyJWKSet.from_dict(data).keys
     except PermissionError:
-        raise ConfigError(not_readable(path, "admin.jwt.jwks_file")) from None
+        raise ConfigError(cannot_read(path), key=where) from None
     except OSError as exc:
-        raise ConfigError(f"admin.jwt.jwks_file: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", key=where) from None
     except (ValueError, UnicodeDecodeError, jwt.PyJWTError) as exc:
-        raise ConfigError(f"admin.jwt.jwks_file: {path} is not a usable JWKS: {exc}") from None
+        raise ConfigError(f"{path} is not a usable JWKS: {exc}", key=where) from None
     usable: dict[str, Any] = {}
     for i, jwk in enumerate(keys):
         if jwk.key_type == "oct" or not _algorithms_for(jwk.key) & set(algorithms):
             continue  # never a symmetric key from a key *set*; never an algorithm not allowed
         usable[jwk.key_id or f"#{i}"] = jwk.key
     if not usable:
-        raise ConfigError(f"admin.jwt.jwks_file: {path} has no public key for {algorithms}")
+        raise ConfigError(f"{path} has no public key for {list(algorithms)}", key=where)
     return usable
 

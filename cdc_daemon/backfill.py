@@ -12,49 +12,17 @@ schema change needs every row sent again (see evolution.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-import apsw
-
-from cdc_daemon.database import (
-    Database,
-    InvalidText,
-    after_key,
-    quote_ident,
-    scalar,
-    select_rows,
-)
-from cdc_daemon.errors import DatabaseError
+from cdc_daemon.database import Database, InvalidText, quote_ident, scalar, select_rows
 from cdc_daemon.keys import Key, KeyValue, parse_quoted_key
+from cdc_daemon.log_schema import BACKFILL_PREFIX, LogTables, Op, StateStore
 from cdc_daemon.schema import TableMapping
-from cdc_daemon.triggers import LogTables, key_expr
-
-if TYPE_CHECKING:
-    from cdc_daemon.drain import Drainer
+from cdc_daemon.table_rows import ROW_QUERY_ERRORS, RowQueryFailed, count_rows, in_key_order
+from cdc_daemon.triggers import key_expr
 
 PAGE_SIZE = 2000
-STATE_PREFIX = "backfill:"
-# What one table's row query raises when it is that table's trouble, not the database's: its
-# `where` failing on a row (json_extract of text that is not JSON), the table dropped or altered
-# under a built runtime. Busy, I/O, corruption, a full disk... fail everything, as before.
-ROW_QUERY_ERRORS = (
-    apsw.SQLError,
-    apsw.MismatchError,
-    apsw.RangeError,
-    apsw.TooBigError,
-)
-
-
-class RowQueryFailed(DatabaseError):
-    """Reading one table's rows failed (ROW_QUERY_ERRORS): that table is skipped for a while
-    (sync.Syncer.broken); the other tables go on. `error` is SQLite's message."""
-
-    def __init__(self, table: str, error: str) -> None:
-        super().__init__(f"table {table!r}: its rows could not be read: {error}")
-        self.table = table
-        self.error = error
 
 
 @dataclass
@@ -72,17 +40,15 @@ class Backfill:
         self.db = db
         self.names = names
         self.page_size = page_size
-        self._state = quote_ident(names.state)
+        self._state = StateStore(db, names)
         self._log = quote_ident(names.log)
 
     def _resume_point(self, table: str) -> tuple[Key | None, int] | None:
         """(last logged key, rows logged) of an unfinished backfill, None when there is none."""
-        value = self.db.scalar(
-            f"SELECT value FROM {self._state} WHERE name = ?", (STATE_PREFIX + table,)
-        )
+        value = self._state.get(BACKFILL_PREFIX + table)
         if value is None:
             return None
-        done, _, key_text = str(value).partition(" ")
+        done, _, key_text = value.partition(" ")
         return (_resume_key(key_text) if key_text else None), int(done)
 
     def start(self, table: str, conn: Any = None) -> None:
@@ -92,20 +58,14 @@ class Backfill:
 
     def _save(self, table: str, done: int, last_key: Key | None, conn: Any = None) -> None:
         value = f"{done} {_resume_text(last_key)}" if last_key else str(done)
-        sql = f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)"
-        if conn is not None:
-            conn.execute(sql, (STATE_PREFIX + table, value))
-        else:
-            with self.db.write() as write:
-                write.execute(sql, (STATE_PREFIX + table, value))
+        self._state.set(BACKFILL_PREFIX + table, value, conn)
 
     def active(self) -> dict[str, int]:
         """Tables with an unfinished backfill and how many rows it has logged so far."""
         return backfills_in_progress(self.db, self.names)
 
     def count(self, mapping: TableMapping) -> int:
-        where = f" WHERE ({mapping.where})" if mapping.where else ""
-        return int(self.db.scalar(f"SELECT COUNT(*) FROM {quote_ident(mapping.table)}{where}"))
+        return count_rows(self.db, mapping)
 
     def log_next_page(self, mapping: TableMapping) -> tuple[int, int] | None:
         """Log the next page of keys and move the resume point, in one transaction.
@@ -117,14 +77,7 @@ class Backfill:
         if resume is None:
             return None
         after, done = resume
-        key_cols = ", ".join(quote_ident(c) for c in mapping.key)
-        conditions = [f"({mapping.where})"] if mapping.where else []
-        params: list[Any] = []
-        if after is not None:
-            condition, params = after_key(mapping.key, after)
-            conditions.append(condition)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        rows = f"FROM {quote_ident(mapping.table)}{where} ORDER BY {key_cols}"
+        rows, params = in_key_order(mapping, after)
         with self.db.write() as conn:
             # SQLite writes each key's log text with the triggers' own expression: the same value
             # an app change of that row logs (a text key that is not UTF-8 included: dead-lettered
@@ -132,16 +85,14 @@ class Backfill:
             try:
                 conn.execute(
                     f"INSERT INTO {self._log} (tbl, pk, op) SELECT ?,"
-                    f" {key_expr('', mapping.key)}, 'B' {rows} LIMIT {int(self.page_size)}",
-                    [mapping.table, *params],
+                    f" {key_expr('', mapping.key)}, ? {rows} LIMIT {int(self.page_size)}",
+                    [mapping.table, Op.BACKFILL, *params],
                 )
             except ROW_QUERY_ERRORS as exc:  # caught here: write() would make it the database's
                 raise RowQueryFailed(mapping.table, str(exc)) from None
             count = conn.changes()
             if not count:
-                conn.execute(
-                    f"DELETE FROM {self._state} WHERE name = ?", (STATE_PREFIX + mapping.table,)
-                )
+                self._state.delete(BACKFILL_PREFIX + mapping.table, conn=conn)
                 return None
             # The page's last key, read keeping the bytes of a text that is not UTF-8.
             last = select_rows(conn, mapping.key, f"{rows} LIMIT 1 OFFSET {count - 1}", params)
@@ -149,32 +100,14 @@ class Backfill:
             self._save(mapping.table, done + count, tuple(last[0]), conn)
         return max_seq, count
 
-    def run(
-        self,
-        mapping: TableMapping,
-        drainer: Drainer,
-        on_progress: Callable[[BackfillProgress], None],
-    ) -> bool:
-        """The `backfill` command for one table; False if stopped before the end (resumable)."""
-        resume = self._resume_point(mapping.table)
+    def begin_or_resume(self, table: str) -> int:
+        """Rows logged so far by an unfinished backfill of `table`; 0 when none was in progress
+        (one is started now). The `backfill` command's driver is drain.backfill_table."""
+        resume = self._resume_point(table)
         if resume is None:
-            self.start(mapping.table)
-            done = 0
-        else:
-            done = resume[1]
-        progress = BackfillProgress(mapping.table, self.count(mapping), done, resumed_from=done)
-        on_progress(progress)
-        while not drainer.stop.is_set():
-            page = self.log_next_page(mapping)
-            if page is None:
-                return True
-            max_seq, rows = page
-            if not drainer.drain_through(max_seq):
-                return False
-            progress.done += rows
-            progress.total = max(progress.total, progress.done)
-            on_progress(progress)
-        return False
+            self.start(table)
+            return 0
+        return resume[1]
 
 
 def _resume_text(key: Key) -> str:
@@ -207,7 +140,5 @@ def _resume_key(text: str) -> Key:
 
 def backfills_in_progress(db: Database, names: LogTables) -> dict[str, int]:
     """Tables with an unfinished backfill and how many rows it has logged so far."""
-    rows = db.query(
-        f"SELECT name, value FROM {quote_ident(names.state)} WHERE name LIKE 'backfill:%'"
-    )
-    return {name.removeprefix(STATE_PREFIX): int(value.split(" ")[0]) for name, value in rows}
+    owed = StateStore(db, names).with_prefix(BACKFILL_PREFIX)
+    return {table: int(value.split(" ")[0]) for table, value in owed.items()}

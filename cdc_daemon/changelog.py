@@ -1,4 +1,6 @@
-"""The change log: read a batch, acknowledge by seq, back off failures, dead letters, status."""
+"""The change log as its one processor uses it: read a batch, acknowledge by seq, back off or
+dead-letter failures, log keys again. The dead letters' operator side is dead_letters.py, the
+read-only questions (status, backlogs) log_status.py, the tables and op codes log_schema.py."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ import apsw
 import structlog
 
 from cdc_daemon.database import Database, bind, quote_ident, scalar, select_rows
-from cdc_daemon.keys import Key, log_key_sql, parse_quoted_key
+from cdc_daemon.dead_letters import DeadLetters
+from cdc_daemon.keys import Key, log_key_sql
+from cdc_daemon.log_schema import ACKNOWLEDGING, DELETED_BY_OTHERS, LogTables, Op, StateStore
 from cdc_daemon.retry import backoff_delay
-from cdc_daemon.triggers import ACKNOWLEDGING, DELETED_BY_OTHERS, LogTables
 
 RETRYABLE_DELAY = 1.0  # seconds before a key whose failure was not its fault is tried again
 MAX_DELAY = 300.0  # seconds: no entry is ever scheduled further ahead (backoff cap, re-sends)
@@ -52,13 +55,16 @@ def contiguous_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
 
 
 class ChangeLog:
+    """The processor's side of the log (one processor: the daemon's loop, or a command holding
+    the processor lock); `max_attempts` rejections of a key dead-letter it."""
+
     def __init__(self, db: Database, names: LogTables, max_attempts: int) -> None:
         self.db = db
         self.names = names
         self.max_attempts = max_attempts
         self._log = quote_ident(names.log)
-        self._dead = quote_ident(names.dead)
-        self._state = quote_ident(names.state)
+        self._dead_letters = DeadLetters(db, names)
+        self._state = StateStore(db, names)
         # Keys whose entry waits for a retry after a failure: (table, log key) → [(seq,
         # attempts)], read once (with the deleted-by-others count it was read at), then kept
         # up to date by commit(). A newer change of such a key that succeeds makes it obsolete.
@@ -93,13 +99,7 @@ class ChangeLog:
         """Log entries deleted by anything but the daemon, ever (counted by the log's guard
         trigger). Read with a batch; a different count when acknowledging it means its seqs may
         have been used again for newer changes (the log has no AUTOINCREMENT)."""
-        return int(
-            scalar(
-                conn,
-                f"SELECT COALESCE((SELECT value FROM {self._state} WHERE name = ?), 0)",
-                (DELETED_BY_OTHERS,),
-            )
-        )
+        return int(self._state.get(DELETED_BY_OTHERS, conn) or 0)
 
     def commit(
         self,
@@ -127,7 +127,7 @@ class ChangeLog:
                 return []
             delete = list(acked)
             retrying = self.retrying_entries(conn, deleted_by_others)
-            has_dead = self._has_dead_letters(conn)
+            has_dead = self._dead_letters.any(conn)
             succeeded = list(succeeded_keys) if retrying or has_dead else []
             # Older entries of a key whose newer change succeeded (or failed again: one entry
             # per key waits) are done; they would hold the lag up for nothing.
@@ -166,17 +166,17 @@ class ChangeLog:
                         ),
                     )
             # Our own deletes, not counted by the guard trigger: the marker is never committed.
-            conn.execute(f"INSERT INTO {self._state} VALUES (?, 1)", (ACKNOWLEDGING,))
-            conn.executemany(f"DELETE FROM {self._log} WHERE seq BETWEEN ? AND ?", delete)
-            for seq, table, log_key in obsolete:  # by seq and key: never another key's entry
-                placeholder, key = bind(log_key)
-                conn.execute(
-                    f"DELETE FROM {self._log} WHERE seq = ? AND tbl = ? AND pk IS {placeholder}",
-                    (seq, table, key),
-                )
-            conn.execute(f"DELETE FROM {self._state} WHERE name = ?", (ACKNOWLEDGING,))
+            with self._state.marker(ACKNOWLEDGING, conn):
+                conn.executemany(f"DELETE FROM {self._log} WHERE seq BETWEEN ? AND ?", delete)
+                for seq, table, log_key in obsolete:  # by seq and key: never another key's entry
+                    placeholder, key = bind(log_key)
+                    conn.execute(
+                        f"DELETE FROM {self._log} WHERE seq = ? AND tbl = ?"
+                        f" AND pk IS {placeholder}",
+                        (seq, table, key),
+                    )
             if has_dead:
-                self._clear_dead_letters(conn, succeeded)
+                self._dead_letters.clear(conn, succeeded)
         return dead
 
     def retrying_entries(
@@ -195,40 +195,17 @@ class ChangeLog:
             self._retrying_read_at = deleted_by_others
         return self._retrying
 
-    def _clear_dead_letters(
-        self, conn: apsw.Connection, succeeded: Iterable[tuple[str, Any]]
-    ) -> None:
-        """Remove the dead letters of keys that succeeded: by their text, and a composite key
-        with a REAL part also by its values (the app's SQLite and the daemon's may quote() a
-        REAL in different digits)."""
-        succeeded = list(succeeded)
-        for table, log_key in succeeded:
-            placeholder, key = bind(log_key)  # a key that is not UTF-8: its own bytes
-            conn.execute(f"DELETE FROM {self._dead} WHERE tbl = ? AND pk IS {placeholder}",
-                         (table, key))
-        with_reals = {(t, c) for t, k in succeeded if (c := _with_reals(k)) is not None}
-        if with_reals:
-            letters = select_rows(conn, ("rowid", "tbl", "pk"), f"FROM {self._dead}")
-            cleared = [(r,) for r, t, k in letters if (t, _with_reals(k)) in with_reals]
-            conn.executemany(f"DELETE FROM {self._dead} WHERE rowid = ?", cleared)
-
     def _dead_letter(
         self, conn: apsw.Connection, failure: KeyFailure, attempts: int, now: float
     ) -> None:
         first_seen = min(e.ts for e in failure.entries)
-        key_placeholder, key = bind(failure.log_key)  # a key that is not UTF-8: its own bytes
-        conn.execute(
-            f"INSERT INTO {self._dead} (tbl, pk, error, attempts, first_seen, last_seen)"
-            f" VALUES (?, {key_placeholder}, ?, ?, ?, ?) ON CONFLICT (tbl, pk) DO UPDATE SET"
-            " error = excluded.error, attempts = attempts + excluded.attempts,"
-            " last_seen = excluded.last_seen",
-            (failure.table, key, failure.error, attempts, first_seen, now),
+        self._dead_letters.add(
+            conn, failure.table, failure.log_key, failure.error, attempts, (first_seen, now)
         )
 
-    def _has_dead_letters(self, conn: apsw.Connection) -> bool:
-        return bool(scalar(conn, f"SELECT EXISTS (SELECT 1 FROM {self._dead})"))
-
-    def enqueue(self, table: str, log_keys: Iterable[Any], op: str, not_before: float = 0.0) -> int:
+    def enqueue(
+        self, table: str, log_keys: Iterable[Any], op: Op, not_before: float = 0.0
+    ) -> int:
         """Log again log keys read from the log (a re-send after a timeout), due at `not_before`
         (unix time); returns the highest seq. Keys of rows go through enqueue_keys."""
         with self.db.write() as conn:
@@ -242,7 +219,7 @@ class ChangeLog:
             return int(scalar(conn, f"SELECT COALESCE(MAX(seq), 0) FROM {self._log}"))
 
     def enqueue_keys(
-        self, table: str, keys: Iterable[Key], op: str, not_before: float = 0.0
+        self, table: str, keys: Iterable[Key], op: Op, not_before: float = 0.0
     ) -> int:
         """Log row keys as if the app had changed them (verify --repair), due at `not_before`
         (unix time); returns the highest seq. SQLite writes each key's text from the bound values
@@ -258,117 +235,3 @@ class ChangeLog:
                     (table, op, not_before, *values),
                 )
             return int(scalar(conn, f"SELECT COALESCE(MAX(seq), 0) FROM {self._log}"))
-
-    def unsynced_through(self, seq: int) -> int:
-        """Entries up to `seq` not yet synced, leaving out those backing off after a rejection."""
-        return int(
-            self.db.scalar(
-                f"SELECT COUNT(*) FROM {self._log} WHERE seq <= ? AND attempts = 0", (seq,)
-            )
-        )
-
-    def unsynced_for_table(self, table: str, limit: int) -> int:
-        """Entries of one table not yet synced (counted up to `limit`), leaving out those backing
-        off after a rejection."""
-        return int(
-            self.db.scalar(
-                f"SELECT COUNT(*) FROM (SELECT 1 FROM {self._log} WHERE tbl = ? AND attempts = 0"
-                " LIMIT ?)",
-                (table, limit),
-            )
-        )
-
-    def pending(self, conn: apsw.Connection, table: str) -> list[tuple[Any, float, int, Any]]:
-        """Each key of `table` with entries in the log: (log key, oldest entry's ts, most
-        attempts, last error or None)."""
-        return select_rows(
-            conn,
-            ("pk", "ts", "attempts", "last_error"),
-            f"FROM (SELECT pk, MIN(ts) AS ts, MAX(attempts) AS attempts,"
-            f" MAX(last_error) AS last_error FROM {self._log} WHERE tbl = ? GROUP BY pk)",
-            (table,),
-        )
-
-    def dead_keys(self, conn: apsw.Connection, table: str) -> list[tuple[Any, str]]:
-        """(log key, error) of each dead letter of `table`."""
-        return select_rows(conn, ("pk", "error"), f"FROM {self._dead} WHERE tbl = ?", (table,))
-
-    # -- dead letters -------------------------------------------------------------------------
-
-    def dead_letters(self, table: str | None = None) -> list[dict[str, Any]]:
-        with self.db.read() as conn:  # a key that is not UTF-8 is read as an InvalidText
-            rows = select_rows(
-                conn,
-                ("tbl", "pk", "error", "attempts", "first_seen", "last_seen"),
-                f"FROM {self._dead}" + (" WHERE tbl = ?" if table else "") + " ORDER BY rowid",
-                (table,) if table else None,
-            )
-        return [
-            {"table": t, "key": k, "error": e, "attempts": a, "first_seen": f, "last_seen": s}
-            for t, k, e, a, f, s in rows
-        ]
-
-    def retry_dead_letters(self, table: str | None = None) -> int:
-        where, params = (" WHERE tbl = ?", (table,)) if table else ("", ())
-        with self.db.write() as conn:
-            count = int(scalar(conn, f"SELECT COUNT(*) FROM {self._dead}{where}", params))
-            conn.execute(
-                f"INSERT INTO {self._log} (tbl, pk, op) SELECT tbl, pk, 'R' FROM {self._dead}"
-                f"{where} ORDER BY rowid",
-                params,
-            )
-            conn.execute(f"DELETE FROM {self._dead}{where}", params)
-        return count
-
-    def purge_dead_letters(self, table: str | None = None) -> int:
-        where, params = (" WHERE tbl = ?", (table,)) if table else ("", ())
-        with self.db.write() as conn:
-            count = int(scalar(conn, f"SELECT COUNT(*) FROM {self._dead}{where}", params))
-            conn.execute(f"DELETE FROM {self._dead}{where}", params)
-        return count
-
-    # -- status -------------------------------------------------------------------------------
-
-    def status(self, tables: list[str]) -> dict[str, Any]:
-        """Backlog, oldest pending age and dead letters, in total and per table."""
-        now = time.time()
-        per_table: dict[str, dict[str, Any]] = {}
-
-        def entry(table: str) -> dict[str, Any]:
-            empty = {"backlog": 0, "oldest_age_seconds": None, "retrying": 0, "dead_letters": 0}
-            return per_table.setdefault(table, empty)
-
-        for table in tables:
-            entry(table)
-        with self.db.read() as conn:
-            backlog_rows: list[tuple[Any, ...]] = conn.execute(
-                f"SELECT tbl, COUNT(*), MIN(ts), SUM(attempts > 0) FROM {self._log} GROUP BY tbl"
-            ).fetchall()
-            dead_rows: list[tuple[Any, ...]] = conn.execute(
-                f"SELECT tbl, COUNT(*) FROM {self._dead} GROUP BY tbl"
-            ).fetchall()
-        for table, count, oldest, retrying in backlog_rows:
-            age = round(max(0.0, now - oldest), 3)
-            entry(table).update(backlog=count, oldest_age_seconds=age, retrying=retrying)
-        for table, count in dead_rows:
-            entry(table)["dead_letters"] = count
-        ages = [age for t in per_table.values() if (age := t["oldest_age_seconds"]) is not None]
-        return {
-            "backlog": sum(t["backlog"] for t in per_table.values()),
-            "oldest_age_seconds": max(ages) if ages else None,
-            "dead_letters": sum(t["dead_letters"] for t in per_table.values()),
-            "tables": per_table,
-        }
-
-
-def _with_reals(log_key: Any) -> tuple[tuple[str, Any], ...] | None:
-    """A composite key text with a REAL part, as its typed values (None for any other key)."""
-    if not (isinstance(log_key, str) and "," in log_key):
-        return None
-    try:
-        values = parse_quoted_key(log_key)
-    except ValueError:
-        return None
-    if not any(isinstance(v, float) for v in values):
-        return None
-    return tuple((type(v).__name__, v) for v in values)

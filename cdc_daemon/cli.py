@@ -5,29 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cdc_daemon import __version__
-from cdc_daemon.backfill import Backfill, BackfillProgress
-from cdc_daemon.changelog import ChangeLog
+from cdc_daemon import __version__, wiring
+from cdc_daemon.backfill import BackfillProgress
 from cdc_daemon.config import Config, default_config_path, load_config
-from cdc_daemon.daemon import Runtime, build_runtime, open_tables, require_installed, serve
-from cdc_daemon.drain import Drainer
+from cdc_daemon.config_wiring import startup_problems
+from cdc_daemon.daemon import Runtime
+from cdc_daemon.drain import Drainer, backfill_table
 from cdc_daemon.errors import CdcError, DatabaseError, GaveUp, KmsUnavailable
 from cdc_daemon.init import render_config
 from cdc_daemon.logs import configure_logging, redact
-from cdc_daemon.preflight import sample_problems, startup_problems
+from cdc_daemon.preflight import sample_problems
 from cdc_daemon.schema import TableMapping
-from cdc_daemon.status import sync_status
-from cdc_daemon.triggers import LogTables, install, trigger_problems, uninstall
-from cdc_daemon.verify import TableDiff, Verifier, refuse_foreign_repair, summarize
+from cdc_daemon.signals import handle_signals
+from cdc_daemon.triggers import install, trigger_problems, uninstall
+from cdc_daemon.verify import verify_tables
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 log = structlog.get_logger("cdc_daemon.cli")
 SHARED_COLLECTION_WAIT = 300.0  # backfill: seconds to wait for a host managing a shared collection
@@ -101,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_install(config: Config, _args: argparse.Namespace) -> int:
-    db, infos, _mappings = open_tables(config)
+    db, infos, _mappings = wiring.open_tables(config)
     try:
-        changes = install(db, LogTables(config.log_table), infos)
+        changes = install(db, wiring.log_tables(config), infos)
     finally:
         db.close()
     for change in changes:
@@ -113,11 +116,8 @@ def _cmd_install(config: Config, _args: argparse.Namespace) -> int:
 
 
 def _cmd_uninstall(config: Config, args: argparse.Namespace) -> int:
-    from cdc_daemon.database import Database, ProcessorLock
-
-    db = Database(config.database)
-    # Held throughout: no daemon (nor backfill) starts syncing while the log goes away.
-    lock = ProcessorLock(config.database)
+    # The lock is held throughout: no daemon (nor backfill) starts syncing while the log goes.
+    db, lock = wiring.open_database(config)
     try:
         if not lock.acquire():
             raise DatabaseError(
@@ -125,7 +125,7 @@ def _cmd_uninstall(config: Config, args: argparse.Namespace) -> int:
                 " `backfill` / `verify --repair`) is syncing this database: stop it first"
                 " (`systemctl stop cdc-daemon`), then uninstall"
             )
-        changes = uninstall(db, LogTables(config.log_table), drop_log=args.drop_log)
+        changes = uninstall(db, wiring.log_tables(config), drop_log=args.drop_log)
         if lock.remove():
             changes.append(f"removed lock file {str(lock.path)!r}")
     finally:
@@ -138,7 +138,7 @@ def _cmd_uninstall(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
-    runtime = build_runtime(config)
+    runtime = wiring.build_runtime(config)
     startup = startup_problems(config)  # what `run` refuses beyond tables, keys and Typesense
     problems: list[str] = [problem.text for problem in startup]
     try:
@@ -152,9 +152,10 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
             node_problems = runtime.sink.health()
             problems.extend(node_problems)
             if len(node_problems) < len(config.typesense.nodes):
-                for i, mapping in enumerate(runtime.mappings.values()):  # config order
+                for mapping in runtime.mappings.values():  # config order
+                    entry = runtime.syncer.entries[mapping.table]
                     try:
-                        problem = runtime.syncer.collections.check(mapping, f"tables[{i}]")
+                        problem = runtime.syncer.collections.check(mapping, entry)
                     except CdcError as exc:
                         problem = f"collection {mapping.collection!r}: {exc}"
                     if problem:
@@ -172,11 +173,10 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
 
 def _sampled_rejections(runtime: Runtime) -> list[str]:
     """Each table's first rows built into documents: the fields Typesense would reject."""
-    entries = {table.table: f"tables[{i}]" for i, table in enumerate(runtime.config.tables)}
     return [
         problem
         for table, mapping in runtime.mappings.items()
-        for problem in sample_problems(runtime.db, mapping, entries[table])
+        for problem in sample_problems(runtime.db, mapping, runtime.syncer.entries[table])
     ]
 
 
@@ -188,27 +188,11 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
         configure_logging(fresh.logging.format, fresh.logging.level)
         return fresh
 
-    return serve(config, reload, once=args.once)
-
-
-def _status(config: Config) -> dict[str, Any]:
-    """A table that can't be read (dropped, renamed, a `where` that no longer compiles) is shown
-    with its problem; it does not make `status` fail (a running daemon skips it too)."""
-    broken: dict[str, str] = {}
-    db, _infos, _mappings = open_tables(config, broken)
-    try:
-        names = LogTables(config.log_table)
-        require_installed(db, names)
-        status = sync_status(db, names, [t.table for t in config.tables])
-    finally:
-        db.close()
-    for table, problem in broken.items():
-        status["tables"].setdefault(table, {})["problem"] = problem
-    return status
+    return wiring.serve(config, reload, once=args.once)
 
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:
-    status = _status(config)
+    status = wiring.read_status(config)
     if args.json:
         print(json.dumps(status))
         return 0
@@ -245,17 +229,65 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    import signal
-
-    def handler(_signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
+def _chosen(runtime: Runtime, config: Config, table: str | None) -> list[TableMapping]:
+    """`--table NAME`'s mapping (ConfigError when it is not configured), else every table's."""
+    if table:
+        return [runtime.mappings[config.table(table).table]]
+    return list(runtime.mappings.values())
 
 
 def _cmd_backfill(config: Config, args: argparse.Namespace) -> int:
-    from rich.progress import (
+    with (
+        wiring.command_runtime(config) as runtime,
+        handle_signals(lambda _signum: runtime.stop.set()) as signals,
+    ):
+        drainer = wiring.drainer(runtime)
+        try:
+            code = _backfill(runtime, drainer, _chosen(runtime, config, args.table), args.wait)
+        except CdcError as exc:
+            if signals.received != signal.SIGINT or not exc.retryable:
+                raise
+            code = 1  # Ctrl-C while Typesense was failing: an interruption like any other
+        finally:
+            drainer.close()
+    if signals.received == signal.SIGINT and code != 0:
+        print("backfill interrupted; run it again to resume", file=sys.stderr)
+        return 130
+    return code
+
+
+def _backfill(runtime: Runtime, drainer: Drainer, mappings: list[TableMapping], wait: float) -> int:
+    holding = drainer.hold()
+    if not holding:
+        log.info(
+            "a running cdc-daemon syncs the backfilled rows; waiting for it",
+            pid=drainer.lock.holder(),
+        )
+    following = runtime.mappings.values() if holding else mappings
+    if not _wait_for_shared_collections(runtime, following, wait):
+        print("backfill stopped while waiting; nothing was backfilled", file=sys.stderr)
+        return 1
+    if holding:  # no daemon runs: this process syncs, so it prepares the collections
+        runtime.syncer.ensure_collections()
+    backfill = wiring.backfill(runtime)
+    with _progress_bar() as bar:
+        for mapping in mappings:
+            task = bar.add_task(mapping.table, total=None, rate="-")
+            finished = backfill_table(backfill, mapping, drainer, _shown_on(bar, task))
+            done = bar.tasks[task].completed
+            print(f"{mapping.table}: {'backfilled' if finished else 'stopped at'} {done:.0f} rows")
+            if not finished:
+                return 1
+    # Synced here (no daemon ran): documents Typesense refused are said now, not when they are
+    # dead-lettered minutes later.
+    rejected = runtime.syncer.rejections.lines()
+    for line in rejected:
+        print(f"cdc-daemon: {line}", file=sys.stderr)
+    return 1 if rejected else 0
+
+
+def _progress_bar() -> Progress:
+    from rich.progress import (  # imported here: the other commands start faster without rich
         BarColumn,
         MofNCompleteColumn,
         Progress,
@@ -263,16 +295,6 @@ def _cmd_backfill(config: Config, args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    runtime = build_runtime(config)
-    require_installed(runtime.db, runtime.names)
-    _stop_on_signals(runtime.stop)
-    drainer = Drainer(runtime.syncer, runtime.changelog, runtime.stop)
-    backfill = Backfill(runtime.db, runtime.names)
-    mappings = (
-        [runtime.mappings[config.table(args.table).table]]
-        if args.table
-        else list(runtime.mappings.values())
-    )
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -280,61 +302,25 @@ def _cmd_backfill(config: Config, args: argparse.Namespace) -> int:
         TextColumn("{task.fields[rate]} rows/s"),
         TimeRemainingColumn(),
     )
-    try:
-        holding = drainer.hold()
-        if not holding:
-            log.info(
-                "a running cdc-daemon syncs the backfilled rows; waiting for it",
-                pid=drainer.lock.holder(),
-            )
-        following = runtime.mappings.values() if holding else mappings
-        if not _wait_for_shared_collections(runtime, following, args.wait):
-            print("backfill stopped while waiting; nothing was backfilled", file=sys.stderr)
-            return 1
-        if holding:  # no daemon runs: this process syncs, so it prepares the collections
-            runtime.syncer.ensure_collections()
-        with Progress(*columns, disable=not sys.stderr.isatty(), transient=False) as bar:
-            for mapping in mappings:
-                task = bar.add_task(mapping.table, total=None, rate="-")
+    return Progress(*columns, disable=not sys.stderr.isatty(), transient=False)
 
-                def show(progress: BackfillProgress, task: Any = task) -> None:
-                    if progress.resumed_from and progress.done == progress.resumed_from:
-                        print(f"{progress.table}: resuming after {progress.done} rows")
-                    speed = bar.tasks[task].speed
-                    bar.update(
-                        task,
-                        total=progress.total,
-                        completed=progress.done,
-                        rate=f"{speed:,.0f}" if speed else "-",
-                    )
-                    log.debug(
-                        "backfill progress",
-                        table=progress.table,
-                        done=progress.done,
-                        total=progress.total,
-                    )
 
-                finished = backfill.run(mapping, drainer, show)
-                done = bar.tasks[task].completed
-                print(
-                    f"{mapping.table}: {'backfilled' if finished else 'stopped at'} {done:.0f} rows"
-                )
-                if not finished:
-                    return 1
-        # Synced here (no daemon ran): documents Typesense refused are said now, not when
-        # they are dead-lettered minutes later.
-        rejected = runtime.syncer.rejections.lines()
-        for line in rejected:
-            print(f"cdc-daemon: {line}", file=sys.stderr)
-        if rejected:
-            return 1
-    except KeyboardInterrupt:
-        print("backfill interrupted; run it again to resume", file=sys.stderr)
-        return 130
-    finally:
-        drainer.close()
-        runtime.close()
-    return 0
+def _shown_on(bar: Progress, task: TaskID) -> Callable[[BackfillProgress], None]:
+    def show(progress: BackfillProgress) -> None:
+        if progress.resumed_from and progress.done == progress.resumed_from:
+            print(f"{progress.table}: resuming after {progress.done} rows")
+        speed = bar.tasks[task].speed
+        bar.update(
+            task,
+            total=progress.total,
+            completed=progress.done,
+            rate=f"{speed:,.0f}" if speed else "-",
+        )
+        log.debug(
+            "backfill progress", table=progress.table, done=progress.done, total=progress.total
+        )
+
+    return show
 
 
 def _wait_for_shared_collections(
@@ -375,43 +361,20 @@ def _wait_for_shared_collections(
 
 
 def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
-    from cdc_daemon.database import ProcessorLock
-
-    runtime = build_runtime(config)
-    require_installed(runtime.db, runtime.names)
-    mappings = (
-        [runtime.mappings[config.table(args.table).table]]
-        if args.table
-        else list(runtime.mappings.values())
-    )
-    drainer = Drainer(runtime.syncer, runtime.changelog, runtime.stop)
-    lock = ProcessorLock(runtime.db.path)
-    # Young changes are on their way only while another process (a daemon, a backfill) syncs:
-    # this one's --repair drains only what it logged, so newer changes would wait for nobody.
-    verifier = Verifier(
-        runtime.db,
-        runtime.changelog,
-        runtime.sink,
-        processor_running=lambda: not drainer.holding and lock.busy(),
-    )
-    results: dict[str, TableDiff] = {}
-    repaired = 0
-    try:
-        for mapping in mappings:
-            diff = verifier.compare(mapping)
-            if args.repair and not diff.in_sync:
-                where = f"tables[{[t.table for t in config.tables].index(mapping.table)}]"
-                refuse_foreign_repair(runtime.syncer.collections, mapping, where)
-                seq = verifier.repair(mapping, diff)
-                repaired += len(diff.differences)
-                if seq:
-                    drainer.drain_through(seq)
-                diff = verifier.compare(mapping)
-            results[mapping.table] = diff
-        summary = summarize(results, runtime.changelog.status(list(runtime.mappings)))
-    finally:
-        drainer.close()
-        runtime.close()
+    with wiring.command_runtime(config) as runtime:
+        drainer = wiring.drainer(runtime)
+        try:
+            summary, repaired = verify_tables(
+                wiring.command_verifier(runtime, drainer),
+                _chosen(runtime, config, args.table),
+                runtime.syncer.entries,
+                runtime.syncer.collections,
+                lambda: runtime.log_status.summary(list(runtime.mappings)),
+                repair=args.repair,
+                synced_through=drainer.drain_through,  # no daemon: this process syncs them
+            )
+        finally:
+            drainer.close()
     if args.repair:
         summary["repaired"] = repaired
     if args.json:
@@ -445,13 +408,11 @@ def _print_verify(summary: dict[str, Any], repair: bool) -> None:
 
 
 def _cmd_dead_letters(config: Config, args: argparse.Namespace) -> int:
-    db, _infos, mappings = open_tables(config)
-    try:
+    with wiring.dead_letters(config) as (dead_letters, mappings):
         if args.table and args.table not in mappings:
             config.table(args.table)
-        changelog = ChangeLog(db, LogTables(config.log_table), config.sync.max_attempts)
         if args.action == "list":
-            for letter in changelog.dead_letters(args.table):
+            for letter in dead_letters.entries(args.table):
                 if args.json:
                     print(json.dumps(letter, default=str))
                 else:
@@ -460,11 +421,9 @@ def _cmd_dead_letters(config: Config, args: argparse.Namespace) -> int:
                         f" (attempts {letter['attempts']})"
                     )
         elif args.action == "retry":
-            print(f"retrying {changelog.retry_dead_letters(args.table)} dead letters")
+            print(f"retrying {dead_letters.retry(args.table)} dead letters")
         else:
-            print(f"purged {changelog.purge_dead_letters(args.table)} dead letters")
-    finally:
-        db.close()
+            print(f"purged {dead_letters.purge(args.table)} dead letters")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,8 +19,9 @@ from pydantic import (
     model_validator,
 )
 
-from cdc_daemon.errors import CdcError, ConfigError
+from cdc_daemon.errors import ConfigError
 from cdc_daemon.permissions import not_readable
+from cdc_daemon.secret_files import read_secret_file
 
 FieldType = Literal[
     "string",
@@ -358,21 +360,6 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
     )
 
 
-def read_secret_file(path: Path, key: str, error: type[CdcError]) -> str:
-    """A secret kept in a file (stripped). `error` says what cannot be read or is empty, naming
-    the config `key` that points at the file."""
-    try:
-        value = path.read_text(encoding="utf-8").strip()
-    except PermissionError:
-        raise error(not_readable(path, key)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise error(f"{key}: cannot read {path}: {reason}") from None
-    if not value:
-        raise error(f"{key}: {path} is empty")
-    return value
-
-
 def read_api_key(config: TypesenseConfig) -> str:
     """The static API key from `api_key`, `api_key_env` or `api_key_file`."""
     if config.api_key is not None:
@@ -387,3 +374,39 @@ def read_api_key(config: TypesenseConfig) -> str:
     if config.api_key_file is not None:
         return read_secret_file(config.api_key_file, "typesense.api_key_file", ConfigError)
     raise ConfigError("typesense.kms: the key comes from the KMS (see cdc_daemon.kms)")
+
+
+# -- two configs compared (a reload) ----------------------------------------------------------
+
+# Keys a running daemon can't change: the file and log it syncs (its lock, its triggers) and
+# the sockets it serves. A reload that changes one is refused as a whole.
+RESTART_ONLY = ("database", "log_table", "admin.listen", "metrics.listen")
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """The key paths whose values differ (`tables[0].where`, `sync.poll_interval`); never the
+    values themselves (some are secrets)."""
+    return sorted(_differences(old.model_dump(mode="json"), new.model_dump(mode="json"), ""))
+
+
+def _differences(old: Any, new: Any, path: str) -> Iterator[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            yield from _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+    elif _table_list(old) and _table_list(new) and len(old) == len(new):
+        for i, (before, after) in enumerate(zip(old, new, strict=True)):
+            yield from _differences(before, after, f"{path}[{i}]")
+    elif old != new:
+        yield path
+
+
+def _table_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def refuse_restart_only(old: Config, new: Config) -> None:
+    """ConfigError naming the first key in RESTART_ONLY that the new config changes."""
+    changed = config_changes(old, new)
+    for key in RESTART_ONLY:
+        if any(c == key or c.startswith(key + ".") for c in changed):
+            raise ConfigError(f"{key}: cannot change on reload; restart the service")

@@ -1,44 +1,42 @@
-"""Wiring and the loop: builds every object from the config; runs sync_once under signals."""
+"""The loop: runs sync_once between signals; rebuilds nothing itself.
+
+The objects it runs come from wiring.py, in two halves: `Services` (the API key source and the
+Typesense client, long-lived) and the `Runtime` (the tables half: database, mappings, change
+log, collections, syncer). An app schema change or a replaced file asks the `Factory` for a new
+Runtime on the same Services; a SIGHUP asks it for a `Reload` (new Services only when the
+`typesense:` section changed). The loop and its rebuilds run on the main thread; the admin API
+(other threads) reaches the daemon only through daemon_controls.py.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import FrameType
+from typing import Protocol
 
 import structlog
 
-from cdc_daemon.admin import AdminServer, jwt_verifier, start_admin
 from cdc_daemon.changelog import ChangeLog
-from cdc_daemon.config import Config
 from cdc_daemon.database import Database, ProcessorLock, TableInfo, file_identity
-from cdc_daemon.errors import CdcError, ConfigError, DatabaseError, GaveUp
-from cdc_daemon.evolution import CollectionManager
-from cdc_daemon.kms import ApiKeys, StaticKey, open_api_keys
-from cdc_daemon.logs import configure_logging
+from cdc_daemon.errors import CdcError, DatabaseError
+from cdc_daemon.kms import ApiKeys
+from cdc_daemon.log_schema import LogTables
+from cdc_daemon.log_status import LogStatus
 from cdc_daemon.metrics import Metrics, error_kind
 from cdc_daemon.notify import Notifier
-from cdc_daemon.preflight import row_query_problem
-from cdc_daemon.reconfigure import (
-    LeftoverCleaner,
-    Reconfiguration,
-    config_changes,
-    refuse_restart_only,
-)
+from cdc_daemon.reconfigure import LeftoverCleaner, Reconfiguration
 from cdc_daemon.retry import backoff_delay, call_with_retry
-from cdc_daemon.schema import TableMapping, build_mapping
-from cdc_daemon.sink import TypesenseSink
+from cdc_daemon.schema import TableMapping
 from cdc_daemon.sweep import AFTER_BACKFILL, START_BACKFILL, ResyncState, Sweep
 from cdc_daemon.sync import BatchReport, Syncer
 from cdc_daemon.trigger_watch import TriggerWatch
-from cdc_daemon.triggers import LogTables, ensure_log_is_ours, install, trigger_problems
+from cdc_daemon.triggers import ensure_log_is_ours, install, trigger_problems
+from cdc_daemon.typesense import TypesenseSink
 from cdc_daemon.wake import ChangeWaiter
-from cdc_daemon.watchdog import HeartbeatTransport
 
 log = structlog.get_logger("cdc_daemon")
 
@@ -47,115 +45,91 @@ ONCE_MAX_FAILURES = 8  # `run --once` gives up after this many failed tries in a
 
 
 @dataclass
-class Runtime:
-    """Everything a command needs, built from one Config. Close it when done."""
+class Services:
+    """The long-lived half: the Typesense API key source (kms.py) and the Typesense client
+    (its node health and alias cache). Kept across schema changes and replaced files; a reload
+    builds new ones only when the `typesense:` section changed. The client is used by the loop
+    and by admin requests (threads): see sink.py for what it allows."""
 
-    config: Config
+    keys: ApiKeys
+    sink: TypesenseSink
+
+    def close(self) -> None:
+        self.sink.close()
+        self.keys.close()
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The config values the loop reads itself (wiring.py fills them in)."""
+
+    tables: tuple[str, ...] = ()  # the configured table names, in config order
+    poll_interval: float = 1.0
+    reinstall_triggers: bool = False
+    max_attempts: int = 10  # an admin request's change log counts failures like the loop's
+
+
+@dataclass
+class Runtime:
+    """The tables half, built from one config on the schema as it is now. Close it when done:
+    its Services too only when `owns_services` (a command's runtime; the daemon's share them)."""
+
     db: Database
     names: LogTables
     tables: list[TableInfo]
     mappings: dict[str, TableMapping]
     changelog: ChangeLog
-    sink: TypesenseSink
+    log_status: LogStatus
     syncer: Syncer
+    services: Services
+    settings: LoopSettings = field(default_factory=LoopSettings)
     stop: threading.Event = field(default_factory=threading.Event)
-    keys: ApiKeys = field(default_factory=lambda: StaticKey(""))  # the Typesense key (kms.py)
+    owns_services: bool = False
+
+    @property
+    def sink(self) -> TypesenseSink:
+        return self.services.sink
+
+    @property
+    def keys(self) -> ApiKeys:
+        return self.services.keys
 
     def close(self) -> None:
         try:
             self.syncer.commit_pending()
         except CdcError as exc:  # harmless: those changes are sent again by the next run
             log.warning("last acknowledgement not written", error=str(exc))
-        self.sink.close()
-        self.keys.close()
+        if self.owns_services:
+            self.services.close()
         self.db.close()
 
 
-def open_tables(
-    config: Config, broken: dict[str, str] | None = None
-) -> tuple[Database, list[TableInfo], dict[str, TableMapping]]:
-    """Open the database and check every configured table before any other SQL runs: it exists,
-    its mapping builds, and the query its rows are read with (columns, `where`, `soft_delete`)
-    compiles. A table that fails is bad config (ConfigError naming the key), unless `broken` is
-    given (the running daemon, `status`): then it is left out, its one-line problem recorded
-    there by table name, and the other tables are returned."""
-    db = Database(config.database)
-    try:
-        if config.log_table in {t.table for t in config.tables}:
-            raise ConfigError(f"log_table: {config.log_table!r} is also a configured table")
-        infos: list[TableInfo] = []
-        mappings: dict[str, TableMapping] = {}
-        for i, table in enumerate(config.tables):
-            try:
-                if not db.table_exists(table.table):
-                    raise ConfigError(
-                        f"tables[{i}].table: table {table.table!r} does not exist in"
-                        f" {config.database}"
-                    )
-                infos.append(db.table_info(table.table))
-            except ConfigError as exc:
-                if broken is None:
-                    raise
-                broken[table.table] = str(exc)
-        by_name = {info.name: info for info in infos}
-        prefix = config.typesense.collection_prefix
-        for i, table in enumerate(config.tables):
-            if table.table not in by_name:
-                continue
-            try:
-                mapping = build_mapping(by_name[table.table], table, f"tables[{i}]", prefix)
-                problem = row_query_problem(db, mapping, f"tables[{i}]")
-                if problem is not None:
-                    raise ConfigError(problem)
-            except ConfigError as exc:
-                if broken is None:
-                    raise
-                broken[table.table] = str(exc)
-                continue
-            mappings[table.table] = mapping
-        infos = [info for info in infos if info.name in mappings]
-    except BaseException:
-        db.close()
-        raise
-    return db, infos, mappings
+@dataclass
+class Reload:
+    """A re-read config, checked and ready to build (wiring.py); nothing is applied yet."""
+
+    build: Callable[[Services], Runtime]  # the new tables half; raises for a table problem
+    services: Services | None  # new Services (the `typesense:` section changed), else None
+    changed: list[str]  # the config keys that changed, for the log line
+    apply: Callable[[], None]  # after the switch: the log format, the admin API's JWT keys
 
 
-def build_runtime(
-    config: Config,
-    stop: threading.Event | None = None,
-    heartbeat: Callable[[], None] | None = None,
-    skip_broken_tables: bool = False,
-) -> Runtime:
-    """`heartbeat` (the watchdog's, from `run`) is also beaten during HTTP calls.
-    `skip_broken_tables` (the running daemon): a table open_tables can't use is skipped (its
-    changes wait in the log) instead of failing the whole runtime."""
-    keys = open_api_keys(config.typesense)  # a static key is read now; a KMS key on first use
-    broken: dict[str, str] | None = {} if skip_broken_tables else None
-    try:
-        db, infos, mappings = open_tables(config, broken)
-    except BaseException:
-        keys.close()
-        raise
-    names = LogTables(config.log_table)
-    changelog = ChangeLog(db, names, config.sync.max_attempts)
-    transport = HeartbeatTransport(heartbeat) if heartbeat is not None else None
-    sink = TypesenseSink(
-        config.typesense.nodes,
-        keys,
-        config.typesense.timeout,
-        transport=transport,
-        nearest_node=config.typesense.nearest_node,
-        on_auth_error=keys.rejected,  # a 401 fetches a new key from the KMS (single flight)
-    )
-    collections = CollectionManager(sink, db, names, changelog, config.sync.batch_size)
-    syncer = Syncer(db, changelog, sink, mappings, config.sync.batch_size, collections)
-    syncer.resend_delay = 2 * config.typesense.timeout + 5
-    syncer.skip_tables(broken or {})
-    syncer.entries = {t.table: f"tables[{i}]" for i, t in enumerate(config.tables)}
-    runtime = Runtime(config, db, names, infos, mappings, changelog, sink, syncer, keys=keys)
-    if stop is not None:
-        runtime.stop = stop
-    return runtime
+class Factory(Protocol):
+    """What the loop asks for new objects (wiring.RuntimeFactory)."""
+
+    def runtime(self, services: Services) -> Runtime:
+        """The tables half from the running config on the schema as it is now; a table that
+        can't be used is skipped (its changes wait in the log)."""
+        ...
+
+    def reload(self, services: Services) -> Reload:
+        """Re-read the config; a CdcError naming the key when it can't be applied. `services`
+        are the running ones (kept when the new config does not change them)."""
+        ...
+
+    def keep_running_config(self) -> None:
+        """A reload failed: undo what reading the new config changed (the log format)."""
+        ...
 
 
 def require_installed(db: Database, names: LogTables) -> None:
@@ -190,14 +164,14 @@ class Daemon:
     def __init__(
         self,
         runtime: Runtime,
-        notifier: Notifier | None = None,
+        factory: Factory,
+        notifier: Notifier,
         metrics: Metrics | None = None,
-        load_config: Callable[[], Config] | None = None,
     ) -> None:
         self.runtime = runtime
-        self.notifier = notifier or Notifier()
+        self.factory = factory
+        self.notifier = notifier
         self.metrics = metrics
-        self.load_config = load_config
         self.stop = runtime.stop
         self.consecutive_failures = 0
         self._reload_requested = False
@@ -215,20 +189,18 @@ class Daemon:
         self._sweep_due = 0.0  # monotonic: no sweep before (backoff after a failed one)
         self.triggers = TriggerWatch()  # missing triggers: looked at after each schema change
         self._triggers_due = True
-        self.admin: AdminServer | None = None  # serve() sets it: a reload swaps its verifier
 
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
-            self._reload_requested = True
-            self.stop.set()  # wake the loop; cleared again by the loop for a reload
-            return
+    def request_stop(self, _signum: int) -> None:
+        """SIGTERM, SIGINT (signals.py): stop after the batch in hand, acknowledging nothing
+        unsynced."""
         self.notifier.send("STOPPING=1")
         self._stopping = True
         self.stop.set()
 
-    def install_signal_handlers(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
+    def request_reload(self) -> None:
+        """SIGHUP: the loop reloads before its next iteration."""
+        self._reload_requested = True
+        self.stop.set()  # wake the loop; cleared again by the loop for a reload
 
     def _sleep(self, seconds: float) -> None:
         """Wait, still pinging the watchdog: a backoff is not a hang."""
@@ -253,7 +225,7 @@ class Daemon:
                 runtime = self.runtime
             if runtime.db.schema_version() != self._schema_version:
                 self._check_triggers()  # first: a migration may have dropped them
-                self._replace_runtime(runtime.config, "schema changed")
+                self._replace_runtime(self._next_runtime, "schema changed")
                 runtime = self.runtime
             if self._triggers_due:
                 self._check_triggers()
@@ -297,119 +269,84 @@ class Daemon:
     def _call_until_up(self, what: str, fn: Callable[[], object], once: bool = False) -> bool:
         """Retry `fn` with backoff (watchdog fed, failures counted) until it succeeds: True.
         False when SIGTERM came first (a clean stop, exit 0); a SIGHUP is left to the loop.
-        `once` (`run --once`): GaveUp after ONCE_MAX_FAILURES tries, the loop's own bound."""
+        `once` (`run --once`): GaveUp after ONCE_MAX_FAILURES tries, the loop's own bound (a
+        cron job's `run --once` must end when Typesense or the KMS stays unreachable)."""
         while True:
             try:
-                if once:
-                    self._call_bounded(what, fn)
-                else:
-                    call_with_retry(
-                        what, fn, self.stop, on_retry=self._count_failure, sleep=self._sleep
-                    )
+                call_with_retry(
+                    what,
+                    fn,
+                    self.stop,
+                    max_tries=ONCE_MAX_FAILURES if once else None,
+                    on_retry=self._count_failure,
+                    sleep=self._sleep,
+                )
                 return True
             except CdcError as exc:
-                if getattr(self, "_stopping", False):
+                if self._stopping:
                     return False
                 if not (self._reload_requested and exc.retryable):
                     raise
                 self.stop.clear()  # woken by SIGHUP: keep trying; the loop reloads once up
 
-    def _call_bounded(self, what: str, fn: Callable[[], object]) -> None:
-        """`fn` until it succeeds, at most ONCE_MAX_FAILURES tries with the loop's backoff; a
-        cron job's `run --once` must end when Typesense or the KMS stays unreachable."""
-        failures = 0
-        while True:
-            try:
-                fn()
-                return
-            except CdcError as exc:
-                if not exc.retryable or self.stop.is_set():
-                    raise
-                failures += 1
-                self._count_failure(exc)
-                if failures >= ONCE_MAX_FAILURES:
-                    raise GaveUp(f"{what}: gave up after {failures} tries: {exc}") from None
-                delay = backoff_delay(failures)
-                log.warning(
-                    "retrying",
-                    what=what,
-                    attempt=failures,
-                    error=str(exc),
-                    retry_in_s=round(delay, 2),
-                )
-                self._sleep(delay)
-                if self.stop.is_set():
-                    raise
-
     def _reload(self) -> None:
         """SIGHUP: re-read the config (and the key files it names) and apply every section, or
         refuse the whole reload with one error line naming the key and keep the running config.
         Applied: tables, typesense (nodes, timeout, key source), sync, logging, admin.jwt.
-        Refused (reconfigure.RESTART_ONLY): database, log_table, admin.listen, metrics.listen."""
+        Refused (config.RESTART_ONLY): database, log_table, admin.listen, metrics.listen."""
         self._reload_requested = False
         if self._stopping:
             return
         self.stop.clear()
         self.notifier.send("RELOADING=1")
-        running = self.runtime.config
         try:
-            if self.load_config is None:
-                raise ConfigError("no config file to reload")
-            self._apply_config(running, self.load_config())
+            self._apply_reload(self.factory.reload(self.runtime.services))
         except CdcError as exc:
-            # The loader (cli.py) may have switched the log format and level already: undo.
-            configure_logging(running.logging.format, running.logging.level)
+            self.factory.keep_running_config()
             log.error("reload failed; keeping the previous config", error=str(exc))
         self.notifier.send("READY=1")
 
-    def _apply_config(self, running: Config, config: Config) -> None:
-        """Everything that can fail is done before anything changes: the restart-only keys,
-        the admin API's new JWT keys, the new runtime (tables, collections, Typesense key)."""
-        refuse_restart_only(running, config)
-        api = self.admin.api if self.admin is not None else None
-        swap_admin = api.prepare_reload(config) if api is not None else None
+    def _apply_reload(self, reload: Reload) -> None:
+        """Everything that can fail is done before anything changes: the factory checked the
+        restart-only keys and read the admin API's new JWT keys; here the new runtime (tables,
+        collections, and Services when the `typesense:` section changed) is built."""
+        services = reload.services or self.runtime.services
+        try:
+            # An operator's config error (a `where` that doesn't compile, a table that doesn't
+            # exist) refuses the reload, as `check` and start refuse it: no skipping here.
+            self._replace_runtime(
+                lambda: reload.build(services),
+                "config reloaded",
+                on_swap=reload.apply,
+                changed=reload.changed,
+            )
+        except BaseException:
+            if reload.services is not None and self.runtime.services is not reload.services:
+                reload.services.close()  # never switched to
+            raise
 
-        def swap() -> None:
-            configure_logging(config.logging.format, config.logging.level)
-            if swap_admin is not None:
-                swap_admin()
-
-        # An operator's config error (a `where` that doesn't compile, a table that doesn't
-        # exist) refuses the reload, as `check` and start refuse it: no skipping here.
-        self._replace_runtime(
-            config,
-            "config reloaded",
-            on_swap=swap,
-            skip_broken=False,
-            changed=config_changes(running, config),
-        )
+    def _next_runtime(self) -> Runtime:
+        """The tables half again, on the running Services (no new key, same node health)."""
+        return self.factory.runtime(self.runtime.services)
 
     def _replace_runtime(
         self,
-        config: Config,
+        build: Callable[[], Runtime],
         why: str,
         prepare: Callable[[Runtime], None] | None = None,
         on_swap: Callable[[], None] | None = None,
-        skip_broken: bool = True,
         **details: object,
     ) -> None:
-        """Rebuild tables, mappings and collections from `config` and the current schema.
+        """Rebuild tables, mappings and collections with `build` on the current schema.
 
         On SIGHUP, when the app altered its schema (PRAGMA schema_version moved) and when the
         database file was replaced (`prepare` then checks the new runtime first). Raises,
         leaving the running objects untouched, when the new ones can't be built. What the new
         mappings owe the collections (a resync, a re-send, old documents to clear) is recorded
-        just before the switch (reconfigure.py); `on_swap` runs just after it. `skip_broken`:
-        a table the app dropped or altered is skipped (its changes wait) rather than failing
-        the rebuild; False (SIGHUP) makes any table problem a ConfigError naming the key."""
-        if config.database != self.runtime.config.database:
-            raise ConfigError("database: cannot change on reload; restart the service")
-        fresh = build_runtime(
-            config,
-            stop=self.stop,
-            heartbeat=self.notifier.heartbeat,
-            skip_broken_tables=skip_broken,
-        )
+        just before the switch (reconfigure.py); `on_swap` runs just after it. The factory's
+        runtime skips a table the app dropped or altered (its changes wait); a reload's makes
+        any table problem a ConfigError naming the key."""
+        fresh = build()
         try:
             if prepare is not None:
                 prepare(fresh)
@@ -435,6 +372,8 @@ class Daemon:
             raise
         old, self.runtime = self.runtime, fresh
         old.close()
+        if old.services is not fresh.services:
+            old.services.close()
         if on_swap is not None:
             on_swap()
         self._schema_version = fresh.db.schema_version()
@@ -474,7 +413,7 @@ class Daemon:
             log.warning("database file replaced; reopening", database=str(old.path))
             if problem is not None:
                 log.error("restored file opened too early", problem=problem)
-        self._replace_runtime(self.runtime.config, "database reopened", self._adopt_replacement)
+        self._replace_runtime(self._next_runtime, "database reopened", self._adopt_replacement)
 
     def _adopt_replacement(self, fresh: Runtime) -> None:
         """The new file must be installed (without the log there is nothing to sync from:
@@ -531,7 +470,7 @@ class Daemon:
                 busy = True
                 continue
             if phase == CLEAR_LEFTOVERS:
-                if not runtime.changelog.unsynced_for_table(table, 1):  # the new ones are in
+                if not runtime.log_status.unsynced_for_table(table, 1):  # the new ones are in
                     busy = self._clear_leftovers(table, mapping, state) or busy
                 continue
             if backfilling is None:
@@ -630,7 +569,7 @@ class Daemon:
         runtime = self.runtime
         infos = self._configured_tables()
         back = self.triggers.check(runtime.db, runtime.names, infos)
-        if self.triggers.problems and runtime.config.sync.reinstall_triggers:
+        if self.triggers.problems and runtime.settings.reinstall_triggers:
             self._reinstall_triggers(infos)
             back = self.triggers.check(runtime.db, runtime.names, infos)
         if back:
@@ -651,9 +590,9 @@ class Daemon:
         triggers still log its changes (and `install` would remove them as not configured)."""
         db = self.runtime.db
         infos = []
-        for table in self.runtime.config.tables:
-            if db.table_exists(table.table):
-                info = db.table_info(table.table)
+        for table in self.runtime.settings.tables:
+            if db.table_exists(table):
+                info = db.table_info(table)
                 if info.key:
                     infos.append(info)
         return infos
@@ -776,10 +715,11 @@ class Daemon:
             self.metrics.close()
         self.notifier.close()
         self.runtime.close()
+        self.runtime.services.close()
 
     def _poll_interval(self) -> float:
         """The longest idle wait: poll_interval, but never longer than a watchdog ping."""
-        poll = self.runtime.config.sync.poll_interval
+        poll = self.runtime.settings.poll_interval
         return min(poll, self.notifier.watchdog_interval or poll)
 
     def _waiter(self) -> ChangeWaiter:
@@ -791,29 +731,3 @@ class Daemon:
             self.stop,
             file_identity=lambda: file_identity(runtime.db.path),
         )
-
-
-def serve(config: Config, load_config: Callable[[], Config] | None, once: bool = False) -> int:
-    """`cdc-daemon run`: build everything, serve metrics if configured, run the loop."""
-    notifier = Notifier()
-    runtime = build_runtime(config, heartbeat=notifier.heartbeat)
-    daemon = Daemon(runtime, notifier, None, load_config)
-    admin: AdminServer | None = None
-    try:
-        if config.metrics.listen:
-            daemon.metrics = Metrics(
-                daemon.runtime.db.path, daemon.runtime.names, lambda: daemon.runtime.tables
-            )
-            daemon.metrics.watch_nodes(lambda: daemon.runtime.sink.node_health())
-            daemon.metrics.watch_keys(lambda: daemon.runtime.keys.stats())
-            daemon.metrics.serve(config.metrics.listen)
-            log.info("metrics listening", address=config.metrics.listen)
-        if config.admin.listen:
-            admin = start_admin(daemon, config.admin.listen, jwt_verifier(config))
-            daemon.admin = admin
-        daemon.install_signal_handlers()
-        return daemon.run(once=once)
-    finally:
-        if admin is not None:
-            admin.close()
-        daemon.close()

@@ -118,14 +118,6 @@ def bind(value: Any) -> tuple[str, Any]:
     return "?", value
 
 
-def after_key(columns: Sequence[str], key: Sequence[Any]) -> tuple[str, list[Any]]:
-    """`(key columns) > (key)` and its parameters: the condition of a keyset cursor's next page.
-    Every keyset cursor uses it, so a key read as an InvalidText is passed, not read again."""
-    placeholders, params = zip(*(bind(value) for value in key), strict=True)
-    condition = f"({', '.join(quote_ident(c) for c in columns)}) > ({', '.join(placeholders)})"
-    return condition, list(params)
-
-
 def _decoded(value: Any, is_text: Any) -> Any:
     if not (is_text and isinstance(value, bytes)):
         return value

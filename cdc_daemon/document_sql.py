@@ -3,7 +3,7 @@
 Building documents in Python costs ~5 us each, a large share of the daemon's CPU when it catches
 up. The SQL expression here produces the same document (the same fields, the same values) for
 rows whose values need none of documents.py's conversions, and NULL for any other row: that
-row takes the Python path (fetch_rows + build_document). A BLOB, a number in a string field, an
+row takes the Python path (rows_by_keys + build_document). A BLOB, a number in a string field, an
 integral REAL in an integer field, an int32 out of range, a zero or non-finite REAL: all NULL.
 Mappings with a composite key or a soft-delete column have no fast path at all.
 
@@ -22,6 +22,7 @@ import apsw
 from cdc_daemon.database import quote_ident, quote_literal
 from cdc_daemon.keys import Key, KeyValue
 from cdc_daemon.schema import FieldMap, TableMapping
+from cdc_daemon.table_rows import KEYS_PER_SELECT, key_chunks
 
 INT32 = "BETWEEN -2147483648 AND 2147483647"
 FINITE = "BETWEEN -1.7976931348623157e308 AND 1.7976931348623157e308"  # Inf is 9.0e+999
@@ -83,22 +84,20 @@ def document_sql(mapping: TableMapping) -> str | None:
 
 
 def fetch_documents(
-    conn: apsw.Connection, mapping: TableMapping, sql: str, keys: Sequence[Key], chunk: int
+    conn: apsw.Connection,
+    mapping: TableMapping,
+    sql: str,
+    keys: Sequence[Key],
+    chunk: int = KEYS_PER_SELECT,
 ) -> dict[KeyValue, str | None] | None:
     """The key's value → its document's JSON text, or None for a row that takes the Python
     path; keys with no (matching) row are left out. None when some text is not UTF-8 (then
     all of them go to Python)."""
     key = quote_ident(mapping.key[0])
-    where = f"({mapping.where}) AND " if mapping.where else ""
     found: dict[KeyValue, str | None] = {}
     try:
-        for start in range(0, len(keys), chunk):
-            values = [k[0] for k in keys[start : start + chunk]]
-            query = (
-                f"SELECT {key}, {sql} FROM {quote_ident(mapping.table)}"
-                f" WHERE {where}{key} IN ({', '.join('?' * len(values))})"
-            )
-            found.update(conn.execute(query, values))
+        for rest, values in key_chunks(mapping, keys, chunk):  # the rows rows_by_keys reads
+            found.update(conn.execute(f"SELECT {key}, {sql} {rest}", values))
     except UnicodeDecodeError:
         return None
     return found

@@ -1,5 +1,7 @@
 """The one exception tree; library errors are translated into it at the boundaries."""
 
+from __future__ import annotations
+
 
 class CdcError(Exception):
     """Base of every error cdc-daemon raises on purpose. `retryable` says whether waiting helps."""
@@ -9,9 +11,33 @@ class CdcError(Exception):
 
 
 class ConfigError(CdcError):
-    """The configuration is wrong: bad YAML, a bad key, a missing table. Exit code 2."""
+    """The configuration is wrong: bad YAML, a bad key, a missing table. Exit code 2.
+
+    Core code knows only the part of the config it was handed (as plain values): it names the
+    key relative to that part (`key="fields.x"`, `see="rename"`). The root, which knows where
+    that part sits, puts its path in front with `within("tables[3]")`. The text is
+    `<key>: <message>` followed by ` (<see>)` when the message points at another key."""
 
     exit_code = 2
+
+    def __init__(self, message: str, key: str | None = None, see: str | None = None) -> None:
+        self.message = message
+        self.key = key
+        self.see = see
+        text = f"{key}: {message}" if key else message
+        super().__init__(f"{text} ({see})" if see else text)
+
+    def within(self, path: str) -> ConfigError:
+        """The same error with `path` in front of its key paths (raise it `from None`)."""
+        see = _joined(path, self.see) if self.see else None
+        return type(self)(self.message, _joined(path, self.key), see)
+
+
+def _joined(path: str, key: str | None) -> str:
+    """`tables[3]` + `fields.x` → `tables[3].fields.x`; an index joins without a dot."""
+    if not key:
+        return path
+    return f"{path}{key}" if key.startswith("[") else f"{path}.{key}"
 
 
 class DatabaseError(CdcError):

@@ -37,10 +37,18 @@ from typing import Any
 
 import structlog
 
-from cdc_daemon.backfill import Backfill, RowQueryFailed
-from cdc_daemon.changelog import ChangeLog
-from cdc_daemon.database import Database, quote_ident
+from cdc_daemon.backfill import Backfill
+from cdc_daemon.database import Database
 from cdc_daemon.errors import CollectionWaiting, ConfigError, SchemaMismatch, TargetError
+from cdc_daemon.log_schema import (
+    CREATED_PREFIX,
+    FOLLOW_PREFIX,
+    REBUILD_PREFIX,
+    RETIRE_PREFIX,
+    LogTables,
+    StateStore,
+)
+from cdc_daemon.log_status import LogStatus
 from cdc_daemon.ownership import REGISTRY, Claim, Ownership, database_identity
 from cdc_daemon.schema import (
     TableMapping,
@@ -48,15 +56,10 @@ from cdc_daemon.schema import (
     fit_problems,
     schema_differences,
 )
-from cdc_daemon.sink import TypesenseSink
-from cdc_daemon.triggers import LogTables
+from cdc_daemon.sink import Sink
+from cdc_daemon.table_rows import RowQueryFailed
 
 log = structlog.get_logger("cdc_daemon.evolution")
-REBUILD_PREFIX = "rebuild:"
-MAPPING_PREFIX = "mapping:"  # a table's mapping as last synced (reconfigure.py)
-CREATED_PREFIX = "created:"  # the alias cdc-daemon created for a table (filled ever since)
-RETIRE_PREFIX = "retire:"  # the collection a finishing rebuild's alias switch leaves behind
-FOLLOW_PREFIX = "follow:"
 FOLLOW_INTERVAL = 10.0  # seconds between a following host's looks at a shared collection
 
 
@@ -81,19 +84,18 @@ def _version_of(alias: str, physical: str) -> int | None:
 class CollectionManager:
     def __init__(
         self,
-        sink: TypesenseSink,
+        sink: Sink,
         db: Database,
         names: LogTables,
-        changelog: ChangeLog,
         batch_size: int,
     ) -> None:
         self.sink = sink
         self.db = db
         self.names = names
-        self.changelog = changelog
+        self.log_status = LogStatus(db, names)  # how far the sync of a rebuild's backfill is
         self.backfill = Backfill(db, names)
         self.batch_size = batch_size
-        self._state = quote_ident(names.state)
+        self._state = StateStore(db, names)
         self.follow_interval = FOLLOW_INTERVAL
         self._follow_due = time.monotonic() + FOLLOW_INTERVAL
         self.owners = Ownership(sink, REGISTRY, database_identity(db.path))
@@ -106,25 +108,14 @@ class CollectionManager:
 
     def _end_rebuild(self, table: str) -> None:
         """Forget a rebuild (finished or abandoned) and the collection it retired."""
-        with self.db.write() as conn:
-            conn.execute(
-                f"DELETE FROM {self._state} WHERE name IN (?, ?)",
-                (REBUILD_PREFIX + table, RETIRE_PREFIX + table),
-            )
+        self._state.delete(REBUILD_PREFIX + table, RETIRE_PREFIX + table)
 
     def _set_retired(self, table: str, collection: str) -> None:
         """Before an alias switch: the collection it leaves, to drop even after a crash."""
-        with self.db.write() as conn:
-            conn.execute(
-                f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
-                (RETIRE_PREFIX + table, collection),
-            )
+        self._state.set(RETIRE_PREFIX + table, collection)
 
     def _retired(self, table: str) -> str | None:
-        value = self.db.scalar(
-            f"SELECT value FROM {self._state} WHERE name = ?", (RETIRE_PREFIX + table,)
-        )
-        return None if value is None else str(value)
+        return self._state.get(RETIRE_PREFIX + table)
 
     # -- planning at start, reload and schema change ----------------------------------------------
 
@@ -179,18 +170,14 @@ class CollectionManager:
             existing = self.sink.get_collection(alias)
             if existing is None:
                 created = CREATED_PREFIX + mapping.table
-                if self.db.scalar(f"SELECT value FROM {self._state} WHERE name = ?", (created,)):
+                if self._state.get(created):
                     # Its alias and collection were deleted by hand: every row again (recorded
                     # first: a crash after creating must still fill it).
                     self.backfill.start(mapping.table)
                     log.warning("collection was missing; recreated and backfilling", alias=alias)
                 self._create(mapping, version_name(alias, 1))
                 self.sink.set_alias(alias, version_name(alias, 1))
-                with self.db.write() as conn:
-                    conn.execute(
-                        f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
-                        (created, alias),
-                    )
+                self._state.set(created, alias)
                 log.info("collection created", collection=version_name(alias, 1), alias=alias)
                 return Target(alias)
             return self._foreign(mapping, alias, existing)
@@ -261,10 +248,7 @@ class CollectionManager:
         new = version_name(alias, version + 1)
         self._create(mapping, new, fresh=True)
         with self.db.write() as conn:  # together: a rebuild never goes on without its backfill
-            conn.execute(
-                f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
-                (REBUILD_PREFIX + mapping.table, new),
-            )
+            self._state.set(REBUILD_PREFIX + mapping.table, new, conn)
             self.backfill.start(mapping.table, conn)
         log.warning(
             "schema changed: rebuilding collection",
@@ -350,12 +334,10 @@ class CollectionManager:
         )
         value = f"{physical} {hashlib.sha256(mark.encode()).hexdigest()[:16]}"
         name = FOLLOW_PREFIX + mapping.table
-        if self.db.scalar(f"SELECT value FROM {self._state} WHERE name = ?", (name,)) == value:
+        if self._state.get(name) == value:
             return
         with self.db.write() as conn:
-            conn.execute(
-                f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)", (name, value)
-            )
+            self._state.set(name, value, conn)
             self.backfill.start(mapping.table, conn)  # together: a crash can't skip the re-send
         log.info(
             "following shared collection: sending every row",
@@ -438,7 +420,7 @@ class CollectionManager:
             if table in active:
                 if table in skip:
                     continue
-                if self.changelog.unsynced_for_table(table, self.batch_size) < self.batch_size:
+                if self.log_status.unsynced_for_table(table, self.batch_size) < self.batch_size:
                     try:
                         self.backfill.log_next_page(mapping)
                     except RowQueryFailed as exc:
@@ -450,7 +432,7 @@ class CollectionManager:
                 continue
             if not mapping.manage_collection:
                 continue  # the managing host switches the alias; we notice in _follow
-            if target.mirror is not None and not self.changelog.unsynced_for_table(table, 1):
+            if target.mirror is not None and not self.log_status.unsynced_for_table(table, 1):
                 old = self.sink.get_alias(target.mirror)
                 if old is not None and old != target.primary:
                     self._set_retired(table, old)
@@ -463,7 +445,4 @@ class CollectionManager:
 
 def rebuilds_in_progress(db: Database, names: LogTables) -> dict[str, str]:
     """Tables being rebuilt → the new collection being filled."""
-    rows = db.query(
-        f"SELECT name, value FROM {quote_ident(names.state)} WHERE name LIKE 'rebuild:%'"
-    )
-    return {name.removeprefix(REBUILD_PREFIX): value for name, value in rows}
+    return StateStore(db, names).with_prefix(REBUILD_PREFIX)

@@ -18,16 +18,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
 import httpx
 import structlog
 
-from cdc_daemon.config import KmsConfig, TypesenseConfig, read_api_key, read_secret_file
 from cdc_daemon.errors import KmsUnavailable
 from cdc_daemon.logs import register_secret
-from cdc_daemon.retry import backoff_delay
+from cdc_daemon.retry import call_with_retry
+from cdc_daemon.secret_files import read_secret_file
 
 log = structlog.get_logger("cdc_daemon.kms")
 
@@ -84,18 +85,31 @@ class StaticKey:
         return None
 
 
+@dataclass(frozen=True)
+class KmsSource:
+    """Where a KMS key comes from. `name` is what messages call this source (the root passes
+    its config key, so that an error points at what to fix)."""
+
+    url: str
+    key_name: str
+    token_file: Path
+    refresh_interval: float  # seconds
+    name: str
+
+
 class KmsKey:
-    """A key from a KMS, refreshed every `refresh_interval` and when Typesense refuses it."""
+    """A key from a KMS, refreshed every `refresh_interval` and when Typesense refuses it.
+    Any thread may call it: fetches are serialized by one lock."""
 
     def __init__(
         self,
-        config: KmsConfig,
+        source: KmsSource,
         timeout: float = KMS_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = config
-        self.url = f"{config.url.rstrip('/')}/keys/{quote(config.key_name, safe='')}"
+        self.source = source
+        self.url = f"{source.url.rstrip('/')}/keys/{quote(source.key_name, safe='')}"
         self._client = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
             transport=transport,
@@ -173,14 +187,14 @@ class KmsKey:
 
     def _token(self) -> str:
         token = read_secret_file(
-            self.config.token_file, "typesense.kms.token_file", KmsUnavailable
+            self.source.token_file, f"{self.source.name}.token_file", KmsUnavailable
         )
         register_secret(token)
         return token
 
     def _get(self) -> str:
         token = self._token()
-        where = f"typesense.kms: {self.url}"
+        where = f"{self.source.name}: {self.url}"
         try:
             response = self._client.get(self.url, headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as exc:
@@ -208,30 +222,18 @@ class KmsKey:
             self._refresher.start()
 
     def _refresh_loop(self) -> None:
-        failures = 0
-        while True:
-            if failures:
-                wait = backoff_delay(failures, initial=1.0, cap=RETRY_CAP)
-                wait = min(wait, self.config.refresh_interval)
-            else:
-                due = self._fetched_at + self.config.refresh_interval
-                wait = max(0.0, due - self._clock())
-            if self._closed.wait(wait):
-                return
-            with self._lock:
-                due = self._fetched_at + self.config.refresh_interval
-                if failures == 0 and self._clock() < due:
-                    continue  # refreshed meanwhile (a 401): wait for the new due time
-                try:
-                    self._fetch("interval")
-                    failures = 0
-                except KmsUnavailable:
-                    failures += 1
+        """Until closed: wait until the key is due, then fetch it, a failed fetch retried with
+        backoff (retry.py's loop, never longer apart than refresh_interval)."""
+        interval = self.source.refresh_interval
+        while not self._closed.wait(max(0.0, self._fetched_at + interval - self._clock())):
+            with contextlib.suppress(KmsUnavailable):  # raised only once closed while failing
+                call_with_retry(
+                    "kms refresh", self._refresh_if_due, self._closed, cap=min(RETRY_CAP, interval)
+                )
 
-
-def open_api_keys(config: TypesenseConfig, timeout: float | None = None) -> ApiKeys:
-    """The key source the config names; a static key is read now (ConfigError if it can't be),
-    a KMS key is fetched on first use."""
-    if config.kms is not None:
-        return KmsKey(config.kms, timeout=min(KMS_TIMEOUT, timeout or config.timeout))
-    return StaticKey(read_api_key(config))
+    def _refresh_if_due(self) -> None:
+        with self._lock:
+            due = self._fetched_at + self.source.refresh_interval
+            if self._closed.is_set() or self._clock() < due:
+                return  # closed, or refreshed meanwhile (a 401): wait for the new due time
+            self._fetch("interval")

@@ -20,12 +20,13 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database, TableInfo
 from cdc_daemon.errors import CdcError, ConfigError
 from cdc_daemon.kms import KeyStats
+from cdc_daemon.log_schema import LogTables
+from cdc_daemon.log_status import LogStatus
 from cdc_daemon.sync import BatchReport
-from cdc_daemon.triggers import LogTables, expected_triggers, installed_triggers
+from cdc_daemon.triggers import expected_triggers, installed_triggers
 
 # No *_created series: they double the output and nobody alerts on them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -59,7 +60,7 @@ class _LogCollector(Collector):
     def _read(self) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
         if self._db is None:
             self._db = Database(self._path)
-        status = ChangeLog(self._db, self._names, max_attempts=1).status([])
+        status = LogStatus(self._db, self._names).summary([])
         return status, installed_triggers(self._db, self._names)
 
     def collect(self) -> Iterator[Metric]:

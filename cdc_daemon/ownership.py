@@ -44,7 +44,7 @@ from typing import Any
 import structlog
 
 from cdc_daemon.errors import CollectionMissing, CollectionWaiting, ConfigError, TargetUnavailable
-from cdc_daemon.sink import TypesenseSink
+from cdc_daemon.sink import Sink
 
 REGISTRY = "cdc_daemon_owners"
 STALE_CLAIM_SECONDS = 300.0  # an entry of another database without its collection, then: stale
@@ -86,7 +86,7 @@ class Claim:
 class Ownership:
     def __init__(
         self,
-        sink: TypesenseSink,
+        sink: Sink,
         registry: str,
         identity: str,
         clock: Callable[[], float] = time.time,

@@ -63,9 +63,14 @@ def folder_not_writable(folder: Path, database: Path, lacking: str = "writable")
 
 def not_readable(path: Path, key: str) -> str:
     """A secret or key file (`key` is its config key) this process can't read."""
+    return f"{key}: {cannot_read(path)}"
+
+
+def cannot_read(path: Path) -> str:
+    """not_readable without the key (for a ConfigError that carries its key apart)."""
     user, group = running_as()
     return (
-        f"{key}: cannot read {path}: permission denied for user {user} ({described(path)}):"
+        f"cannot read {path}: permission denied for user {user} ({described(path)}):"
         f" run `chgrp {group} {path} && chmod 0640 {path}` (owner root, readable by the"
         " service's group)"
     )

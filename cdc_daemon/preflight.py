@@ -1,5 +1,6 @@
 """What `check` (and start-up) can find before anything is synced: a table's row query that does
-not compile, settings `run` would refuse at start, and sampled rows Typesense would reject.
+not compile, and sampled rows Typesense would reject (what else `run` refuses at start:
+startup_checks.py).
 
 The value rules are Typesense 0.24.1's with `dirty_values=reject` (how the daemon imports),
 measured on the bundled server (tests/integration/test_check_finds.py compares every field type
@@ -8,35 +9,22 @@ and value kind with it); the reasons are its own words.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import apsw
 import apsw.ext
 
-from cdc_daemon.auth import JwtVerifier
-from cdc_daemon.backfill import ROW_QUERY_ERRORS
-from cdc_daemon.config import Config
-from cdc_daemon.database import Database, ProcessorLock, quote_ident, select_rows
+from cdc_daemon.database import Database
 from cdc_daemon.documents import build_document, row_is_live, row_key, size_problem
-from cdc_daemon.errors import CdcError, ConfigError, DocumentError
-from cdc_daemon.metrics import parse_listen
+from cdc_daemon.errors import DocumentError
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import encode_document
+from cdc_daemon.table_rows import ROW_QUERY_ERRORS, page_after, row_query
 
 SAMPLE_ROWS = 100  # per table: the first rows by key, one short read
 _ARTICLE = {"int32": "an", "int64": "an"}  # Typesense: "must be an int32", "must be a float"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One line of `check`; `exit_code` 2 when `run` would refuse the config itself."""
-
-    text: str
-    exit_code: int = 1
 
 
 # -- a table's row query ---------------------------------------------------------------------
@@ -57,14 +45,12 @@ def row_query_problem(db: Database, mapping: TableMapping, entry: str) -> str | 
     """Why the query that reads this table's rows (its columns, `where` and `soft_delete`, as
     sync, backfill and verify use them) does not compile, naming the config key (`entry` is
     `tables[N]`); None when it does."""
-    columns = ", ".join(quote_ident(c) for c in mapping.columns)
-    select = f"SELECT {columns} FROM {quote_ident(mapping.table)}"
-    problem = _compile_problem(db, f"{select} LIMIT 0")
+    problem = _compile_problem(db, f"{row_query(mapping, filtered=False)} LIMIT 0")
     if problem is not None:
         return f"{entry}.table: cannot read table {mapping.table!r}: {problem}"
     if mapping.where is None:
         return None
-    problem = _compile_problem(db, f"{select} WHERE ({mapping.where}) LIMIT 0")
+    problem = _compile_problem(db, f"{row_query(mapping)} LIMIT 0")
     if problem is None:
         return None
     usable = f"is not a usable row filter for {mapping.table!r}"
@@ -81,54 +67,6 @@ def row_failure_problem(db: Database, mapping: TableMapping, entry: str, error: 
     if mapping.where is not None:
         return f"{entry}.where: {mapping.where!r} fails on rows of {mapping.table!r}: {error}"
     return f"{entry}.table: cannot read table {mapping.table!r}: {error}"
-
-
-# -- what `run` refuses at start ---------------------------------------------------------------
-
-
-def daemon_running(database: Path) -> bool:
-    """Whether a daemon (or a backfill) holds the processor lock; never creates the lock file."""
-    return ProcessorLock(database).busy()
-
-
-def _listen_problem(key: str, listen: str, bind: bool) -> Problem | None:
-    """Whether `run` could listen on `listen`: HOST:PORT, and (`bind`) a socket bound to it and
-    closed at once."""
-    try:
-        host, port = parse_listen(listen, key)
-    except ConfigError as exc:
-        return Problem(str(exc), exc.exit_code)
-    if not bind:
-        return None
-    try:
-        family, kind, proto, _name, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM
-        )[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
-            sock.bind(address)
-    except OSError as exc:
-        return Problem(f"{key}: cannot listen on {listen}: {exc.strerror or exc}")
-    return None
-
-
-def startup_problems(config: Config) -> list[Problem]:
-    """What `run` checks when it starts, beyond the database and Typesense: the admin API's JWT
-    key (config errors, exit 2) and whether the metrics and admin addresses are free (exit 1;
-    not while a daemon runs: then they are its own)."""
-    problems: list[Problem] = []
-    admin = config.admin
-    if admin.listen and admin.jwt is not None:
-        try:
-            JwtVerifier.from_config(admin.jwt)
-        except CdcError as exc:
-            problems.append(Problem(str(exc), exc.exit_code))
-    bind = not daemon_running(config.database)
-    for key, listen in (("metrics.listen", config.metrics.listen), ("admin.listen", admin.listen)):
-        problem = _listen_problem(key, listen, bind) if listen else None
-        if problem is not None:
-            problems.append(problem)
-    return problems
 
 
 # -- values Typesense rejects ------------------------------------------------------------------
@@ -230,12 +168,9 @@ def sample_problems(
     """Build the documents of the table's first `limit` rows (by key, matching `where`, not
     soft-deleted) and say, per field, how many Typesense would reject and why, with an example
     key and value. `entry` is the table's config key (`tables[N]`)."""
-    where = f" WHERE ({mapping.where})" if mapping.where else ""
-    order = ", ".join(quote_ident(c) for c in mapping.key)
-    rest = f"FROM {quote_ident(mapping.table)}{where} ORDER BY {order} LIMIT {int(limit)}"
     with db.read() as conn:
         try:
-            rows = select_rows(conn, mapping.columns, rest)
+            rows = page_after(conn, mapping, None, limit)
         except ROW_QUERY_ERRORS as exc:  # the running daemon skips this table: say why
             return [row_failure_problem(db, mapping, entry, str(exc))]
     live = [row for row in rows if row_is_live(mapping, row)]

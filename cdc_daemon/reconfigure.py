@@ -21,8 +21,7 @@ is configured (again) is never touched, and another host's or database's documen
 The record is written after what it owes, so a kill -9 in between makes the next start owe it
 again. A table without a record is new: at start only when other tables have one (the first
 start of this version records them all and owes nothing), on reload when the running config did
-not have it. The config as a whole is compared by `config_changes` (the reload's log line);
-a change of a `RESTART_ONLY` key refuses the reload.
+not have it. (The config as a whole is compared by config.py's `config_changes`.)
 """
 
 from __future__ import annotations
@@ -31,64 +30,32 @@ import dataclasses
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from cdc_daemon.backfill import Backfill
-from cdc_daemon.config import Config
-from cdc_daemon.database import Database, quote_ident
-from cdc_daemon.errors import ConfigError
-from cdc_daemon.evolution import MAPPING_PREFIX, REBUILD_PREFIX, RETIRE_PREFIX  # state names
+from cdc_daemon.database import Database
 from cdc_daemon.keys import Key
+from cdc_daemon.log_schema import (
+    LEFTOVER_PREFIX,
+    MAPPING_PREFIX,
+    REBUILD_PREFIX,
+    RETIRE_PREFIX,
+    LogTables,
+    StateStore,
+)
 from cdc_daemon.ownership import Ownership
 from cdc_daemon.schema import TableMapping
-from cdc_daemon.sink import TypesenseSink
+from cdc_daemon.sink import Sink
 from cdc_daemon.sweep import ResyncState
-from cdc_daemon.sync import fetch_rows
-from cdc_daemon.triggers import LogTables
+from cdc_daemon.table_rows import rows_by_keys
 
-LEFTOVER_PREFIX = "leftover:"
-# Keys a running daemon can't change: the file and log it syncs (its lock, its triggers) and
-# the sockets it serves. A reload that changes one is refused as a whole.
-RESTART_ONLY = ("database", "log_table", "admin.listen", "metrics.listen")
 MEMBERSHIP = ("collection", "id_prefix", "key", "key_affinities", "where", "soft_delete")
 PAGE_SIZE = 500  # document ids deleted per request
 log = structlog.get_logger("cdc_daemon.reconfigure")
-
-
-# -- the config as a whole ----------------------------------------------------------------------
-
-
-def config_changes(old: Config, new: Config) -> list[str]:
-    """The key paths whose values differ (`tables[0].where`, `sync.poll_interval`); never the
-    values themselves (some are secrets)."""
-    return sorted(_differences(old.model_dump(mode="json"), new.model_dump(mode="json"), ""))
-
-
-def _differences(old: Any, new: Any, path: str) -> Iterator[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            yield from _differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
-    elif _table_list(old) and _table_list(new) and len(old) == len(new):
-        for i, (before, after) in enumerate(zip(old, new, strict=True)):
-            yield from _differences(before, after, f"{path}[{i}]")
-    elif old != new:
-        yield path
-
-
-def _table_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
-
-
-def refuse_restart_only(old: Config, new: Config) -> None:
-    """ConfigError naming the first key in RESTART_ONLY that the new config changes."""
-    changed = config_changes(old, new)
-    for key in RESTART_ONLY:
-        if any(c == key or c.startswith(key + ".") for c in changed):
-            raise ConfigError(f"{key}: cannot change on reload; restart the service")
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -125,13 +92,11 @@ class Reconfiguration:
     def __init__(self, db: Database, names: LogTables) -> None:
         self.db = db
         self.names = names
-        self._state = quote_ident(names.state)
+        self._state = StateStore(db, names)
 
     def _read(self, prefix: str) -> dict[str, Any]:
-        rows = self.db.query(
-            f"SELECT name, value FROM {self._state} WHERE name LIKE ?", (prefix + "%",)
-        )
-        return {str(name).removeprefix(prefix): json.loads(value) for name, value in rows}
+        records = self._state.with_prefix(prefix)
+        return {table: json.loads(value) for table, value in records.items()}
 
     def plan(
         self, mappings: dict[str, TableMapping], previous: dict[str, TableMapping] | None
@@ -173,7 +138,6 @@ class Reconfiguration:
             ResyncState(self.db, self.names).begin(plan.resync)
         backfill = Backfill(self.db, self.names)
         owed = self._read(LEFTOVER_PREFIX)
-        sql = f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)"
         with self.db.write() as conn:
             for table in plan.resend:
                 backfill.start(table, conn)
@@ -182,28 +146,22 @@ class Reconfiguration:
                 rebuilds = self._rebuilds(table, before) if renamed else []
                 entry = _leftover(before, mappings[table], rebuilds)
                 pending = [e for e in owed.get(table, []) if e != entry] + [entry]
-                conn.execute(sql, (LEFTOVER_PREFIX + table, json.dumps(pending)))
+                self._state.set(LEFTOVER_PREFIX + table, json.dumps(pending), conn)
                 self._forget_rebuild(conn, table, entry)
             for table in plan.unrecorded:
-                conn.execute(sql, (MAPPING_PREFIX + table, json.dumps(describe(mappings[table]))))
+                self._state.set(MAPPING_PREFIX + table, json.dumps(describe(mappings[table])), conn)
 
     def _rebuilds(self, table: str, before: dict[str, Any]) -> list[str]:
         """Collections of a rebuild (or an alias switch) of the renamed collection in progress."""
-        rows = self.db.query(
-            f"SELECT value FROM {self._state} WHERE name IN (?, ?)",
-            (REBUILD_PREFIX + table, RETIRE_PREFIX + table),
-        )
+        values = [self._state.get(prefix + table) for prefix in (REBUILD_PREFIX, RETIRE_PREFIX)]
         pattern = re.escape(str(before["collection"])) + r"__v\d+"
-        return [str(value) for (value,) in rows if re.fullmatch(pattern, str(value))]
+        return [value for value in values if value is not None and re.fullmatch(pattern, value)]
 
     def _forget_rebuild(self, conn: Any, table: str, entry: dict[str, Any]) -> None:
         """A rebuild of the old collection is over: its collection is the leftover's to drop
         (evolution.py would otherwise go on filling it for the renamed one)."""
         if entry["collections"]:
-            conn.execute(
-                f"DELETE FROM {self._state} WHERE name IN (?, ?)",
-                (REBUILD_PREFIX + table, RETIRE_PREFIX + table),
-            )
+            self._state.delete(REBUILD_PREFIX + table, RETIRE_PREFIX + table, conn=conn)
 
     def leftovers(self, table: str | None = None) -> dict[str, list[dict[str, Any]]]:
         owed = self._read(LEFTOVER_PREFIX)
@@ -224,16 +182,10 @@ class Reconfiguration:
         self._write_leftovers(table, [e for e in pending if e != entry])
 
     def _write_leftovers(self, table: str, pending: list[dict[str, Any]]) -> None:
-        with self.db.write() as conn:
-            if pending:
-                conn.execute(
-                    f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
-                    (LEFTOVER_PREFIX + table, json.dumps(pending)),
-                )
-            else:
-                conn.execute(
-                    f"DELETE FROM {self._state} WHERE name = ?", (LEFTOVER_PREFIX + table,)
-                )
+        if pending:
+            self._state.set(LEFTOVER_PREFIX + table, json.dumps(pending))
+        else:
+            self._state.delete(LEFTOVER_PREFIX + table)
 
 
 def _leftover(before: dict[str, Any], now: TableMapping, rebuilds: list[str]) -> dict[str, Any]:
@@ -329,7 +281,7 @@ class LeftoverCleaner:
     def __init__(
         self,
         state: Reconfiguration,
-        sink: TypesenseSink,
+        sink: Sink,
         owners: Ownership,
         configured: set[str],
         stop: threading.Event,
@@ -468,9 +420,8 @@ class LeftoverCleaner:
         ambiguous = [k for k in page.values() if documents.ambiguous(k)]
         rows: dict[Key, Any] = {}
         if ambiguous:
-            anywhere = dataclasses.replace(documents.current, where=None)  # a row at all
-            with self.db.read() as conn:
-                rows = fetch_rows(conn, anywhere, ambiguous)
+            with self.db.read() as conn:  # a row at all, whatever `where` says
+                rows = rows_by_keys(conn, documents.current, ambiguous, filtered=False)
         ids = [i for i, k in page.items() if not documents.ambiguous(k) or k in rows]
         if ids:
             cleared.deleted += sum(r.ok for r in self.sink.delete(documents.old.collection, ids))

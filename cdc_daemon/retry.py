@@ -1,4 +1,9 @@
-"""The one retry layer: tenacity's exponential backoff with jitter, capped. Nothing else retries."""
+"""The one retry layer: exponential backoff with jitter, capped. Nothing else retries.
+
+`call_with_retry` is the loop (the daemon's start-up calls, `run --once`'s bounded tries, the
+drainer of `backfill` / `verify --repair`); `backoff_delay` is its wait, also used by loops that
+back off between their own iterations (the daemon's batches, sweeps, the KMS refresher).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    wait_exponential_jitter,
-)
+from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
-from cdc_daemon.errors import CdcError
+from cdc_daemon.errors import CdcError, GaveUp
 
 T = TypeVar("T")
 log = structlog.get_logger("cdc_daemon.retry")
@@ -28,36 +28,44 @@ def backoff_delay(attempt: int, initial: float = 0.2, cap: float = 30.0) -> floa
     return float(wait(state))
 
 
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, CdcError) and exc.retryable
-
-
 def call_with_retry(
     what: str,
     fn: Callable[[], T],
     stop: threading.Event,
+    *,
     cap: float = 30.0,
-    on_retry: Callable[[BaseException], None] | None = None,
+    max_tries: int | None = None,
+    on_retry: Callable[[CdcError], None] | None = None,
     sleep: Callable[[float], object] | None = None,
+    quiet: bool = False,
 ) -> T:
-    """Call `fn` until it succeeds, retrying retryable CdcErrors with backoff until `stop` is set.
+    """Call `fn` until it succeeds, retrying retryable CdcErrors with backoff.
 
-    A non-retryable error, or `stop` being set, re-raises the last error. `sleep` waits between
-    tries (default: `stop.wait`; the daemon passes one that keeps the systemd watchdog fed).
-    """
-
-    def before_sleep(state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        log.warning("retrying", what=what, attempt=state.attempt_number, error=str(exc))
-        if on_retry is not None and exc is not None:
-            on_retry(exc)
-
-    retrying = Retrying(
-        retry=retry_if_exception(_retryable),
-        wait=wait_exponential_jitter(multiplier=0.2, max=cap, jitter=0.2),
-        stop=lambda _state: stop.is_set(),
-        sleep=sleep or stop.wait,  # type: ignore[arg-type]  # its result is ignored
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-    return retrying(fn)
+    A non-retryable error, or `stop` set (before or during a wait), re-raises the last error;
+    after `max_tries` failed tries, GaveUp. `on_retry` sees each retried error (metrics).
+    `sleep` waits between tries (default: `stop.wait`; the daemon passes one that keeps the
+    systemd watchdog fed). Each retry is logged ("retrying") unless `quiet`."""
+    failures = 0
+    while True:
+        try:
+            return fn()
+        except CdcError as exc:
+            if not exc.retryable or stop.is_set():
+                raise
+            failures += 1
+            if on_retry is not None:
+                on_retry(exc)
+            if max_tries is not None and failures >= max_tries:
+                raise GaveUp(f"{what}: gave up after {failures} tries: {exc}") from None
+            delay = backoff_delay(failures, cap=cap)
+            if not quiet:
+                log.warning(
+                    "retrying",
+                    what=what,
+                    attempt=failures,
+                    error=str(exc),
+                    retry_in_s=round(delay, 2),
+                )
+            (sleep or stop.wait)(delay)
+            if stop.is_set():
+                raise

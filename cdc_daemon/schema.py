@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any
 
-from cdc_daemon.config import TableConfig
 from cdc_daemon.database import TableInfo
 from cdc_daemon.errors import ConfigError
 from cdc_daemon.keys import Key, affinity, document_id, key_from_document_id
@@ -40,6 +40,26 @@ def field_name_problem(name: str) -> str | None:
             " could never be searched or filtered"
         )
     return None
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    """How one table becomes one collection, as plain values (the root makes them from its
+    config). `include` None: every column; `rename` and `fields` are keyed by column. A column's
+    `fields` entry overrides properties of its derived Typesense field (`type`, `facet`, `sort`,
+    `optional`, `index`, `locale`, as in a collection schema); an entry, even empty, also takes
+    in a BLOB column, which is otherwise left out."""
+
+    collection: str  # the full name, any collection prefix included
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    rename: Mapping[str, str] = dataclass_field(default_factory=dict)
+    fields: Mapping[str, Mapping[str, Any]] = dataclass_field(default_factory=dict)
+    default_sorting_field: str | None = None
+    where: str | None = None
+    soft_delete: str | None = None
+    id_prefix: str = ""
+    manage_collection: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,120 +166,122 @@ def derived_type(declared_type: str) -> str | None:
     return "string"  # DATE, DATETIME, TIMESTAMP and anything else: the stored text
 
 
-def build_mapping(
-    info: TableInfo, config: TableConfig, where: str = "tables[?]", collection_prefix: str = ""
-) -> TableMapping:
-    """Combine the table's columns with its config entry; ConfigError names the bad key.
-
-    `collection_prefix` (typesense.collection_prefix) goes in front of the collection's name."""
+def build_mapping(info: TableInfo, options: MappingOptions) -> TableMapping:
+    """Combine the table's columns with its options; ConfigError names the bad option's key
+    relative to the table's entry (`fields.x`; the root adds `tables[N]`)."""
     if not info.key:
         raise ConfigError(
-            f"{where}.table: table {info.name!r} has no PRIMARY KEY; cdc-daemon needs an explicit"
-            " key (an implicit rowid is renumbered by VACUUM)"
+            f"table {info.name!r} has no PRIMARY KEY; cdc-daemon needs an explicit"
+            " key (an implicit rowid is renumbered by VACUUM)",
+            key="table",
         )
     names = {c.name for c in info.columns}
     for key_name, columns in (
-        ("include", config.include or []),
-        ("exclude", config.exclude),
-        ("rename", list(config.rename)),
-        ("fields", list(config.fields)),
+        ("include", options.include or []),
+        ("exclude", options.exclude),
+        ("rename", list(options.rename)),
+        ("fields", list(options.fields)),
     ):
         for name in columns:
             if name not in names:
-                raise ConfigError(f"{where}.{key_name}.{name}: no column {name!r} in {info.name!r}")
-    if config.soft_delete is not None and config.soft_delete not in names:
-        raise ConfigError(f"{where}.soft_delete: no column {config.soft_delete!r} in {info.name!r}")
+                raise ConfigError(f"no column {name!r} in {info.name!r}", key=f"{key_name}.{name}")
+    if options.soft_delete is not None and options.soft_delete not in names:
+        raise ConfigError(f"no column {options.soft_delete!r} in {info.name!r}", key="soft_delete")
 
     single_id_key = len(info.key) == 1 and info.key[0] == "id"
     fields: list[FieldMap] = []
     for column in info.columns:
-        override = config.fields.get(column.name)
-        if config.include is not None and column.name not in config.include:
+        override = options.fields.get(column.name)
+        if options.include is not None and column.name not in options.include:
             continue
-        if column.name in config.exclude or (single_id_key and column.name == "id"):
+        if column.name in options.exclude or (single_id_key and column.name == "id"):
             continue
-        field_type = (override.type if override else None) or derived_type(column.declared_type)
+        props = override or {}
+        field_type = props.get("type") or derived_type(column.declared_type)
         if field_type is None:
             configured = override is not None or (
-                config.include is not None and column.name in config.include
+                options.include is not None and column.name in options.include
             )
             if not configured:
                 continue  # BLOB: left out unless configured (in `include` or `fields`)
             field_type = "string"  # base64 text
-        name = config.rename.get(column.name, column.name)
+        name = options.rename.get(column.name, column.name)
         if name == "id":
             raise ConfigError(
-                f"{where}.rename: column {column.name!r} would become field 'id', which is the"
-                " document id; rename it"
+                f"column {column.name!r} would become field 'id', which is the"
+                " document id; rename it",
+                key="rename",
             )
         problem = field_name_problem(name)
         if problem is not None:
-            raise _bad_field_name(where, info.name, column.name, config, problem)
+            raise _bad_field_name(info.name, column.name, options, problem)
         is_key = column.key_position > 0
         optional = not (column.not_null or is_key)
-        if override and override.optional is not None:
-            optional = override.optional
+        if props.get("optional") is not None:
+            optional = props["optional"]
         fields.append(
             FieldMap(
                 column=column.name,
                 name=name,
                 type=field_type,
                 optional=optional,
-                facet=bool(override and override.facet),
-                sort=override.sort if override else None,
-                index=override.index if override and override.index is not None else True,
-                locale=override.locale if override else None,
+                facet=bool(props.get("facet")),
+                sort=props.get("sort"),
+                index=props.get("index") is not False,
+                locale=props.get("locale"),
             )
         )
     seen: set[str] = set()
     for f in fields:
         if f.name in seen:
-            raise ConfigError(f"{where}.rename: two columns map to field {f.name!r}")
+            raise ConfigError(f"two columns map to field {f.name!r}", key="rename")
         seen.add(f.name)
-    _refuse_names_inside_objects(fields, where, info.name, config)
+    _refuse_names_inside_objects(fields, info.name, options)
 
-    sorting = config.default_sorting_field
+    sorting = options.default_sorting_field
     if sorting is not None:
         target = next((f for f in fields if f.name == sorting or f.column == sorting), None)
         if target is None:
-            raise ConfigError(f"{where}.default_sorting_field: {sorting!r} is not a field")
+            raise ConfigError(f"{sorting!r} is not a field", key="default_sorting_field")
         if target.type not in NUMERIC_TYPES or target.optional:
             raise ConfigError(
-                f"{where}.default_sorting_field: {sorting!r} must be a required numeric field"
-                f" (it is {target.type}{', optional' if target.optional else ''})"
+                f"{sorting!r} must be a required numeric field"
+                f" (it is {target.type}{', optional' if target.optional else ''})",
+                key="default_sorting_field",
             )
         sorting = target.name
     return TableMapping(
         table=info.name,
-        collection=collection_prefix + config.collection_name,
+        collection=options.collection,
         key=info.key,
         key_affinities=tuple(affinity(info.column(k).declared_type) for k in info.key),
         fields=tuple(fields),
         default_sorting_field=sorting,
-        where=config.where,
-        soft_delete=config.soft_delete,
-        id_prefix=config.id_prefix or "",
-        manage_collection=config.manage_collection,
+        where=options.where,
+        soft_delete=options.soft_delete,
+        id_prefix=options.id_prefix,
+        manage_collection=options.manage_collection,
     )
 
 
-def _bad_field_name(
-    where: str, table: str, column: str, config: TableConfig, problem: str
-) -> ConfigError:
-    """The error for a field name Typesense can't hold, at the key path the name came from."""
-    if column in config.rename:
+def _bad_field_name(table: str, column: str, options: MappingOptions, problem: str) -> ConfigError:
+    """The error for a field name Typesense can't hold, at the key the name came from."""
+    if column in options.rename:
         return ConfigError(
-            f"{where}.rename.{column}: {config.rename[column]!r} cannot be a Typesense field"
-            f" name ({problem}): choose another name"
+            f"{options.rename[column]!r} cannot be a Typesense field"
+            f" name ({problem}): choose another name",
+            key=f"rename.{column}",
         )
     return ConfigError(
-        f"{where}.table: column {column!r} of {table!r} cannot be a Typesense field name"
-        f" ({problem}): exclude it or rename it ({where}.rename)"
+        f"column {column!r} of {table!r} cannot be a Typesense field name"
+        f" ({problem}): exclude it or rename it",
+        key="table",
+        see="rename",
     )
 
 
 def _refuse_names_inside_objects(
-    fields: list[FieldMap], where: str, table: str, config: TableConfig
+    fields: list[FieldMap], table: str, options: MappingOptions
 ) -> None:
     """A field named `meta.color` beside an object field `meta` would be the same field as the
     object's nested `color` (Typesense names nested fields by their path)."""
@@ -268,7 +290,7 @@ def _refuse_names_inside_objects(
         inside = next((o for o in objects if f.name.startswith(o + ".")), None)
         if inside is not None:
             problem = f"it is the name of a nested field of object field {inside!r}"
-            raise _bad_field_name(where, table, f.column, config, problem)
+            raise _bad_field_name(table, f.column, options, problem)
 
 
 # What Typesense reports for a property we did not set.

@@ -6,19 +6,19 @@ from __future__ import annotations
 from typing import Any
 
 from cdc_daemon.backfill import backfills_in_progress
-from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database, TableInfo
 from cdc_daemon.errors import CdcError
 from cdc_daemon.evolution import rebuilds_in_progress
+from cdc_daemon.log_schema import LogTables
+from cdc_daemon.log_status import LogStatus
 from cdc_daemon.reconfigure import leftover_summary
 from cdc_daemon.sweep import owed_resyncs
 from cdc_daemon.trigger_watch import missing_since, problems_by_table
-from cdc_daemon.triggers import LogTables
 
 
 def sync_status(db: Database, names: LogTables, tables: list[str]) -> dict[str, Any]:
     """`{"backlog", "oldest_age_seconds", "dead_letters", "tables": {...}}` (interface.md)."""
-    status = ChangeLog(db, names, max_attempts=1).status(tables)
+    status = LogStatus(db, names).summary(tables)
     for table, logged in backfills_in_progress(db, names).items():
         status["tables"].setdefault(table, {})["backfill_logged_rows"] = logged
     for table, collection in rebuilds_in_progress(db, names).items():

@@ -18,16 +18,14 @@ from dataclasses import dataclass
 import structlog
 
 from cdc_daemon.changelog import ChangeLog
-from cdc_daemon.database import Database, ProcessorLock, quote_ident
+from cdc_daemon.database import Database, ProcessorLock
 from cdc_daemon.documents import row_is_live
 from cdc_daemon.keys import Key
+from cdc_daemon.log_schema import DATABASE_FILE, SWEEP_PREFIX, LogTables, Op, StateStore
 from cdc_daemon.schema import TableMapping
-from cdc_daemon.sink import TypesenseSink
-from cdc_daemon.sync import fetch_rows
-from cdc_daemon.triggers import LogTables
+from cdc_daemon.sink import Sink
+from cdc_daemon.table_rows import rows_by_keys
 
-SWEEP_PREFIX = "sweep:"
-FILE_STATE = "database-file"  # the file last synced: "<inode> <token>" (the token: file_changed)
 START_BACKFILL = "backfill"  # a table's first phase: its backfill is still to be started
 AFTER_BACKFILL = "sweep"  # then: sweep once its backfill has logged every row
 PAGE_SIZE = 500  # document ids looked up per read transaction
@@ -39,7 +37,7 @@ class ResyncState:
 
     def __init__(self, db: Database, names: LogTables, lock: ProcessorLock | None = None) -> None:
         self.db = db
-        self._state = quote_ident(names.state)
+        self._state = StateStore(db, names)
         self.lock = lock  # the daemon's: the token's copy a backup can't carry
 
     def _file(self) -> str:
@@ -53,11 +51,11 @@ class ResyncState:
         lock file's. A backup carries the token recorded when it was taken; each file detected
         as new gets a new token, in the database and in the lock file. The first time (nothing
         recorded yet) this file is recorded, and it says False."""
-        recorded = self.db.scalar(f"SELECT value FROM {self._state} WHERE name = ?", (FILE_STATE,))
+        recorded = self._state.get(DATABASE_FILE)
         if recorded is None:
             self._record(self._tokened())
             return False
-        inode, _, token = str(recorded).partition(" ")
+        inode, _, token = recorded.partition(" ")
         kept = self.lock.file_token() if self.lock is not None else None
         return inode != self._file() or bool(token and kept and token != kept)
 
@@ -66,9 +64,9 @@ class ResyncState:
         transaction: a kill -9 before it leaves the old file recorded, so the restart resyncs."""
         value = self._tokened()
         with self.db.write() as conn:
-            sql = f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)"
-            conn.executemany(sql, ((SWEEP_PREFIX + t, START_BACKFILL) for t in tables))
-            conn.execute(sql, (FILE_STATE, value))
+            for table in tables:
+                self._state.set(SWEEP_PREFIX + table, START_BACKFILL, conn)
+            self._state.set(DATABASE_FILE, value, conn)
         self._keep_token(value)
 
     def rotate(self) -> None:
@@ -82,12 +80,11 @@ class ResyncState:
         file's copy), else the one recorded (a reload's resync, which doesn't change files)."""
         if self.lock is not None:
             return f"{self._file()} {secrets.token_hex(8)}"
-        recorded = self.db.scalar(f"SELECT value FROM {self._state} WHERE name = ?", (FILE_STATE,))
-        token = str(recorded or "").partition(" ")[2]
+        token = (self._state.get(DATABASE_FILE) or "").partition(" ")[2]
         return f"{self._file()} {token}".rstrip()
 
     def _record(self, value: str) -> None:
-        self._set(FILE_STATE, value)
+        self._state.set(DATABASE_FILE, value)
         self._keep_token(value)
 
     def _keep_token(self, value: str) -> None:
@@ -96,22 +93,14 @@ class ResyncState:
             self.lock.set_file_token(token)  # after the database: a crash between resyncs again
 
     def owed(self) -> dict[str, str]:
-        rows = self.db.query(f"SELECT name, value FROM {self._state} WHERE name LIKE 'sweep:%'")
-        return {str(name).removeprefix(SWEEP_PREFIX): str(value) for name, value in rows}
+        return self._state.with_prefix(SWEEP_PREFIX)
 
     def set_phase(self, table: str, phase: str | None) -> None:
         """Move a table's resync on; None: it is done."""
-        self._set(SWEEP_PREFIX + table, phase)
-
-    def _set(self, name: str, value: str | None) -> None:
-        with self.db.write() as conn:
-            if value is None:
-                conn.execute(f"DELETE FROM {self._state} WHERE name = ?", (name,))
-            else:
-                conn.execute(
-                    f"INSERT OR REPLACE INTO {self._state} (name, value) VALUES (?, ?)",
-                    (name, value),
-                )
+        if phase is None:
+            self._state.delete(SWEEP_PREFIX + table)
+        else:
+            self._state.set(SWEEP_PREFIX + table, phase)
 
 
 def owed_resyncs(db: Database, names: LogTables) -> dict[str, str]:
@@ -147,16 +136,16 @@ class Sweep:
 
     Streams the collection's documents (ids with the table's id_prefix; others are another
     host's) and looks their rows up a page at a time, each page in one short read. An id whose
-    key has no live row is logged (op 'V'), so the normal sync path deletes it, or sends the row
-    if one exists again by then: race-free. An id no row can produce is deleted directly; nothing
-    the app writes can create it, and the sweep runs on the loop thread, so no batch is in
-    flight meanwhile. Memory: one page."""
+    key has no live row is logged (Op.REPAIR), so the normal sync path deletes it, or sends the
+    row if one exists again by then: race-free. An id no row can produce is deleted directly;
+    nothing the app writes can create it, and the sweep runs on the loop thread, so no batch is
+    in flight meanwhile. Memory: one page."""
 
     def __init__(
         self,
         db: Database,
         changelog: ChangeLog,
-        sink: TypesenseSink,
+        sink: Sink,
         page_size: int = PAGE_SIZE,
     ) -> None:
         self.db = db
@@ -195,7 +184,7 @@ class Sweep:
     ) -> None:
         keys = list(dict.fromkeys(k for doc_id in ids for k in candidate_keys(mapping, doc_id)))
         with self.db.read() as conn:
-            rows = fetch_rows(conn, mapping, keys) if keys else {}
+            rows = rows_by_keys(conn, mapping, keys) if keys else {}
         # Compared by id, not by key: a row found through a looser key ('007' finds 7 in an
         # INTEGER column) produces another id.
         produced = {mapping.doc_id(key) for key, row in rows.items() if row_is_live(mapping, row)}
@@ -210,7 +199,7 @@ class Sweep:
             else:
                 queued.append(key)
         if queued:
-            self.changelog.enqueue_keys(mapping.table, queued, "V")
+            self.changelog.enqueue_keys(mapping.table, queued, Op.REPAIR)
         result.documents += len(ids)
         result.queued += len(queued)
         result.deleted += self._delete(collection, direct)

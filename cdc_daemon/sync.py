@@ -4,32 +4,32 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
 import structlog
 
-from cdc_daemon.backfill import ROW_QUERY_ERRORS
 from cdc_daemon.changelog import MAX_DELAY, ChangeLog, KeyFailure, LogEntry, contiguous_ranges
-from cdc_daemon.database import Database, InvalidText, bind, quote_ident, scalar, select_rows
+from cdc_daemon.database import Database, InvalidText
 from cdc_daemon.document_sql import document_sql, fetch_documents
-from cdc_daemon.documents import build_document, row_is_live, row_key, size_problem
+from cdc_daemon.documents import build_document, row_is_live, size_problem
 from cdc_daemon.errors import CdcError, CollectionMissing, DocumentError, TargetError
 from cdc_daemon.evolution import CollectionManager, Target
 from cdc_daemon.keys import Key, log_key_to_key
+from cdc_daemon.log_schema import Op
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import (
     MAX_ID_BYTES,
     OK,
     DocResult,
-    TypesenseSink,
+    Sink,
     encode_document,
     id_problem,
 )
+from cdc_daemon.table_rows import ROW_QUERY_ERRORS, has_row, rows_by_keys
 
-KEYS_PER_SELECT = 500
 NOT_SENT = DocResult(ok=False, error="not sent")
 TABLE_RETRY = 30.0  # seconds before a table whose rows could not be read is read again
 REPORT_BROKEN_EVERY = 60.0  # seconds between two error lines about one skipped table
@@ -141,29 +141,6 @@ class _Ack:
     deleted_by_others: int
 
 
-def fetch_rows(
-    conn: apsw.Connection, mapping: TableMapping, keys: Sequence[Key]
-) -> dict[Key, tuple[Any, ...]]:
-    """The current rows for `keys` that exist and match `where`, keyed by their primary key."""
-    key_cols = ", ".join(quote_ident(c) for c in mapping.key)
-    width = len(mapping.key)
-    where = f"({mapping.where}) AND " if mapping.where else ""
-    found: dict[Key, tuple[Any, ...]] = {}
-    for start in range(0, len(keys), KEYS_PER_SELECT):
-        chunk = keys[start : start + KEYS_PER_SELECT]
-        if width == 1:
-            match = f"{key_cols} IN ({', '.join('?' * len(chunk))})"
-            params: list[Any] = [k[0] for k in chunk]
-        else:
-            row = "(" + ", ".join("?" * width) + ")"
-            match = f"({key_cols}) IN (VALUES {', '.join([row] * len(chunk))})"
-            params = [v for k in chunk for v in k]
-        rest = f"FROM {quote_ident(mapping.table)} WHERE {where}{match}"
-        for row_values in select_rows(conn, mapping.columns, rest, params):  # invalid UTF-8: U+FFFD
-            found[row_key(mapping, row_values)] = row_values
-    return found
-
-
 class Syncer:
     """Turns log entries into Typesense writes. Call `sync_once()` from a loop or a test."""
 
@@ -171,7 +148,7 @@ class Syncer:
         self,
         db: Database,
         changelog: ChangeLog,
-        sink: TypesenseSink,
+        sink: Sink,
         mappings: dict[str, TableMapping],
         batch_size: int,
         collections: CollectionManager,
@@ -469,10 +446,10 @@ class Syncer:
                 change.error = f"unreadable key {change.log_key!r}: {exc}"
         keys = [c.key for c in changes if c.key is not None]
         sql = self._document_sql.get(table)
-        built = fetch_documents(conn, mapping, sql, keys, KEYS_PER_SELECT) if sql else None
+        built = fetch_documents(conn, mapping, sql, keys) if sql else None
         # Rows whose documents SQLite did not build (all of them, without a fast path).
         slow = keys if built is None else [(v,) for v, line in built.items() if line is None]
-        rows = fetch_rows(conn, mapping, slow) if slow else {}
+        rows = rows_by_keys(conn, mapping, slow) if slow else {}
         for change in changes:
             if change.key is None:
                 continue
@@ -521,10 +498,7 @@ class Syncer:
         """A one-column key that is not UTF-8 whose row is gone (its bytes bound as they are)."""
         if len(mapping.key) != 1 or not isinstance(log_key, InvalidText):
             return False
-        placeholder, value = bind(log_key)
-        column = quote_ident(mapping.key[0])
-        rest = f"FROM {quote_ident(mapping.table)} WHERE {column} = {placeholder}"
-        return not scalar(conn, f"SELECT EXISTS (SELECT 1 {rest})", (value,))
+        return not has_row(conn, mapping, (log_key,))
 
     def _withdraw_dead(
         self, changes: list[_Change], failed: list[int], results: list[DocResult]
@@ -563,7 +537,7 @@ class Syncer:
                 live = [
                     line
                     for i, line in zip(write.upserts, write.lines, strict=True)
-                    if any(e.op != "B" for e in changes[i].entries)
+                    if any(e.op != Op.BACKFILL for e in changes[i].entries)
                 ]
                 self._mirror(target.mirror, live, write.ids)
             order = write.upserts + write.deletes
@@ -584,7 +558,7 @@ class Syncer:
         for change in changes:
             by_table.setdefault(change.table, []).append(change.log_key)
         for table, log_keys in by_table.items():
-            self.changelog.enqueue(table, log_keys, "T", not_before=due)
+            self.changelog.enqueue(table, log_keys, Op.RESEND, not_before=due)
 
     def _mirror(self, collection: str, documents: list[str], ids: list[str]) -> None:
         """Best effort, during a rebuild: keep the collection searches still use up to date.

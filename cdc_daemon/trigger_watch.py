@@ -20,16 +20,15 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from cdc_daemon.database import Database, TableInfo, quote_ident
+from cdc_daemon.database import Database, TableInfo
+from cdc_daemon.log_schema import TRIGGERS_MISSING_PREFIX, LogTables, StateStore
 from cdc_daemon.triggers import (
-    LogTables,
     ensure_log_is_ours,
     expected_triggers,
     installed_triggers,
     log_guard_trigger,
 )
 
-MISSING_PREFIX = "triggers-missing:"
 REPORT_INTERVAL = 60.0  # seconds between repeats of the error while triggers stay missing
 MISSING_EVENT = "triggers missing or outdated: changes to these tables are not logged"
 log = structlog.get_logger("cdc_daemon.triggers")
@@ -55,11 +54,8 @@ def problems_by_table(
 
 def missing_since(db: Database, names: LogTables) -> dict[str, float]:
     """Tables recorded without their triggers → unix time first seen (for `status`)."""
-    rows = db.query(
-        f"SELECT name, value FROM {quote_ident(names.state)} WHERE name LIKE ?",
-        (MISSING_PREFIX + "%",),
-    )
-    return {str(name).removeprefix(MISSING_PREFIX): float(value) for name, value in rows}
+    recorded = StateStore(db, names).with_prefix(TRIGGERS_MISSING_PREFIX)
+    return {table: float(since) for table, since in recorded.items()}
 
 
 class TriggerWatch:
@@ -91,22 +87,16 @@ class TriggerWatch:
         new = [t for t in problems if t in configured and t not in recorded]
         if new:
             now = self.wall_clock()
+            state = StateStore(db, names)
             with db.write() as conn:
-                conn.executemany(
-                    f"INSERT OR IGNORE INTO {quote_ident(names.state)} (name, value)"
-                    " VALUES (?, ?)",
-                    ((MISSING_PREFIX + t, now) for t in new),
-                )
+                for table in new:
+                    state.set_default(TRIGGERS_MISSING_PREFIX + table, now, conn)
         self._set(problems)
         return [t for t in recorded if t in configured and t not in problems]
 
     def forget(self, db: Database, names: LogTables, tables: list[str]) -> None:
         """The resync of these tables is recorded: they are no longer owed anything here."""
-        with db.write() as conn:
-            conn.executemany(
-                f"DELETE FROM {quote_ident(names.state)} WHERE name = ?",
-                ((MISSING_PREFIX + t,) for t in tables),
-            )
+        StateStore(db, names).delete(*(TRIGGERS_MISSING_PREFIX + t for t in tables))
 
     def _set(self, problems: dict[str, list[str]]) -> None:
         if problems != self.problems:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from string import Template
@@ -11,11 +10,15 @@ from string import Template
 from cdc_daemon.database import Database, TableInfo, quote_ident, quote_literal
 from cdc_daemon.errors import ConfigError
 from cdc_daemon.keys import log_key_sql
+from cdc_daemon.log_schema import ACKNOWLEDGING, DELETED_BY_OTHERS, LogTables, Op
 
 LOG_MARKER = "cdc-daemon change log"
-# Names in the state table that the log's guard trigger (sql/trigger_log_guard.sql) uses.
-ACKNOWLEDGING = "acknowledging"  # present only inside the daemon's own acknowledging transaction
-DELETED_BY_OTHERS = "deleted-by-others"  # log entries deleted by anything else, counted
+# The op letters the triggers write (log_schema.Op), as the templates' SQL literals.
+TRIGGER_OPS = {
+    "op_insert": quote_literal(Op.INSERT),
+    "op_update": quote_literal(Op.UPDATE),
+    "op_delete": quote_literal(Op.DELETE),
+}
 
 
 def _sql_dir() -> Path:
@@ -26,27 +29,6 @@ def _sql_dir() -> Path:
 @cache
 def template(name: str) -> Template:
     return Template((_sql_dir() / f"{name}.sql").read_text(encoding="utf-8"))
-
-
-@dataclass(frozen=True)
-class LogTables:
-    """The names of the daemon's own tables in the app's database."""
-
-    log: str
-
-    @property
-    def dead(self) -> str:
-        return f"{self.log}_dead"
-
-    @property
-    def state(self) -> str:
-        return f"{self.log}_state"
-
-    def trigger_prefix(self) -> str:
-        return f"{self.log}:"
-
-    def trigger_name(self, table: str, kind: str) -> str:
-        return f"{self.log}:{table}:{kind}"
 
 
 def key_expr(prefix: str, key: Sequence[str]) -> str:
@@ -124,6 +106,7 @@ def expected_triggers(names: LogTables, info: TableInfo) -> dict[str, str]:
         "key_changed": " OR ".join(
             f"OLD.{quote_ident(c)} IS NOT NEW.{quote_ident(c)} COLLATE BINARY" for c in info.key
         ),
+        **TRIGGER_OPS,
     }
     wanted: dict[str, tuple[str, dict[str, str]]] = {
         "insert": ("trigger_insert", {}),

@@ -28,21 +28,16 @@ from typing import Any, Protocol
 import apsw
 
 from cdc_daemon.changelog import ChangeLog
-from cdc_daemon.database import (
-    Database,
-    InvalidText,
-    after_key,
-    quote_ident,
-    scalar,
-    select_rows,
-)
+from cdc_daemon.database import Database, InvalidText
 from cdc_daemon.documents import build_document, row_is_live, row_key
 from cdc_daemon.errors import ConfigError, DocumentError
 from cdc_daemon.keys import Key, log_key_to_key
+from cdc_daemon.log_schema import Op
+from cdc_daemon.log_status import LogStatus
 from cdc_daemon.reconfigure import old_documents
 from cdc_daemon.schema import TableMapping
-from cdc_daemon.sink import TypesenseSink, id_problem
-from cdc_daemon.sync import fetch_rows
+from cdc_daemon.sink import Sink, id_problem
+from cdc_daemon.table_rows import every_row, rows_by_keys
 
 PAGE_SIZE = 2000
 RECHECK_LIMIT = 1000  # differences checked again one by one; beyond this, counts are taken as is
@@ -148,51 +143,20 @@ class Verifier:
         self,
         db: Database,
         changelog: ChangeLog,
-        sink: TypesenseSink,
+        sink: Sink,
         processor_running: bool | Callable[[], bool] = True,
     ) -> None:
         """`processor_running`: whether a process holds the processor lock (a daemon, or a
         backfill draining), asked at each comparison. Without one, no change is on its way."""
         self.db = db
-        self.changelog = changelog
+        self.changelog = changelog  # repairs are logged through it
+        self.log_status = LogStatus(db, changelog.names)  # what the log says of each key
         self.sink = sink
         self.processor_running = processor_running
 
-    def _expected(self, mapping: TableMapping, row: tuple[Any, ...]) -> dict[str, Any] | str:
-        """The document a live row should have, or why it can't have one."""
-        key = row_key(mapping, row)
-        if any(isinstance(value, InvalidText) for value in key):
-            return "cannot be indexed: the key is text that is not valid UTF-8"
-        if None not in key and (problem := id_problem(mapping.doc_id(key))) is not None:
-            return f"cannot be indexed: {problem}"
-        try:
-            return build_document(mapping, row)
-        except DocumentError as exc:
-            return f"cannot be indexed: {exc}"
-
     def _rows(self, mapping: TableMapping) -> Iterator[tuple[Any, ...]]:
         """Every row matching `where`, in short read transactions of PAGE_SIZE rows."""
-        key_cols = ", ".join(quote_ident(c) for c in mapping.key)
-        table = quote_ident(mapping.table)
-        after: Key | None = None
-        while True:
-            conditions = [f"({mapping.where})"] if mapping.where else []
-            params: list[Any] = []
-            if after is not None:  # binds a key that is not UTF-8 as its own bytes, or it loops
-                condition, params = after_key(mapping.key, after)
-                conditions.append(condition)
-            where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-            with self.db.read() as conn:
-                page = select_rows(  # invalid UTF-8 read as fetch_rows reads it (U+FFFD)
-                    conn,
-                    mapping.columns,
-                    f"FROM {table}{where} ORDER BY {key_cols} LIMIT {PAGE_SIZE}",
-                    params,
-                )
-            if not page:
-                return
-            yield from page
-            after = row_key(mapping, page[-1])
+        return every_row(self.db, mapping, PAGE_SIZE)
 
     def compare(self, mapping: TableMapping) -> TableDiff:
         diff = TableDiff()
@@ -209,8 +173,7 @@ class Verifier:
                     continue
                 diff.rows += 1
                 key = row_key(mapping, row)
-                expected = self._expected(mapping, row)
-                doc_id = _usable_id(mapping, key)
+                doc_id, expected = _expected(mapping, row)
                 if doc_id is None:  # no id names this row's document: it can't have one
                     difference = Difference(_shown_id(mapping, key), key)
                     diff.reasons[difference.doc_id] = str(expected)
@@ -263,14 +226,9 @@ class Verifier:
     def _log_view(self, mapping: TableMapping, running: bool) -> _LogView:
         now = time.time()
         with self.db.read() as conn:
-            stalled_since = scalar(
-                conn,
-                f"SELECT MIN(ts) FROM {quote_ident(self.changelog.names.log)}"
-                " WHERE attempts = 0 AND next_attempt_at <= ?",
-                (now,),
-            )
-            pending = self.changelog.pending(conn, mapping.table)
-            dead = self.changelog.dead_keys(conn, mapping.table)
+            stalled_since = self.log_status.oldest_due(conn, now)
+            pending = self.log_status.pending(conn, mapping.table)
+            dead = self.log_status.dead_keys(conn, mapping.table)
         stalled = stalled_since is not None and now - stalled_since > GRACE
         waiting: dict[Key, str | None] = {}
         for log_key, oldest, attempts, error in pending:
@@ -324,9 +282,9 @@ class Verifier:
         expected: dict[str, Any] | str | None = None
         if difference.key is not None:
             with self.db.read() as conn:
-                row = fetch_rows(conn, mapping, [difference.key]).get(difference.key)
+                row = rows_by_keys(conn, mapping, [difference.key]).get(difference.key)
             if row is not None and row_is_live(mapping, row):
-                expected = self._expected(mapping, row)
+                expected = _expected(mapping, row)[1]
         actual = self.sink.get_document(mapping.collection, difference.doc_id)
         if expected is None or actual is None:
             return expected is None and actual is None
@@ -345,16 +303,24 @@ class Verifier:
             self.sink.delete(mapping.collection, strays)
         if not keys:
             return 0
-        return self.changelog.enqueue_keys(mapping.table, keys, "V")
+        return self.changelog.enqueue_keys(mapping.table, keys, Op.REPAIR)
 
 
-def _usable_id(mapping: TableMapping, key: Key) -> str | None:
-    """The row's document id, None when it has none (a NULL or non-UTF-8 key part, an empty
-    or too long id)."""
-    if None in key or any(isinstance(v, InvalidText) for v in key):
-        return None
-    doc_id = mapping.doc_id(key)
-    return None if id_problem(doc_id) else doc_id
+def _expected(
+    mapping: TableMapping, row: tuple[Any, ...]
+) -> tuple[str | None, dict[str, Any] | str]:
+    """(the live row's document id, None when it has none: a NULL or non-UTF-8 key part, an
+    empty or too long id; the document it should have, or why it can't have one)."""
+    key = row_key(mapping, row)
+    if any(isinstance(value, InvalidText) for value in key):
+        return None, "cannot be indexed: the key is text that is not valid UTF-8"
+    doc_id = None if None in key else mapping.doc_id(key)
+    if doc_id is not None and (problem := id_problem(doc_id)) is not None:
+        return None, f"cannot be indexed: {problem}"
+    try:  # a NULL key part fails here, naming the key
+        return doc_id, build_document(mapping, row)
+    except DocumentError as exc:
+        return doc_id, f"cannot be indexed: {exc}"
 
 
 def _shown_id(mapping: TableMapping, key: Key) -> str:
@@ -385,3 +351,34 @@ def refuse_foreign_repair(
     problem = collections.check(mapping, where)
     if problem is not None:
         raise ConfigError(f"not repaired: {problem}")
+
+
+def verify_tables(
+    verifier: Verifier,
+    mappings: list[TableMapping],
+    entries: dict[str, str],
+    collections: CollectionChecker,
+    log_status: Callable[[], dict[str, Any]],
+    repair: bool = False,
+    synced_through: Callable[[int], object] | None = None,
+) -> tuple[dict[str, Any], int]:
+    """The verify of `verify` and the admin API: each table compared (and with `repair`, its
+    differences logged, after refusing a collection that isn't this database's), then the
+    summary. `entries`: table → its config key path (tables[N]). `synced_through(seq)` (the
+    command, which syncs itself): waits for the repair to be synced, then compares again;
+    without it (the daemon's loop delivers) the first comparison is reported.
+    Returns (summary, differences repaired)."""
+    results: dict[str, TableDiff] = {}
+    repaired = 0
+    for mapping in mappings:
+        diff = verifier.compare(mapping)
+        if repair and not diff.in_sync:
+            refuse_foreign_repair(collections, mapping, entries[mapping.table])
+            seq = verifier.repair(mapping, diff)
+            repaired += len(diff.differences)
+            if synced_through is not None:
+                if seq:
+                    synced_through(seq)
+                diff = verifier.compare(mapping)
+        results[mapping.table] = diff
+    return summarize(results, log_status()), repaired

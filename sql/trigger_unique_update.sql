@@ -1,4 +1,4 @@
 CREATE TRIGGER ${name} BEFORE UPDATE OF ${unique_columns} ON ${table} BEGIN
   INSERT INTO ${log} (tbl, pk, op)
-    SELECT ${table_literal}, ${row_key}, 'D' FROM ${table} WHERE ${unique_match};
+    SELECT ${table_literal}, ${row_key}, ${op_delete} FROM ${table} WHERE ${unique_match};
 END

@@ -1,3 +1,3 @@
 CREATE TRIGGER ${name} AFTER UPDATE ON ${table} BEGIN
-  INSERT INTO ${log} (tbl, pk, op) VALUES (${table_literal}, ${new_key}, 'U');
+  INSERT INTO ${log} (tbl, pk, op) VALUES (${table_literal}, ${new_key}, ${op_update});
 END

@@ -1,6 +1,6 @@
 """The seed's elements table end to end: install → app writes → run --once → verify."""
 
-from conftest import Env, app_exec, insert_elements
+from support import Env, app_exec, insert_elements
 
 
 def test_elements_round_trip(elements_env: Env) -> None:

@@ -20,9 +20,11 @@ from typing import Any
 
 import httpx
 import yaml
-from conftest import db_rows, db_scalar, log_backlog, wait_for
+from support import app_exec, db_rows, db_scalar, launcher, log_backlog, wait_for
 
 from cdc_daemon.localserver import LocalTypesense, free_port, server_binary
+
+from .workload import DDL as ITEMS_DDL
 
 HERE = Path(__file__).parent
 API_KEY = "cluster-test-key"
@@ -138,12 +140,12 @@ class Host:
         self.db = self.dir / "app.db"
         self.config = self.dir / "cdc.yaml"
         self.metrics_port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[str] | None = None
         self.workload: subprocess.Popen[str] | None = None
         self.table: dict[str, Any] = {"table": "items", **table}
         self.typesense: dict[str, Any] = {"nodes": nodes, "api_key": API_KEY, "timeout": 5}
         self.sync: dict[str, Any] = {"batch_size": 500, "poll_interval": 0.2, "max_attempts": 3}
-        app(self.db, "sql", "PRAGMA journal_mode = WAL")
+        app_exec(self.db, "PRAGMA journal_mode = WAL", ITEMS_DDL)
 
     @property
     def collection(self) -> str:
@@ -166,10 +168,7 @@ class Host:
         self.config.write_text(yaml.safe_dump(config))
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "cdc_daemon", "--config", str(self.config), *args],
-            capture_output=True, text=True, timeout=timeout, cwd=self.dir,
-        )
+        return launcher.run(*args, config=self.config, cwd=self.dir, timeout=timeout)
 
     def install(self) -> None:
         self.write_config()
@@ -177,12 +176,8 @@ class Host:
         assert result.returncode == 0, result.stderr
 
     def start(self) -> None:
-        log = open(self.dir / "daemon.log", "ab")  # noqa: SIM115  (owned by the process)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cdc_daemon", "--config", str(self.config), "run"],
-            stdout=log, stderr=log, cwd=self.dir,
-        )
-        log.close()
+        self.process = launcher.start_logged("run", config=self.config, cwd=self.dir,
+                                             log=self.dir / "daemon.log")
 
     def stop(self) -> None:
         for process in (self.workload, self.process):
@@ -246,6 +241,7 @@ class Host:
 
 
 def app(db: Path, *args: str) -> None:
+    """The workload script's `burst` (or `run`) mode, to its end."""
     subprocess.run([sys.executable, str(HERE / "workload.py"), str(db), *args], check=True,
                    timeout=60)
 

@@ -8,6 +8,8 @@ import re
 import time
 from collections.abc import Callable
 
+from support import app_exec
+
 from .harness import (
     Cluster,
     Host,
@@ -155,8 +157,8 @@ def test_network_slow_node(cluster: Cluster, make_host: Callable[..., Host]) -> 
         direct = cluster.nodes[1]
         wait_for(lambda: len(cluster.export(direct, host.collection) or {}) == 300, 30,
                  "the burst, through another node")
-        app(host.db, "sql", "UPDATE items SET n = 2, note = 'v2' WHERE id <= 100")
-        app(host.db, "sql", "DELETE FROM items WHERE id > 200")
+        app_exec(host.db, "UPDATE items SET n = 2, note = 'v2' WHERE id <= 100")
+        app_exec(host.db, "DELETE FROM items WHERE id > 200")
         stale_seen = 0
 
         def settled() -> bool:

@@ -11,12 +11,11 @@ processes side by side, each with its own database, state and metrics port.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 
 import httpx
+from support import app_exec, launcher
 
 from .harness import (
     HEADERS,
@@ -117,7 +116,7 @@ def test_two_hosts_share_one_collection_managed_by_one(
         assert result.returncode == 0, result.stdout
         assert f'"documents": {len(own(docs, host.id_prefix))}' in result.stdout
     # A host's deletes touch only its own ids: the same keys of the other host stay.
-    app(owner.db, "sql", "DELETE FROM items")
+    app_exec(owner.db, "DELETE FROM items")
     settle(cluster, [owner, follower])
     docs = cluster.export(cluster.nodes[0], "shared_items") or {}
     assert not own(docs, "a:") and own(docs, "b:")
@@ -156,13 +155,7 @@ def test_two_managing_hosts_started_at_once_is_safe(
     for i, host in enumerate(hosts):
         host.install()
         host.start_workload(seed=30 + i, low=1, high=200)
-    runs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "cdc_daemon", "--config", str(h.config), "run", "--once"],
-            cwd=h.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for h in hosts
-    ]
+    runs = [launcher.start("run", "--once", config=h.config, cwd=h.dir) for h in hosts]
     outputs = [run.communicate(timeout=120) for run in runs]
     codes = [run.returncode for run in runs]
     assert sorted(codes) == [0, 2], outputs

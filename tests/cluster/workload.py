@@ -2,8 +2,8 @@
 
     python workload.py DB run SEED LOW HIGH   # random inserts/updates/deletes until SIGTERM
     python workload.py DB burst FIRST COUNT   # COUNT new rows in one transaction, then exit
-    python workload.py DB sql STATEMENT       # one statement in its own transaction (PRAGMAs
-                                              # outside one)
+
+(Single statements go through tests/support/app_writer.py.)
 
 Rows of `items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, n INTEGER NOT NULL, note TEXT)`;
 `run` keeps ids in [LOW, HIGH) and prints how many transactions it committed when it stops.
@@ -74,12 +74,6 @@ def main() -> None:
             "INSERT OR REPLACE INTO items (id, name, n, note) VALUES (?, ?, 1, ?)",
             ((i, f"item {i}", f"burst row {i}") for i in range(first, first + count)),
         )
-        conn.execute("COMMIT")
-    elif mode == "sql" and sys.argv[3].upper().startswith("PRAGMA"):
-        conn.execute(sys.argv[3])  # outside a transaction (journal_mode)
-    elif mode == "sql":
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(sys.argv[3])
         conn.execute("COMMIT")
     conn.close()
 

@@ -10,7 +10,7 @@ import threading
 from typing import Any
 
 import yaml
-from conftest import Env, app_exec, insert_elements, wait_for
+from support import Env, app_exec, insert_elements, wait_for
 
 
 def _search_count(env: Env, alias: str) -> int:

@@ -22,6 +22,8 @@ from .harness import FIGURES, FaultWorld
 from .proxy import FaultProxy
 
 BASE_SEED = int(os.environ.get("CDC_FAULT_SEED", "20240607"))
+# Where the terminal summary writes every fault's figures (pytest's basetemp, set by make_world).
+FIGURES_PATH = pytest.StashKey[Path]()
 
 
 @pytest.fixture
@@ -33,9 +35,10 @@ def seed(request: pytest.FixtureRequest) -> int:
 
 
 @pytest.fixture
-def make_world(tmp_path: Path, typesense: LocalTypesense,
-               request: pytest.FixtureRequest) -> Iterator[Callable[..., FaultWorld]]:
+def make_world(tmp_path: Path, typesense: LocalTypesense, request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., FaultWorld]]:
     worlds: list[FaultWorld] = []
+    request.config.stash[FIGURES_PATH] = tmp_path_factory.getbasetemp() / "fault-figures.json"
     name = "fault_" + request.node.name.removeprefix("test_")[:40]
 
     def make(typesense_url: str | None = None, **kwargs: Any) -> FaultWorld:
@@ -74,7 +77,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for figures in FIGURES:
         extra = {k: v for k, v in figures.items() if k not in COLUMNS}
         tr.write_line(f"{figures['fault']}: {json.dumps(extra)}")
-    base = config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
-    path = Path(base) / "fault-figures.json"
+    path = config.stash[FIGURES_PATH]
     path.write_text(json.dumps(FIGURES, indent=2))
     tr.write_line(f"figures written to {path}")

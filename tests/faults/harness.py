@@ -1,6 +1,7 @@
-"""The fault suite's world: an app database with three tables, a config for the CLI (straight to
-Typesense) and one for the daemon (maybe through a FaultProxy), the workload process, daemons
-started and stopped by the test, and the set check that decides whether anything was lost.
+"""The fault suite's world (support's Env, extended): an app database with three tables, a
+config for the CLI (straight to Typesense) and one for the daemon (maybe through a FaultProxy),
+the workload process, daemons started and stopped by the test, and the set check that decides
+whether anything was lost.
 
 Every process started here is tracked and stopped in `close()`, also when a test fails.
 """
@@ -19,22 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
+from support import API_KEY, Env, launcher, wait_for
 
 from cdc_daemon.config import load_config
-from cdc_daemon.daemon import open_tables
 from cdc_daemon.documents import build_document, row_is_live
 from cdc_daemon.errors import DocumentError
 from cdc_daemon.keys import document_id, log_key_to_key
 from cdc_daemon.schema import TableMapping
+from cdc_daemon.wiring import open_tables
 
 from .workload import DDL, TABLES
 
 HERE = Path(__file__).parent
 WORKLOAD = HERE / "workload.py"  # run as a script, in its own process
 
-API_KEY = "test-admin-key"
 FIGURES: list[dict[str, Any]] = []  # every fault's figures, for the terminal summary
 LOG_TABLE = "change_log"
 
@@ -77,21 +77,17 @@ class SetCheck:
         }
 
 
-class FaultWorld:
-    """One test's database, configs, processes and figures."""
+class FaultWorld(Env):
+    """One test's database, configs, processes and figures. `config_path` (Env's) is the CLI's
+    config, straight to Typesense; the daemon's may go through a proxy."""
 
     def __init__(self, tmp: Path, typesense_url: str, name: str, *,
                  db_dir: Path | None = None, journal_mode: str = "wal") -> None:
-        self.tmp = tmp
-        self.typesense_url = typesense_url
+        super().__init__(tmp, typesense_url, name, db=(db_dir or tmp) / "app.db")
         self.name = name
-        self.db = (db_dir or tmp) / "app.db"
         self.journal_mode = journal_mode
-        self.config_path = tmp / "cdc.yaml"  # the CLI's: straight to Typesense
         self.daemon_config_path = tmp / "daemon.yaml"  # the daemon's: maybe through a proxy
         self.keys_path = tmp / "keys.jsonl"
-        self.http = httpx.Client(base_url=typesense_url, headers={"X-TYPESENSE-API-KEY": API_KEY},
-                                 timeout=30)
         self.processes: list[subprocess.Popen[str]] = []
         self.daemon: subprocess.Popen[str] | None = None
         self.daemon_starts = 0
@@ -102,9 +98,6 @@ class FaultWorld:
         self._cleanups: list[Callable[[], None]] = []
 
     # -- setup --------------------------------------------------------------------------------
-
-    def collection(self, table: str) -> str:
-        return f"{self.name}_{table}"
 
     def _config(self, nodes: list[str], sync: dict[str, Any], timeout: float,
                 metrics: str | None) -> dict[str, Any]:
@@ -160,29 +153,13 @@ class FaultWorld:
 
     # -- the CLI and the daemon ---------------------------------------------------------------
 
-    def cli(self, *args: str, check: bool = False, timeout: float = 120,
-            config: Path | None = None) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "cdc_daemon", "--config", str(config or self.config_path),
-             *args],
-            capture_output=True, text=True, timeout=timeout, cwd=self.tmp,
-        )
-        if check:
-            assert result.returncode == 0, (
-                f"{args}: rc={result.returncode}\n{result.stdout}\n{result.stderr}")
-        return result
-
     def start_daemon(self) -> subprocess.Popen[str]:
         assert self.daemon is None or self.daemon.poll() is not None, "a daemon is running"
         self.daemon_starts += 1
-        with open(self.tmp / "daemon.log", "a") as err, open(self.tmp / "daemon.out", "a") as out:
+        with open(self.tmp / "daemon.log", "a") as err:
             err.write(f'{{"event": "== start {self.daemon_starts} =="}}\n')
-            err.flush()
-            process = subprocess.Popen(
-                [sys.executable, "-m", "cdc_daemon", "--config", str(self.daemon_config_path),
-                 "run"],
-                stdout=out, stderr=err, text=True, cwd=self.tmp,
-            )
+        process = launcher.start_logged("run", config=self.daemon_config_path, cwd=self.tmp,
+                                        log=self.tmp / "daemon.log", out=self.tmp / "daemon.out")
         self.processes.append(process)
         self.daemon = process
         return process
@@ -321,21 +298,13 @@ class FaultWorld:
             docs[doc["id"]] = doc
         return docs
 
-    def actual(self, table: str) -> dict[str, dict[str, Any]]:
-        response = self.http.get(f"/collections/{self.collection(table)}/documents/export")
-        if response.status_code == 404:
-            return {}
-        response.raise_for_status()
-        docs = (json.loads(line) for line in response.text.splitlines() if line.strip())
-        return {d["id"]: d for d in docs}
-
     def set_check(self, excuse: set[str] | None = None) -> SetCheck:
         """Rows against documents for every key ever written (and any document at all).
         `excuse`: "table:id" of dead-lettered keys whose rows Typesense rejects."""
         check = SetCheck()
         universe = self.universe()
         for table in TABLES:
-            expected, actual = self.expected(table), self.actual(table)
+            expected, actual = self.expected(table), self.documents(table)
             check.keys += len(universe[table])
             check.rows += len(expected)
             check.documents += len(actual)
@@ -359,19 +328,22 @@ class FaultWorld:
         """Wait until the log is empty and the set check is clean; returns (seconds, check).
         On timeout, fails with the last check's figures."""
         started = since if since is not None else time.monotonic()
-        deadline = time.monotonic() + timeout
-        last: SetCheck | None = None
-        while True:
-            if self.backlog() == 0:
-                last = self.set_check(excuse() if excuse else None)
-                if last.clean and self.backlog() == 0:
-                    return time.monotonic() - started, last
-            if time.monotonic() > deadline:
-                detail = last.summary() if last else "backlog never drained"
-                raise AssertionError(
-                    f"no convergence after {timeout}s: backlog {self.backlog()}, {detail}\n"
-                    + self.daemon_log()[-3000:])
-            time.sleep(0.2)
+        last: list[SetCheck] = []
+
+        def converged() -> SetCheck | None:
+            if self.backlog() != 0:
+                return None
+            last[:] = [self.set_check(excuse() if excuse else None)]
+            return last[0] if last[0].clean and self.backlog() == 0 else None
+
+        try:
+            check = wait_for(converged, timeout, "convergence", interval=0.2)
+        except AssertionError:
+            detail = last[0].summary() if last else "backlog never drained"
+            raise AssertionError(
+                f"no convergence after {timeout}s: backlog {self.backlog()}, {detail}\n"
+                + self.daemon_log()[-3000:]) from None
+        return time.monotonic() - started, check
 
     def finish_converged(self, timeout: float, since: float | None = None
                          ) -> tuple[float, SetCheck]:
@@ -379,15 +351,10 @@ class FaultWorld:
         in sync, then a clean stop (exit 0). Returns wait_converged()'s (seconds, check)."""
         convergence, check = self.wait_converged(timeout=timeout, since=since)
         self.assert_daemon_alive()
-        rc, report = self.verify()
+        rc, report = self.verify_report()
         assert rc == 0 and report["in_sync"], report
         assert self.stop_daemon() == 0
         return convergence, check
-
-    def verify(self, *args: str) -> tuple[int, dict[str, Any]]:
-        result = self.cli("verify", "--json", *args)
-        assert result.returncode in (0, 1), result.stderr
-        return result.returncode, json.loads(result.stdout)
 
     # -- figures ------------------------------------------------------------------------------
 
@@ -431,7 +398,7 @@ class FaultWorld:
                 cleanup()
             except Exception as exc:  # keep cleaning up; report at the end
                 errors.append(exc)
-        self.http.close()
+        super().close()
         if errors:
             raise errors[0]
 

@@ -107,7 +107,9 @@ class FaultProxy:
 
         self.server = Server(("127.0.0.1", 0), Handler)  # a free port, bound at once
         self.port = int(self.server.server_address[1])
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # shutdown() waits for the serving loop's next look (0.5 s by default): look often.
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:

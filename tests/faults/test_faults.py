@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import wait_for as wait_until
+from support import wait_for as wait_until
 
 from cdc_daemon.localserver import LocalTypesense, free_port
 
@@ -437,7 +437,7 @@ def test_triggers_dropped_by_an_app_migration(make_world: Callable[..., FaultWor
     world.finish_workload(app)
     wait_until(lambda: world.backlog() == 0, timeout=60, message="logged changes synced")
     gap = world.set_check()
-    rc, report = world.verify()
+    rc, report = world.verify_report()
     assert rc == 1 and not report["tables"]["users"]["in_sync"], report
     assert report["tables"]["items"]["in_sync"] and report["tables"]["stock"]["in_sync"], report
     verify_found = report["missing"] + report["extra"] + report["stale"]
@@ -449,7 +449,7 @@ def test_triggers_dropped_by_an_app_migration(make_world: Callable[..., FaultWor
                message="the metric back to 1 after install")
     assert world.cli("check").returncode == 0
     started = time.monotonic()
-    rc, repaired = world.verify("--repair")
+    rc, repaired = world.verify_report("--repair")
     assert rc == 0, repaired
     convergence, check = world.finish_converged(timeout=60, since=started)
     world.record("triggers dropped by a migration", seed, check, convergence,
@@ -476,12 +476,12 @@ def test_log_emptied_by_hand(make_world: Callable[..., FaultWorld], seed: int) -
     world.start_daemon()
     wait_until(lambda: world.backlog() == 0, timeout=60, message="what is left synced")
     gap = world.set_check()
-    rc, report = world.verify()
+    rc, report = world.verify_report()
     assert rc == 1 and not report["in_sync"], report
     assert (report["missing"], report["extra"], report["stale"]) == (
         len(gap.lost), len(gap.unexpected), len(gap.stale)), (report, gap.summary())
     started = time.monotonic()
-    rc, repaired = world.verify("--repair")
+    rc, repaired = world.verify_report("--repair")
     assert rc == 0, repaired
     convergence, check = world.finish_converged(timeout=60, since=started)
     world.record("change log emptied by hand", seed, check, convergence,
@@ -519,7 +519,7 @@ def test_log_emptied_while_a_batch_is_in_flight(make_world: Callable[..., FaultW
     assert not missed, f"changes made after the emptying never reached Typesense: {missed[:10]}"
     refused = world.daemon_log().count("deleted by something else")
     assert refused >= 1
-    rc, repaired = world.verify("--repair")  # what the emptying itself lost
+    rc, repaired = world.verify_report("--repair")  # what the emptying itself lost
     assert rc == 0, repaired
     _, check = world.finish_converged(timeout=60)
     world.record("change log emptied during a batch", seed, check, convergence,

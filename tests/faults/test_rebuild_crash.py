@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import app_write, wait_for
+from support import app_write, wait_for
 
 from cdc_daemon.localserver import LocalTypesense
 
@@ -316,7 +316,7 @@ def test_kill_9_at_each_rebuild_step(world: FaultWorld, proxy: FaultProxy, seed:
     killer = KillAt(point, alias, mode)
     proxy.before, proxy.after = killer.before, killer.after
     daemon = world.start_daemon()
-    wait_for(lambda: world.backlog() == 0 and len(world.actual(TABLE)) == ROWS, timeout=60,
+    wait_for(lambda: world.backlog() == 0 and len(world.documents(TABLE)) == ROWS, timeout=60,
              message="initial sync")
     assert _snapshot(world, alias)["alias_to"] == f"{alias}__v1"
 
@@ -364,7 +364,7 @@ def test_kill_9_at_each_rebuild_step(world: FaultWorld, proxy: FaultProxy, seed:
             writer.join(timeout=60)
     world.assert_daemon_alive()
     end = _snapshot(world, alias)
-    rc, report = world.verify()
+    rc, report = world.verify_report()
     assert world.stop_daemon() == 0
     world.workload_stats.append({"attempted": writer.committed, "committed": writer.committed,
                                  "failed": 0})

@@ -10,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import (
+from support import (
     ELEMENTS_DDL,
     Env,
     app_exec,
     db_scalar,
     expected_elements,
     insert_many_elements,
+    launcher,
     log_backlog,
     wait_for,
 )
@@ -96,10 +97,8 @@ def test_backfill_resumes_after_kill_9(env: Env) -> None:
 
     log_file = env.tmp / "backfill1.log"
     with open(log_file, "w") as err:
-        first = subprocess.Popen(
-            [sys.executable, "-m", "cdc_daemon", "--config", str(env.config_path), "backfill"],
-            stdout=subprocess.DEVNULL, stderr=err, cwd=env.tmp,
-        )
+        first = launcher.start("backfill", config=env.config_path, cwd=env.tmp,
+                               stdout=subprocess.DEVNULL, stderr=err)
     try:
         wait_for(lambda: (backfill_state(env.db) or 0) >= 6000 or first.poll() is not None,
                  timeout=60, interval=0.01, message="a few backfill pages")

@@ -12,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import (
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from support import (
     ELEMENTS_DDL,
     Env,
     app_exec,
@@ -23,8 +25,6 @@ from conftest import (
     stop_process,
     wait_for,
 )
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from cdc_daemon.config import FieldType
 from cdc_daemon.localserver import free_port

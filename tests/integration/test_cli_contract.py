@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
+from support import (
     API_KEY,
     ELEMENTS_DDL,
     Env,

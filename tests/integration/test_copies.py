@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Env, app_exec, app_write
+from support import Env, app_exec, app_write
 
 from cdc_daemon.localserver import LocalTypesense
 

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import (
+import pytest
+from support import (
     API_KEY,
     ELEMENTS_CONFIG,
     ELEMENTS_DDL,
@@ -99,6 +100,7 @@ def test_sigterm_with_large_backlog_exits_0_and_loses_nothing(env: Env) -> None:
     assert_elements_in_sync(env)
 
 
+@pytest.mark.typesense  # a server of its own
 def test_typesense_killed_and_restarted_during_writes(tmp_path: Path) -> None:
     server = LocalTypesense(tmp_path / "typesense", api_key=API_KEY)
     server.start()

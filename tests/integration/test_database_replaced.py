@@ -20,7 +20,7 @@ from urllib.parse import quote
 import apsw
 import httpx
 import pytest
-from conftest import (
+from support import (
     ELEMENTS_CONFIG,
     ELEMENTS_DDL,
     Env,
@@ -37,13 +37,15 @@ from conftest import (
 
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import TableConfig
+from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Column, Database, TableInfo, opened_elsewhere
 from cdc_daemon.keys import affinity
 from cdc_daemon.localserver import free_port
-from cdc_daemon.schema import TableMapping, build_mapping
+from cdc_daemon.log_schema import LogTables
+from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import DocResult
 from cdc_daemon.sweep import Sweep, SweepResult, candidate_keys
-from cdc_daemon.triggers import LogTables, install
+from cdc_daemon.triggers import install
 
 ELEMENTS = {k: v for k, v in ELEMENTS_CONFIG.items() if k != "collection"}
 REPLACED = "database file replaced; reopening"
@@ -268,7 +270,7 @@ def test_a_resync_cut_short_by_kill_9_is_finished_after_the_restart(env: Env) ->
 def mapping_for(key_types: tuple[str, ...], id_prefix: str | None = None) -> TableMapping:
     keys = tuple(Column(f"k{i}", t, True, i + 1) for i, t in enumerate(key_types))
     info = TableInfo("t", (*keys, Column("v", "TEXT", False, 0)), tuple(c.name for c in keys), ())
-    mapping = build_mapping(info, TableConfig(table="t", id_prefix=id_prefix))
+    mapping = mapping_from_config(info, TableConfig(table="t", id_prefix=id_prefix))
     assert mapping.key_affinities == tuple(affinity(t) for t in key_types)
     return mapping
 
@@ -330,7 +332,7 @@ def test_the_sweep_pages_through_the_documents(tmp_path: Path) -> None:
     db = Database(path)
     names = LogTables("change_log")
     install(db, names, [db.table_info("t")])
-    mapping = build_mapping(db.table_info("t"), TableConfig(table="t", id_prefix="a:"))
+    mapping = mapping_from_config(db.table_info("t"), TableConfig(table="t", id_prefix="a:"))
     sink = FakeSink([*(f"a:{k}" for k in range(1, 1201)), "a:007", "b:1"])  # b: another host
     sweep = Sweep(db, ChangeLog(db, names, 3), sink, page_size=100)  # type: ignore[arg-type]
     beats: list[int] = []

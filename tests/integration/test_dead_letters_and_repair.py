@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conftest import (
+from support import (
     ELEMENTS_DDL,
     Env,
     app_exec,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import Env, app_exec, app_write, db_scalar
+from support import Env, app_exec, app_write, db_scalar
 
 
 def _setup(env: Env) -> None:

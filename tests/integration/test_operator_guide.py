@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import (
+from security.helpers import Keys, bearer, claims, create_scoped_key, delete_key, sign_rs256
+from support import (
     Env,
     app_exec,
     app_write,
@@ -35,7 +36,6 @@ from conftest import (
     stop_process,
     wait_for,
 )
-from security.helpers import Keys, bearer, claims, create_scoped_key, delete_key, sign_rs256
 
 from cdc_daemon.localserver import free_port
 

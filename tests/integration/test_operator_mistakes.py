@@ -20,7 +20,6 @@ import pwd
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
+from support import (
     API_KEY,
     ELEMENTS_CONFIG,
     ELEMENTS_DDL,
@@ -39,6 +38,7 @@ from conftest import (
     db_rows,
     db_scalar,
     insert_elements,
+    launcher,
     read_daemon_log,
     start_daemon_logged,
     stop_process,
@@ -260,11 +260,8 @@ def test_backfill_on_a_following_host_goes_on_once_the_collection_exists(
     insert_elements(env.db, range(1, 6))
     err = env.tmp / "backfill.err"
     with open(err, "w") as stderr:
-        backfill = subprocess.Popen(
-            [sys.executable, "-m", "cdc_daemon", "--config", str(env.config_path), "backfill",
-             "--wait", "120"],
-            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=env.tmp,
-        )
+        backfill = launcher.start("backfill", "--wait", "120", config=env.config_path,
+                                  cwd=env.tmp, stderr=stderr)
     try:
         wait_for(lambda: waiting_lines(err.read_text()), 90, "the waiting line")
         # The managing host, with its own database, creates the shared collection.
@@ -315,7 +312,7 @@ def shared(typesense: LocalTypesense, request: pytest.FixtureRequest) -> Iterato
 def as_nobody(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups",
-         sys.executable, "-m", "cdc_daemon", "--config", str(env.config_path), *args],
+         *launcher.command(*args, config=env.config_path)],
         capture_output=True, text=True, timeout=SLOW, cwd=env.tmp,
     )
 

@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,16 +26,17 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import (
+from faults.proxy import FaultProxy, Request, Verdict
+from support import (
     Env,
     app_exec,
     app_write,
+    launcher,
     read_daemon_log,
     start_daemon_logged,
     stop_process,
     wait_for,
 )
-from faults.proxy import FaultProxy, Request, Verdict
 
 from cdc_daemon.localserver import LocalTypesense
 from cdc_daemon.ownership import REGISTRY, registry_schema
@@ -218,9 +218,7 @@ def test_two_managing_hosts_started_at_once_one_wins(
     root, prefix = apps
     hosts = [make_app(root, typesense, prefix, name, BOOKS_A, range(1, 11), id_prefix=f"{name}:")
              for name in ("a", "b")]
-    runs = [subprocess.Popen([sys.executable, "-m", "cdc_daemon", "--config", str(h.config_path),
-                              "run", "--once"], cwd=h.tmp, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for h in hosts]
+    runs = [launcher.start("run", "--once", config=h.config_path, cwd=h.tmp) for h in hosts]
     outputs = [run.communicate(timeout=120) for run in runs]
     codes = [run.returncode for run in runs]
     assert sorted(codes) == [0, 2], outputs

@@ -5,10 +5,11 @@ runtime writes it. Real Typesense, the app writing through stdlib sqlite3, the s
 
 from __future__ import annotations
 
-from conftest import Env, expected_elements, insert_many_elements, log_backlog
+from support import Env, expected_elements, insert_many_elements, log_backlog
 
 from cdc_daemon.config import load_config
-from cdc_daemon.daemon import Runtime, build_runtime
+from cdc_daemon.daemon import Runtime
+from cdc_daemon.wiring import build_runtime
 
 
 def backlog(runtime: Runtime) -> int:

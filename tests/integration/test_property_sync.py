@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Env, app_exec, app_write, db_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import Env, app_exec, app_write, db_rows
 
 from cdc_daemon.localserver import LocalTypesense
 

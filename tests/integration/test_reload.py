@@ -22,7 +22,8 @@ import httpx
 import jwt
 import pytest
 import yaml
-from conftest import (
+from security.helpers import Keys, bearer, claims, sign_rs256
+from support import (
     Env,
     app_exec,
     app_write,
@@ -33,7 +34,6 @@ from conftest import (
     stop_process,
     wait_for,
 )
-from security.helpers import Keys, bearer, claims, sign_rs256
 
 from cdc_daemon.localserver import free_port
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import (
+from support import (
     ELEMENTS_DDL,
     Env,
     app_exec,
@@ -25,8 +25,8 @@ from conftest import (
 )
 
 from cdc_daemon.config import load_config
-from cdc_daemon.daemon import build_runtime
 from cdc_daemon.localserver import free_port
+from cdc_daemon.wiring import build_runtime
 
 NOTES_DDL = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"
 DEADLINE = 90  # generous: the machine is shared, and a failed iteration backs off up to 30 s

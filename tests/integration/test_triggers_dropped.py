@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conftest import (
+from support import (
     Env,
     app_exec,
     app_write,

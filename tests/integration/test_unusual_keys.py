@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Env, app_exec, app_write
+from support import Env, app_exec, app_write
 
 from cdc_daemon import backfill, verify
 

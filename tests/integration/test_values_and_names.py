@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
+from support import (
     Env,
     app_exec,
     app_write,
@@ -21,10 +21,10 @@ from conftest import (
 )
 
 from cdc_daemon.config import TableConfig
+from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Database
 from cdc_daemon.document_sql import document_sql, fetch_documents
 from cdc_daemon.documents import MAX_DOCUMENT_BYTES
-from cdc_daemon.schema import build_mapping
 
 
 def one_error_line(stderr: str) -> str:
@@ -221,7 +221,7 @@ def assert_paths(env: Env, fast: int, python: int) -> None:
     db = Database(env.db)
     try:
         config = yaml.safe_load(env.config_path.read_text())["tables"][0]
-        mapping = build_mapping(db.table_info("pages"), TableConfig(**config))
+        mapping = mapping_from_config(db.table_info("pages"), TableConfig(**config))
         sql = document_sql(mapping)
         assert sql is not None
         with db.read() as conn:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conftest import Env, app_exec, app_write
+from support import Env, app_exec, app_write
 
 
 def _table(env: Env, ddl: str, table: str = "t") -> None:

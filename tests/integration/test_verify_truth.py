@@ -10,7 +10,7 @@ import signal
 from typing import Any
 
 import httpx
-from conftest import (
+from support import (
     Env,
     app_exec,
     app_write,

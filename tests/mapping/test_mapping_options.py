@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import base64
-import os
 import subprocess
-import sys
 
-from conftest import API_KEY, Env, app_exec
+from support import API_KEY, Env, app_exec, launcher
 
 ITEMS_DDL = (
     "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,"
@@ -81,19 +79,13 @@ def test_several_tables_each_into_its_own_collection(env: Env) -> None:
 def test_init_output_installs_and_runs_without_edits(env: Env) -> None:
     app_exec(env.db, ITEMS_DDL, "CREATE TABLE no_key (a, b)",
              "INSERT INTO items (id, name, status) VALUES (1, 'one', 'live')")
-    result = subprocess.run(
-        [sys.executable, "-m", "cdc_daemon", "init", "--database", str(env.db),
-         "--typesense-url", env.typesense.url, "--api-key-env", "INIT_TEST_KEY"],
-        capture_output=True, text=True, check=True,
-    )
+    result = launcher.run("init", "--database", str(env.db), "--typesense-url",
+                          env.typesense.url, "--api-key-env", "INIT_TEST_KEY", check=True)
     assert "# skipped 'no_key': no PRIMARY KEY" in result.stdout
     env.config_path.write_text(result.stdout)
-    run_env = {**os.environ, "INIT_TEST_KEY": API_KEY}
-
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cdc_daemon", "--config",
-                               str(env.config_path), *args],
-                              capture_output=True, text=True, env=run_env, timeout=120)
+        return launcher.run(*args, config=env.config_path,
+                            extra_env={"INIT_TEST_KEY": API_KEY})
 
     for args in (("check",), ("install",), ("backfill",), ("run", "--once")):
         done = cli(*args)

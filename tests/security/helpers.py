@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import jwt
-from conftest import API_KEY
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from support import API_KEY
 
 from cdc_daemon.localserver import LocalTypesense
 
@@ -92,7 +92,9 @@ class KmsServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # shutdown() waits for the serving loop's next look (0.5 s by default): look often.
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 

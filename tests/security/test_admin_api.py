@@ -13,7 +13,7 @@ import httpx
 import jwt
 import pytest
 import yaml
-from conftest import (
+from support import (
     API_KEY,
     ELEMENTS_DDL,
     Env,
@@ -189,12 +189,30 @@ def test_roles(admin: Admin) -> None:
     assert not_json.status_code == 400
 
 
+def wait_for_a_loop_turn(admin: Admin, token: str, since: float) -> None:
+    """Until the loop has beaten twice after `since`: an iteration begun after it has ended, so
+    a running loop would have synced what was committed before `since`. A beat's time comes from
+    the status' loop_idle_seconds (time.monotonic is one clock for all processes here): it lies
+    between (asked - idle) and (answered - idle)."""
+    first: list[float] = []  # the latest time the first beat seen after `since` can have been
+
+    def turned() -> bool:
+        asked = time.monotonic()
+        idle = admin.call("GET", "/v1/status", token).json()["daemon"]["loop_idle_seconds"]
+        earliest, latest = asked - idle, time.monotonic() - idle
+        if earliest > since and not first:
+            first.append(latest)
+        return bool(first) and earliest > first[0]  # surely a later beat than the first one
+
+    wait_for(turned, 30, message="a turn of the paused loop")
+
+
 def test_pause_resume_verify_repair_backfill(admin: Admin) -> None:
     env = admin.env
     operator, boss = admin.token(["operator"], sub="op-1"), admin.token(["admin"], sub="boss-1")
     assert admin.call("POST", "/v1/pause", operator).json() == {"paused": True}
     insert_elements(env.db, range(100, 110), comment="while paused")
-    time.sleep(1.5)  # several poll intervals (0.2 s): a running loop would have synced them
+    wait_for_a_loop_turn(admin, operator, since=time.monotonic())
     assert log_backlog(env.db) >= 10
     assert "100" not in env.documents("elements")
     assert admin.call("GET", "/v1/status", operator).json()["daemon"]["paused"] is True

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ELEMENTS_DDL, Env, app_exec, app_write, collection_documents, db_scalar
+from support import ELEMENTS_DDL, Env, app_exec, app_write, collection_documents, db_scalar
 
 from cdc_daemon.localserver import LocalTypesense
 

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cdc_daemon.auth import JwtVerifier, Unauthorized
 from cdc_daemon.config import JwtConfig, parse_config
+from cdc_daemon.config_wiring import jwt_verifier
 from cdc_daemon.errors import ConfigError
 from security.helpers import Keys, claims, raw_token
 
@@ -23,7 +24,7 @@ SECRET = "s" * 40
 
 def hs_verifier(**overrides: Any) -> JwtVerifier:
     config = JwtConfig(algorithms=["HS256"], secret_env="CDC_JWT", **overrides)
-    return JwtVerifier.from_config(config, {"CDC_JWT": SECRET})
+    return jwt_verifier(config, {"CDC_JWT": SECRET})
 
 
 def test_hs256_tokens() -> None:
@@ -46,9 +47,9 @@ def test_hs256_tokens() -> None:
 def test_hs_secret_must_be_set_and_long() -> None:
     config = JwtConfig(algorithms=["HS256"], secret_env="CDC_JWT")
     with pytest.raises(ConfigError, match=r"admin\.jwt\.secret_env: .*CDC_JWT is not set"):
-        JwtVerifier.from_config(config, {})
+        jwt_verifier(config, {})
     with pytest.raises(ConfigError, match="shorter than 32 bytes"):
-        JwtVerifier.from_config(config, {"CDC_JWT": "short"})
+        jwt_verifier(config, {"CDC_JWT": "short"})
 
 
 @pytest.mark.parametrize(("jwt_config", "message"), [
@@ -74,10 +75,10 @@ def test_public_key_must_fit_the_algorithms(tmp_path: Path) -> None:
     )
     (tmp_path / "ec.pem").write_bytes(pem)
     with pytest.raises(ConfigError, match="cannot verify"):
-        JwtVerifier.from_config(
+        jwt_verifier(
             JwtConfig(algorithms=["RS256"], public_key_file=tmp_path / "ec.pem")
         )
-    verifier = JwtVerifier.from_config(
+    verifier = jwt_verifier(
         JwtConfig(algorithms=["ES256"], public_key_file=tmp_path / "ec.pem")
     )
     assert verifier.verify(jwt.encode(claims(["viewer"]), ec_key, "ES256")).roles == {"viewer"}
@@ -94,7 +95,7 @@ def test_jwks_file(tmp_path: Path) -> None:
         {"kty": "oct", "k": "c2VjcmV0", "kid": "sym"},  # a symmetric key in a set: never used
     ]}
     (tmp_path / "jwks.json").write_text(json.dumps(jwks))
-    verifier = JwtVerifier.from_config(
+    verifier = jwt_verifier(
         JwtConfig(algorithms=["RS256"], jwks_file=tmp_path / "jwks.json")
     )
     token = jwt.encode(claims(["admin"], sub="k2"), two.private, "RS256", headers={"kid": "two"})

@@ -4,6 +4,7 @@ change, an unreachable KMS, and keys/tokens never printed."""
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import (
+from prometheus_client.parser import text_string_to_metric_families
+from support import (
     Env,
     app_write,
     expected_elements,
@@ -21,11 +23,10 @@ from conftest import (
     stop_process,
     wait_for,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from cdc_daemon.config import KmsConfig
+from cdc_daemon.config_wiring import kms_key
 from cdc_daemon.errors import KmsUnavailable
-from cdc_daemon.kms import KmsKey
 from cdc_daemon.localserver import LocalTypesense, free_port
 from security.helpers import (
     KmsServer,
@@ -73,7 +74,7 @@ def test_single_flight_refresh_on_401(tmp_path: Path, kms: KmsServer) -> None:
     token = tmp_path / "token"
     token.write_text(TOKEN)
     kms.set_key("svc", "key-number-one")
-    keys = KmsKey(KmsConfig(url=kms.url, key_name="svc", token_file=token), timeout=5)
+    keys = kms_key(KmsConfig(url=kms.url, key_name="svc", token_file=token), timeout=5)
     try:
         assert keys() == "key-number-one"
         assert kms.count() == 1
@@ -102,7 +103,7 @@ def test_single_flight_refresh_on_401(tmp_path: Path, kms: KmsServer) -> None:
 def test_fetch_errors_never_show_the_token_or_a_key(tmp_path: Path, kms: KmsServer) -> None:
     token = tmp_path / "token"
     token.write_text("wrong-token-123456")
-    keys = KmsKey(KmsConfig(url=kms.url, key_name="svc", token_file=token), timeout=5)
+    keys = kms_key(KmsConfig(url=kms.url, key_name="svc", token_file=token), timeout=5)
     try:
         with pytest.raises(KmsUnavailable, match=r"typesense\.kms: .*HTTP 401") as caught:
             keys()
@@ -208,3 +209,44 @@ def test_kms_unreachable_at_start(elements_env: Env, typesense: LocalTypesense) 
     assert "kms fetch failed" in log and "unreachable" in log
     assert key_a not in log and TOKEN not in log
     delete_key(typesense, id_a)
+
+
+def test_a_schema_change_keeps_the_key_source_and_the_client(
+    elements_env: Env, typesense: LocalTypesense, kms: KmsServer
+) -> None:
+    """The runtime's two halves (wiring.py): an app migration (ALTER TABLE from the app's own
+    process), and a reload that leaves the `typesense:` section alone, rebuild only the tables
+    half; the key source and the Typesense client (node health, alias cache) are kept, so the
+    KMS is not asked again."""
+    env = elements_env
+    key_id, key = create_scoped_key(typesense, "cdc test key (schema change)")
+    kms.set_key("svc", key)
+    config = yaml.safe_load(env.config_path.read_text())
+    config["typesense"] = kms_config(env, kms)
+    env.config_path.write_text(yaml.safe_dump(config))
+
+    def synced() -> bool:
+        return env.documents("elements") == expected_elements(env.db)
+
+    daemon = start_daemon_logged(env)
+    try:
+        insert_elements(env.db, range(1, 21))
+        wait_for(synced, 60, message="first rows synced")
+        assert kms.count("svc") == 1
+
+        app_write(env.db, [[("ALTER TABLE elements ADD COLUMN extra TEXT", [])]])
+        wait_for(lambda: '"schema changed"' in read_daemon_log(env), 30,
+                 message="the daemon rebuilt its tables half")
+        insert_elements(env.db, range(21, 41), comment="after the migration")
+        wait_for(synced, 60, message="rows written after the migration synced")
+        assert kms.count("svc") == 1  # a whole new runtime fetched the key again here
+
+        daemon.send_signal(signal.SIGHUP)  # the same config: `typesense:` unchanged
+        wait_for(lambda: '"config reloaded"' in read_daemon_log(env), 30, message="reloaded")
+        insert_elements(env.db, range(41, 51), comment="after the reload")
+        wait_for(synced, 60, message="rows written after the reload synced")
+        assert kms.count("svc") == 1
+    finally:
+        rc = stop_process(daemon)
+        delete_key(typesense, key_id)
+    assert rc == 0, read_daemon_log(env)

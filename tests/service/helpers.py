@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import ELEMENTS_CONFIG, Env, app_write, wait_for
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from support import ELEMENTS_CONFIG, Env, insert_many_elements, launcher, wait_for
 
 from cdc_daemon.localserver import free_port
 
@@ -30,18 +29,10 @@ __all__ = ["ELEMENTS_TABLE", "DaemonProcess", "NotifySocket", "free_port"]
 # The same table config as conftest's elements_env (the seed's collection schema).
 ELEMENTS_TABLE = {k: v for k, v in ELEMENTS_CONFIG.items() if k != "collection"}
 
-# What systemd or a CI runner may have set for pytest itself must not leak into the daemon.
-_INHERITED_OUT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CDC_CONFIG")
-
 
 def insert_rows(db: Path, count: int, start: int = 1, comment: str = "row") -> None:
     """`count` elements rows in one app transaction (stdlib sqlite3, in the app's process)."""
-    app_write(db, [[(
-        "WITH RECURSIVE n(i) AS (SELECT ? UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
-        " INSERT INTO elements (id, element_type, element_id, sequence_number, version_number,"
-        " comment) SELECT i, 'note', i, i, 1, ? || ' ' || i FROM n",
-        [start, start + count - 1, comment],
-    )]])
+    insert_many_elements(db, count, start, comment)
 
 
 class DaemonProcess:
@@ -53,14 +44,9 @@ class DaemonProcess:
         self.env = env
         self.log_path = env.tmp / f"{name}.log"
         self.out_path = env.tmp / f"{name}.out"
-        environ = {k: v for k, v in os.environ.items() if k not in _INHERITED_OUT}
-        with open(self.out_path, "w") as out, open(self.log_path, "w") as err:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "cdc_daemon", "--config", str(env.config_path), "run",
-                 *args],
-                stdout=out, stderr=err, text=True, cwd=env.tmp,
-                env={**environ, **(extra_env or {})},
-            )
+        self.process = launcher.start_logged(
+            "run", *args, config=env.config_path, cwd=env.tmp, log=self.log_path,
+            out=self.out_path, extra_env=extra_env, mode="w")
 
     def stderr(self) -> str:
         return self.log_path.read_text()

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 import yaml
-from conftest import Env, app_exec, insert_elements
+from support import Env, app_exec, insert_elements
 
 from service.helpers import (
     ELEMENTS_TABLE,
@@ -97,7 +97,8 @@ class _EchoKey(BaseHTTPRequestHandler):
 @pytest.fixture
 def echo_server() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoKey)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)  # shutdown() waits for its next look
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()

@@ -8,7 +8,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import API_KEY, ELEMENTS_DDL, Env, app_exec, insert_elements
+import pytest
+from support import API_KEY, ELEMENTS_DDL, Env, app_exec, insert_elements
 
 from cdc_daemon.localserver import LocalTypesense
 from service.helpers import (
@@ -136,6 +137,7 @@ def test_triggers_dropped_by_the_app(elements_env: Env) -> None:
         assert daemon.stop() == 0
 
 
+@pytest.mark.typesense  # a server of its own
 def test_backlog_while_typesense_is_down_and_recovery(tmp_path: Path) -> None:
     server = LocalTypesense(tmp_path / "typesense", api_key=API_KEY).start()
     env = Env(tmp_path, server, "outage")

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from conftest import Env, insert_elements, wait_for
+from support import Env, insert_elements, wait_for
 
 from cdc_daemon.watchdog import HeartbeatTransport
 from service.helpers import (
@@ -139,7 +139,8 @@ class _SlowChunks(BaseHTTPRequestHandler):
 def test_heartbeat_transport_beats_during_a_slow_response() -> None:
     """A long import keeps the watchdog fed from the loop's thread, and only from it."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowChunks)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)  # shutdown() waits for its next look
     thread.start()
     beats: list[float] = []
     url = f"http://127.0.0.1:{server.server_address[1]}/import"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Env, insert_elements
+from support import Env, insert_elements
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ("cdc-daemon.service", "cdc-daemon@.service")

@@ -4,10 +4,10 @@ many requests it takes (a count above 0 proves the filter was read; 0 is settled
 from __future__ import annotations
 
 import httpx
-from conftest import API_KEY
+from support import API_KEY
 
 from cdc_daemon.localserver import LocalTypesense
-from cdc_daemon.sink import TypesenseSink
+from cdc_daemon.typesense import TypesenseSink
 
 
 class CountingTransport(httpx.HTTPTransport):

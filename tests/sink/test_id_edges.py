@@ -14,10 +14,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from conftest import Env, app_write
+from support import Env, app_write
 
 from cdc_daemon.errors import CollectionMissing
-from cdc_daemon.sink import FILTER_BYTES, MAX_ID_BYTES, TypesenseSink
+from cdc_daemon.sink import FILTER_BYTES, MAX_ID_BYTES
+from cdc_daemon.typesense import TypesenseSink
 
 DOTS = [".", "..", "...", "%2E", "%2E%2E", "a/..", "../x", "./", "x/y"]
 STARS = ["*", "a*", "*b", "**"]

@@ -14,11 +14,13 @@ from unit.helpers import same_key as same_key  # one definition, shared
 from unit.helpers import same_value as same_value
 
 from cdc_daemon.config import TableConfig
+from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Database, TableInfo
 from cdc_daemon.keys import Key, log_key_to_key
-from cdc_daemon.schema import TableMapping, build_mapping
-from cdc_daemon.sync import fetch_rows
-from cdc_daemon.triggers import LogTables, install
+from cdc_daemon.log_schema import LogTables
+from cdc_daemon.schema import TableMapping
+from cdc_daemon.table_rows import rows_by_keys
+from cdc_daemon.triggers import install
 
 HERE = Path(__file__).parent
 
@@ -133,7 +135,7 @@ class World:
         return install(db, self.names, [db.table_info(t) for t in tables])
 
     def mapping(self, table: str) -> TableMapping:
-        return build_mapping(self.info(table), TableConfig(table=table))
+        return mapping_from_config(self.info(table), TableConfig(table=table))
 
     def log(self) -> list[Logged]:
         db = self.open()
@@ -164,7 +166,7 @@ class World:
         """The daemon's own lookup: which of these keys find their row (one snapshot)."""
         db = self.open()
         with db.read() as conn:
-            return fetch_rows(conn, self.mapping(table), keys)
+            return rows_by_keys(conn, self.mapping(table), keys)
 
     def close(self) -> None:
         self.app.close(self.path)

@@ -5,6 +5,7 @@ app's 3.40 quote()s 0.1+0.2 as 3.00000000000000044408e-01, the daemon's 3.54 as
 from __future__ import annotations
 
 from cdc_daemon.changelog import ChangeLog
+from cdc_daemon.dead_letters import DeadLetters
 
 from .helpers import World
 
@@ -25,7 +26,7 @@ def test_a_dead_letter_written_by_another_sqlite_clears(world: World) -> None:
         changelog = ChangeLog(db, world.names, max_attempts=10)
         changelog.commit([], [("t", "0.30000000000000004,'a'"), ("t", "1.0,'a'"),
                               ("t", "2.5,'b'")], [], 0)
-        left = [(d["key"]) for d in changelog.dead_letters()]
+        left = [(d["key"]) for d in DeadLetters(db, world.names).entries()]
     finally:
         db.close()
     assert left == ["1,'a'"]

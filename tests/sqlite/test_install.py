@@ -6,15 +6,15 @@ import time
 
 import apsw
 import pytest
-from conftest import ELEMENTS_DDL, SERVICE_A_COLLECTION_SCHEMA
+from support import ELEMENTS_DDL, SERVICE_A_COLLECTION_SCHEMA
 
 from cdc_daemon.changelog import ChangeLog, KeyFailure
 from cdc_daemon.config import TableConfig
+from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Column, TableInfo
 from cdc_daemon.errors import ConfigError, DatabaseError
-from cdc_daemon.schema import build_mapping
+from cdc_daemon.log_schema import LogTables
 from cdc_daemon.triggers import (
-    LogTables,
     ensure_log_is_ours,
     expected_triggers,
     install,
@@ -53,7 +53,7 @@ def test_seed_elements_table_maps_to_the_seed_collection_schema(world: World) ->
         },
         default_sorting_field="sequence_number",
     )
-    mapping = build_mapping(world.info("elements"), config)
+    mapping = mapping_from_config(world.info("elements"), config)
     assert mapping.collection_schema() == SERVICE_A_COLLECTION_SCHEMA
 
 

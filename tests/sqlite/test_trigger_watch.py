@@ -10,8 +10,9 @@ from pathlib import Path
 import structlog
 
 from cdc_daemon.database import Database
+from cdc_daemon.log_schema import LogTables
 from cdc_daemon.trigger_watch import MISSING_EVENT, TriggerWatch, missing_since
-from cdc_daemon.triggers import LogTables, install
+from cdc_daemon.triggers import install
 
 NAMES = LogTables("change_log")
 

@@ -6,12 +6,13 @@ import math
 import struct
 from typing import Any
 
-from conftest import ELEMENTS_CONFIG as ELEMENTS_CONFIG  # the seed, re-exported
-from conftest import SERVICE_A_COLLECTION_SCHEMA as SERVICE_A_COLLECTION_SCHEMA
+from support import ELEMENTS_CONFIG as ELEMENTS_CONFIG  # the seed, re-exported
+from support import SERVICE_A_COLLECTION_SCHEMA as SERVICE_A_COLLECTION_SCHEMA
 
 from cdc_daemon.config import TableConfig
+from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Column, TableInfo
-from cdc_daemon.schema import TableMapping, build_mapping
+from cdc_daemon.schema import TableMapping
 
 
 def table(
@@ -47,7 +48,7 @@ ELEMENTS = table(
 )
 
 def mapping(info: TableInfo, **config: Any) -> TableMapping:
-    return build_mapping(info, TableConfig(table=info.name, **config), where="tables[1]")
+    return mapping_from_config(info, TableConfig(table=info.name, **config), "tables[1]")
 
 
 def same_value(a: Any, b: Any) -> bool:

@@ -1,6 +1,6 @@
-"""The cluster client in sink.py against scripted nodes (httpx.MockTransport): node order,
-failover, per-node backoff and probes, the return to a recovered node, uncertain writes, and
-the re-send of their keys by the Syncer."""
+"""The cluster client (cdc_daemon/typesense) against scripted nodes (httpx.MockTransport): node
+order, failover, per-node backoff and probes, the return to a recovered node, uncertain writes,
+and the re-send of their keys by the Syncer."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ import pytest
 
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import TableConfig
+from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Database
 from cdc_daemon.errors import AuthError, CollectionMissing, TargetTimeout, TargetUnavailable
 from cdc_daemon.evolution import CollectionManager, Target
-from cdc_daemon.schema import build_mapping
-from cdc_daemon.sink import TypesenseSink
+from cdc_daemon.log_schema import LogTables
 from cdc_daemon.sync import Syncer
-from cdc_daemon.triggers import LogTables, install
+from cdc_daemon.triggers import install
+from cdc_daemon.typesense import TypesenseSink
 
 A, B, C = "http://a:8108", "http://b:8108", "http://c:8108"
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -98,7 +99,7 @@ class Cluster:
 
 
 def backoff_over(sink: TypesenseSink) -> None:
-    for node in sink._nodes:
+    for node in sink.pool.nodes:
         node.down_until = 0.0
 
 
@@ -295,10 +296,10 @@ def test_a_preferred_node_whose_writes_hung_recovers_only_through_a_write() -> N
     backoff_over(sink)
     sink.probe_idle_nodes()
     assert not sink.node_health()[A]  # still backing off; failures keep growing
-    failures = sink._nodes[0].failures
+    failures = sink.pool.nodes[0].failures
     backoff_over(sink)
     sink.upsert("c", [{"id": "1"}])
-    assert sink._nodes[0].failures == failures + 1
+    assert sink.pool.nodes[0].failures == failures + 1
 
 
 def test_export_fails_over_before_the_first_document_only() -> None:
@@ -351,9 +352,9 @@ def test_failover_after_a_timeout_acks_the_batch_and_resends_its_keys_later(
     app.close()
     cluster = Cluster(a=on_import(timed_out))
     sink = cluster.sink()
-    mapping = build_mapping(info, TableConfig(table="items", id_prefix="h1:"))
+    mapping = mapping_from_config(info, TableConfig(table="items", id_prefix="h1:"))
     changelog = ChangeLog(db, names, max_attempts=3)
-    collections = _NoCollections(sink, db, names, changelog, 100)
+    collections = _NoCollections(sink, db, names, 100)
     syncer = Syncer(db, changelog, sink, {"items": mapping}, 100, collections)
     syncer.resend_delay = 60.0
     report = syncer.sync_once()

@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from cdc_daemon.config import Config, parse_config
+from cdc_daemon.config import Config, config_changes, parse_config, refuse_restart_only
 from cdc_daemon.errors import ConfigError
-from cdc_daemon.reconfigure import config_changes, refuse_restart_only
 
 
 def _config(**overrides: Any) -> Config:

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from cdc_daemon.config import TableConfig, parse_config
+from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.documents import build_document
 from cdc_daemon.errors import ConfigError
-from cdc_daemon.schema import build_mapping, fit_problems
+from cdc_daemon.schema import fit_problems
 
 from .helpers import ELEMENTS, ELEMENTS_CONFIG, mapping, table
 
@@ -81,8 +82,8 @@ def test_a_following_host_needs_its_own_id_prefix() -> None:
 
 def test_collection_prefix_applies_to_every_collection_name() -> None:
     config = TableConfig(**ELEMENTS_CONFIG)
-    plain = build_mapping(ELEMENTS, config)
-    prefixed = build_mapping(ELEMENTS, config, collection_prefix="app1_")
+    plain = mapping_from_config(ELEMENTS, config)
+    prefixed = mapping_from_config(ELEMENTS, config, collection_prefix="app1_")
     assert plain.collection == "service_a_collection"
     assert prefixed.collection == "app1_service_a_collection"
     assert prefixed.collection_schema()["name"] == "app1_service_a_collection"
@@ -90,7 +91,9 @@ def test_collection_prefix_applies_to_every_collection_name() -> None:
         prefixed.collection_schema("app1_service_a_collection__v2")["fields"]
         == (plain.collection_schema()["fields"])
     )
-    default_name = build_mapping(ELEMENTS, TableConfig(table="elements"), collection_prefix="p_")
+    default_name = mapping_from_config(
+        ELEMENTS, TableConfig(table="elements"), collection_prefix="p_"
+    )
     assert default_name.collection == "p_elements"
 
 

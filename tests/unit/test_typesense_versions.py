@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from cdc_daemon.errors import TargetUnavailable
-from cdc_daemon.sink import TypesenseSink
+from cdc_daemon.typesense import TypesenseSink
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -181,7 +181,7 @@ def test_an_import_larger_than_one_request_is_split_in_order(
             '{"code":400,"error":"bad","success":false}' if b'"id":"3"' in line
             else '{"success":true}' for line in lines))
 
-    monkeypatch.setattr("cdc_daemon.sink.IMPORT_BYTES", 60)
+    monkeypatch.setattr("cdc_daemon.typesense.documents.IMPORT_BYTES", 60)
     sink, _ = _sink(answer)
     documents = [f'{{"id":"{i}","t":"{"x" * 10}"}}' for i in range(6)]  # 25 bytes each
     results = sink.upsert("c", documents)

@@ -1,12 +1,32 @@
 """Stands in for the app: applies SQL with Python's stdlib sqlite3, in a process of its own.
 
-Usage: python app_writer.py DB  < JSON list of transactions; each transaction is a list of
+In tests: `app_write(db, transactions)` / `app_exec(db, *statements)` run this file as a script.
+As a script: python app_writer.py DB  < JSON list of transactions; each transaction is a list of
 [sql, params] pairs, committed together. Prints one line per committed transaction.
 """
 
+from __future__ import annotations
+
 import json
 import sqlite3
+import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+
+def app_write(db: Path, transactions: list[list[tuple[str, list[Any]]]]) -> None:
+    """Apply transactions through stdlib sqlite3 in a separate process (the app)."""
+    result = subprocess.run(
+        [sys.executable, __file__, str(db)],
+        input=json.dumps(transactions), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def app_exec(db: Path, *statements: str) -> None:
+    """Each statement in its own transaction, through the app process."""
+    app_write(db, [[(sql, [])] for sql in statements])
 
 
 def main() -> None:

@@ -1,0 +1,125 @@
+"""TypesenseSink: the Sink (sink.py) over a Typesense server or cluster, put together from the
+node pool (nodes.py), the request layer (client.py), collections and documents."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from cdc_daemon.sink import DocResult, DocumentBatch
+from cdc_daemon.typesense.client import Client
+from cdc_daemon.typesense.collections import Collections
+from cdc_daemon.typesense.documents import Documents
+from cdc_daemon.typesense.nodes import NodePool
+
+
+class TypesenseSink:
+    """A Typesense server or cluster. `api_key` is called for every request (keys rotate);
+    `on_auth_error` is called with a key Typesense refused (kms.py fetches a new one).
+
+    Cluster client: `nodes` in order of preference (`nearest_node`, when given, first); each
+    request fails over to the next node (NodePool). Writes whose outcome is unknown are counted
+    in `uncertain_writes` (Client).
+
+    Threads: one instance serves the daemon loop (every call), admin requests on worker threads
+    (verify and repair: reads of aliases, collections and documents, exports, deletes; status:
+    `up`) and metrics scrapes (`node_health`) at once: node state, the uncertain count and the
+    alias cache are locked; `up` is whatever the last call of any thread found.
+    `probe_idle_nodes`, `server_version` (at start) and `close` are the loop's."""
+
+    def __init__(
+        self,
+        nodes: list[str],
+        api_key: Callable[[], str],
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        nearest_node: str | None = None,
+        on_auth_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
+            transport=transport,
+            headers={"Content-Type": "application/json"},
+        )
+        self.pool = NodePool(([nearest_node] if nearest_node else []) + nodes, self._http, timeout)
+        self.client = Client(self.pool, self._http, api_key, on_auth_error)
+        self.collections = Collections(self.client)
+        self.documents = Documents(self.client, self.collections)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- the cluster -------------------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        """Did the last call reach a node that answered?"""
+        return self.pool.up
+
+    @property
+    def uncertain_writes(self) -> int:
+        return self.client.uncertain_writes
+
+    def node_health(self) -> dict[str, bool]:
+        return self.pool.node_health()
+
+    def probe_idle_nodes(self, max_age: float = 30.0) -> None:
+        self.pool.probe_idle_nodes(max_age)
+
+    def server_version(self) -> tuple[int, ...]:
+        return self.client.server_version()
+
+    def health(self) -> list[str]:
+        return self.client.health()
+
+    # -- collections and aliases -------------------------------------------------------------
+
+    def get_collection(self, name: str) -> dict[str, Any] | None:
+        return self.collections.get_collection(name)
+
+    def create_collection(self, schema: dict[str, Any]) -> bool:
+        return self.collections.create_collection(schema)
+
+    def add_fields(self, collection: str, fields: list[dict[str, Any]]) -> str | None:
+        return self.collections.add_fields(collection, fields)
+
+    def delete_collection(self, physical_name: str) -> None:
+        self.collections.delete_collection(physical_name)
+
+    def aliases_to(self, physical_name: str) -> list[str]:
+        return self.collections.aliases_to(physical_name)
+
+    def get_alias(self, name: str) -> str | None:
+        return self.collections.get_alias(name)
+
+    def set_alias(self, name: str, collection: str) -> None:
+        self.collections.set_alias(name, collection)
+
+    def delete_alias(self, name: str) -> None:
+        self.collections.delete_alias(name)
+
+    # -- documents ---------------------------------------------------------------------------
+
+    def upsert(
+        self, collection: str, documents: DocumentBatch, dirty_values: str = "reject"
+    ) -> list[DocResult]:
+        return self.documents.upsert(collection, documents, dirty_values)
+
+    def delete(self, collection: str, ids: list[str]) -> list[DocResult]:
+        return self.documents.delete(collection, ids)
+
+    def get_document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        return self.documents.get_document(collection, doc_id)
+
+    def write_document(
+        self, collection: str, document: dict[str, Any], replace: bool = False
+    ) -> bool:
+        return self.documents.write_document(collection, document, replace)
+
+    def delete_document(self, collection: str, doc_id: str) -> None:
+        self.documents.delete_document(collection, doc_id)
+
+    def export(self, collection: str) -> Iterator[dict[str, Any]]:
+        return self.documents.export(collection)

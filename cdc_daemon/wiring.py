@@ -1,0 +1,404 @@
+"""The composition root: with cli.py, the only module that reads the Config and builds objects.
+
+Like Litestream's cmd/litestream/main.go: the core takes plain values (config_wiring.py turns
+config sections into them and puts config key paths in front of the errors), and everything
+the commands and the daemon run is built and wired here:
+
+- `Services` (daemon.py): the API key source and the Typesense client, long-lived;
+- the `Runtime`, the tables half: database, mappings, change log, collections, syncer;
+- for `run`: the Daemon with a `RuntimeFactory` (new tables halves on an app schema change or a
+  replaced file, a `Reload` on SIGHUP), metrics, the systemd notifier, the admin API over
+  daemon_controls.DaemonControls, and the signal handlers (signals.py);
+- for the other commands: the few objects each one uses.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+from cdc_daemon.admin import AdminApi, AdminServer, auth_kind
+from cdc_daemon.backfill import Backfill
+from cdc_daemon.changelog import ChangeLog
+from cdc_daemon.config import Config, refuse_restart_only
+from cdc_daemon.config import config_changes as changed_keys
+from cdc_daemon.config_wiring import admin_verifier, mapping_from_config, open_api_keys
+from cdc_daemon.daemon import (
+    Daemon,
+    LoopSettings,
+    Reload,
+    Runtime,
+    Services,
+    require_installed,
+)
+from cdc_daemon.daemon_controls import DaemonControls
+from cdc_daemon.database import Database, ProcessorLock, TableInfo
+from cdc_daemon.dead_letters import DeadLetters
+from cdc_daemon.drain import Drainer
+from cdc_daemon.errors import ConfigError
+from cdc_daemon.evolution import CollectionManager
+from cdc_daemon.kms import ApiKeys, StaticKey
+from cdc_daemon.log_schema import LogTables
+from cdc_daemon.log_status import LogStatus
+from cdc_daemon.logs import configure_logging
+from cdc_daemon.metrics import Metrics
+from cdc_daemon.notify import Notifier
+from cdc_daemon.preflight import row_query_problem
+from cdc_daemon.schema import TableMapping
+from cdc_daemon.signals import handle_signals
+from cdc_daemon.status import sync_status
+from cdc_daemon.sync import Syncer
+from cdc_daemon.typesense import TypesenseSink
+from cdc_daemon.verify import Verifier
+from cdc_daemon.watchdog import HeartbeatTransport
+
+log = structlog.get_logger("cdc_daemon")
+
+# -- config → names and settings ----------------------------------------------------------------
+
+
+def log_tables(config: Config) -> LogTables:
+    return LogTables(config.log_table)
+
+
+def table_entries(config: Config) -> dict[str, str]:
+    """Each configured table's config key path (`tables[N]`), the prefix of its errors."""
+    return {table.table: f"tables[{i}]" for i, table in enumerate(config.tables)}
+
+
+def loop_settings(config: Config) -> LoopSettings:
+    return LoopSettings(
+        tables=tuple(table.table for table in config.tables),
+        poll_interval=config.sync.poll_interval,
+        reinstall_triggers=config.sync.reinstall_triggers,
+        max_attempts=config.sync.max_attempts,
+    )
+
+
+def loop_stale_after(config: Config) -> float:
+    """Seconds without a loop iteration before /healthz says 503."""
+    return max(60.0, 3 * config.sync.poll_interval, 4 * config.typesense.timeout)
+
+
+# -- the tables ----------------------------------------------------------------------------------
+
+
+def open_tables(
+    config: Config, broken: dict[str, str] | None = None
+) -> tuple[Database, list[TableInfo], dict[str, TableMapping]]:
+    """Open the database and check every configured table before any other SQL runs: it exists,
+    its mapping builds, and the query its rows are read with (columns, `where`, `soft_delete`)
+    compiles. A table that fails is bad config (ConfigError naming the key), unless `broken` is
+    given (the running daemon, `status`): then it is left out, its one-line problem recorded
+    there by table name, and the other tables are returned."""
+    db = Database(config.database)
+    try:
+        if config.log_table in {t.table for t in config.tables}:
+            raise ConfigError(f"log_table: {config.log_table!r} is also a configured table")
+        infos = _existing_tables(db, config, broken)
+        mappings = _usable_mappings(db, config, {info.name: info for info in infos}, broken)
+        infos = [info for info in infos if info.name in mappings]
+    except BaseException:
+        db.close()
+        raise
+    return db, infos, mappings
+
+
+def _existing_tables(
+    db: Database, config: Config, broken: dict[str, str] | None
+) -> list[TableInfo]:
+    infos: list[TableInfo] = []
+    for entry, table in zip(table_entries(config).values(), config.tables, strict=True):
+        try:
+            if not db.table_exists(table.table):
+                raise ConfigError(
+                    f"{entry}.table: table {table.table!r} does not exist in {config.database}"
+                )
+            infos.append(db.table_info(table.table))
+        except ConfigError as exc:
+            if broken is None:
+                raise
+            broken[table.table] = str(exc)
+    return infos
+
+
+def _usable_mappings(
+    db: Database, config: Config, infos: dict[str, TableInfo], broken: dict[str, str] | None
+) -> dict[str, TableMapping]:
+    mappings: dict[str, TableMapping] = {}
+    prefix = config.typesense.collection_prefix
+    for entry, table in zip(table_entries(config).values(), config.tables, strict=True):
+        if table.table not in infos:
+            continue
+        try:
+            mapping = mapping_from_config(infos[table.table], table, entry, prefix)
+            problem = row_query_problem(db, mapping, entry)
+            if problem is not None:
+                raise ConfigError(problem)
+        except ConfigError as exc:
+            if broken is None:
+                raise
+            broken[table.table] = str(exc)
+            continue
+        mappings[table.table] = mapping
+    return mappings
+
+
+# -- the two halves of a runtime -----------------------------------------------------------------
+
+
+def build_services(
+    config: Config, heartbeat: Callable[[], None] | None = None, keys: ApiKeys | None = None
+) -> Services:
+    """`heartbeat` (the watchdog's, from `run`) is also beaten during HTTP calls. `keys`: a key
+    source already opened from this config (a static key is read, a KMS key fetched on first
+    use)."""
+    keys = keys if keys is not None else open_api_keys(config.typesense)
+    transport = HeartbeatTransport(heartbeat) if heartbeat is not None else None
+    try:
+        sink = TypesenseSink(
+            config.typesense.nodes,
+            keys,
+            config.typesense.timeout,
+            transport=transport,
+            nearest_node=config.typesense.nearest_node,
+            on_auth_error=keys.rejected,  # a 401 fetches a new key from the KMS (single flight)
+        )
+    except BaseException:
+        keys.close()
+        raise
+    return Services(keys, sink)
+
+
+def build_runtime(
+    config: Config,
+    services: Services | None = None,
+    stop: threading.Event | None = None,
+    heartbeat: Callable[[], None] | None = None,
+    skip_broken_tables: bool = False,
+) -> Runtime:
+    """The tables half on `services` (built here, and closed with the runtime, when None).
+    `skip_broken_tables` (the running daemon): a table open_tables can't use is skipped (its
+    changes wait in the log) instead of failing the whole runtime."""
+    owned = services is None
+    services = services if services is not None else build_services(config, heartbeat)
+    broken: dict[str, str] | None = {} if skip_broken_tables else None
+    try:
+        db, infos, mappings = open_tables(config, broken)
+    except BaseException:
+        if owned:
+            services.close()
+        raise
+    names = log_tables(config)
+    changelog = ChangeLog(db, names, config.sync.max_attempts)
+    collections = CollectionManager(services.sink, db, names, config.sync.batch_size)
+    syncer = Syncer(db, changelog, services.sink, mappings, config.sync.batch_size, collections)
+    syncer.resend_delay = 2 * config.typesense.timeout + 5
+    syncer.skip_tables(broken or {})
+    syncer.entries = table_entries(config)
+    return Runtime(
+        db,
+        names,
+        infos,
+        mappings,
+        changelog,
+        LogStatus(db, names),
+        syncer,
+        services,
+        settings=loop_settings(config),
+        stop=stop if stop is not None else threading.Event(),
+        owns_services=owned,
+    )
+
+
+@contextmanager
+def command_runtime(config: Config) -> Iterator[Runtime]:
+    """A command's runtime, installed (the log exists), closed with its services at the end."""
+    runtime = build_runtime(config)
+    try:
+        require_installed(runtime.db, runtime.names)
+        yield runtime
+    finally:
+        runtime.close()
+
+
+# -- the running daemon's factory ----------------------------------------------------------------
+
+
+class RuntimeFactory:
+    """daemon.Factory: new tables halves from the running config, and reloads. Used on the
+    loop's thread only."""
+
+    def __init__(
+        self,
+        config: Config,
+        load_config: Callable[[], Config] | None,
+        stop: threading.Event,
+        heartbeat: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.load_config = load_config
+        self.stop = stop
+        self.heartbeat = heartbeat
+        self.admin: AdminApi | None = None  # serve() sets it: a reload swaps its verifier
+
+    def runtime(self, services: Services) -> Runtime:
+        return build_runtime(self.config, services, self.stop, skip_broken_tables=True)
+
+    def reload(self, services: Services) -> Reload:
+        """Read the config file again; refuse (ConfigError naming the key) a restart-only key or
+        a bad `admin.jwt`; read the key source the new `typesense:` section names."""
+        if self.load_config is None:
+            raise ConfigError("no config file to reload")
+        config = self.load_config()  # cli.py's loader switches the log format at once
+        refuse_restart_only(self.config, config)
+        api = self.admin
+        swap_admin = (
+            api.prepare_reload(admin_verifier(config), loop_stale_after(config))
+            if api is not None
+            else None
+        )
+        fresh = self._services(config, services)
+
+        def apply() -> None:
+            self.config = config
+            configure_logging(config.logging.format, config.logging.level)
+            if swap_admin is not None:
+                swap_admin()
+
+        def build(running: Services) -> Runtime:
+            # An operator's config error (a `where` that doesn't compile, a table that doesn't
+            # exist) refuses the reload, as `check` and start refuse it: no skipping here.
+            return build_runtime(config, running, self.stop)
+
+        return Reload(build, fresh, changed_keys(self.config, config), apply)
+
+    def _services(self, config: Config, running: Services) -> Services | None:
+        """New Services when the reload changes them: the `typesense:` section, or the key a
+        static key source reads (an `api_key_file` rewritten for a rotation). None: keep them
+        (a KMS source rotates its key itself)."""
+        if config.typesense == self.config.typesense and config.typesense.kms is not None:
+            return None
+        keys = open_api_keys(config.typesense)
+        same_key = isinstance(keys, StaticKey) and isinstance(running.keys, StaticKey)
+        if config.typesense == self.config.typesense and same_key and keys() == running.keys():
+            keys.close()
+            return None
+        return build_services(config, self.heartbeat, keys)
+
+    def keep_running_config(self) -> None:
+        configure_logging(self.config.logging.format, self.config.logging.level)
+
+
+# -- `run` -----------------------------------------------------------------------------------------
+
+
+def serve(config: Config, load_config: Callable[[], Config] | None, once: bool = False) -> int:
+    """`cdc-daemon run`: build everything, serve metrics and the admin API if configured, run
+    the loop under the signal handlers."""
+    notifier = Notifier()
+    stop = threading.Event()
+    services = build_services(config, notifier.heartbeat)  # closed by Daemon.close
+    try:
+        runtime = build_runtime(config, services, stop)
+    except BaseException:
+        services.close()
+        raise
+    factory = RuntimeFactory(config, load_config, stop, notifier.heartbeat)
+    daemon = Daemon(runtime, factory, notifier)
+    admin: AdminServer | None = None
+    try:
+        if config.metrics.listen:
+            daemon.metrics = _serve_metrics(daemon, config.metrics.listen)
+        if config.admin.listen:
+            admin = _start_admin(daemon, config, config.admin.listen)
+            factory.admin = admin.api
+        with handle_signals(daemon.request_stop, daemon.request_reload):
+            return daemon.run(once=once)
+    finally:
+        if admin is not None:
+            admin.close()
+        daemon.close()
+
+
+def _start_admin(daemon: Daemon, config: Config, listen: str) -> AdminServer:
+    """The admin API over the daemon's Controls, on `listen` (HOST:PORT, checked by config.py)."""
+    verifier = admin_verifier(config)
+    api = AdminApi(DaemonControls(daemon), verifier, loop_stale_after(config))
+    server = AdminServer(api.app(), listen)
+    server.api = api
+    server.start()
+    host = listen.rpartition(":")[0]
+    log.info("admin api listening", address=f"{host}:{server.port}", auth=auth_kind(verifier))
+    return server
+
+
+def _serve_metrics(daemon: Daemon, listen: str) -> Metrics:
+    """Each scrape reads the daemon's current runtime (a rebuild replaces it)."""
+    metrics = Metrics(daemon.runtime.db.path, daemon.runtime.names, lambda: daemon.runtime.tables)
+    metrics.watch_nodes(lambda: daemon.runtime.sink.node_health())
+    metrics.watch_keys(lambda: daemon.runtime.keys.stats())
+    metrics.serve(listen)
+    log.info("metrics listening", address=listen)
+    return metrics
+
+
+# -- the other commands ----------------------------------------------------------------------------
+
+
+def read_status(config: Config) -> dict[str, Any]:
+    """`status`: a table that can't be read (dropped, renamed, a `where` that no longer
+    compiles) is shown with its problem; it does not make `status` fail (a running daemon skips
+    it too)."""
+    broken: dict[str, str] = {}
+    db, _infos, _mappings = open_tables(config, broken)
+    try:
+        names = log_tables(config)
+        require_installed(db, names)
+        status = sync_status(db, names, [t.table for t in config.tables])
+    finally:
+        db.close()
+    for table, problem in broken.items():
+        status["tables"].setdefault(table, {})["problem"] = problem
+    return status
+
+
+@contextmanager
+def dead_letters(config: Config) -> Iterator[tuple[DeadLetters, dict[str, TableMapping]]]:
+    """`dead-letters`: the database's dead letters, and the configured tables' mappings."""
+    db, _infos, mappings = open_tables(config)
+    try:
+        yield DeadLetters(db, log_tables(config)), mappings
+    finally:
+        db.close()
+
+
+def open_database(config: Config) -> tuple[Database, ProcessorLock]:
+    """`uninstall`: the database (no table checked) and its processor lock (not taken yet)."""
+    return Database(config.database), ProcessorLock(config.database)
+
+
+def drainer(runtime: Runtime) -> Drainer:
+    """`backfill`, `verify --repair`: syncs what they logged (or waits for a running daemon)."""
+    return Drainer(runtime.syncer, runtime.log_status, runtime.stop)
+
+
+def backfill(runtime: Runtime) -> Backfill:
+    return Backfill(runtime.db, runtime.names)
+
+
+def command_verifier(runtime: Runtime, draining: Drainer) -> Verifier:
+    """`verify`'s comparer. Young changes are on their way only while another process (a
+    daemon, a backfill) syncs: this one's --repair drains only what it logged, so newer changes
+    would wait for nobody."""
+    lock = ProcessorLock(runtime.db.path)
+    return Verifier(
+        runtime.db,
+        runtime.changelog,
+        runtime.sink,
+        processor_running=lambda: not draining.holding and lock.busy(),
+    )

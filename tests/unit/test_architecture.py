@@ -1,0 +1,96 @@
+"""The package's import graph: no cycles (imports at any level, inside functions and behind
+`if TYPE_CHECKING` included), and only the composition root reads the config."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "cdc_daemon"
+ROOT = {"cdc_daemon.cli", "cdc_daemon.wiring", "cdc_daemon.config_wiring", "cdc_daemon.config"}
+# Core modules that still read the config. Empty when issue 14 is done; an entry here is a
+# known exception with the reason, not a place to add new ones.
+CONFIG_ALLOWED: dict[str, str] = {}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(path: Path, package: str) -> set[str]:
+    """Every cdc_daemon module `path` imports, wherever the import statement is."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the importing module's package upwards
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import mod`
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        graph[name] = {m for m in imported(path, package) if m in paths and m != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search, colours)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_finder_sees_a_cycle_behind_type_checking(tmp_path: Path) -> None:
+    """The checks below would pass vacuously if imports were missed: a cycle made of an import
+    inside a function and one behind `if TYPE_CHECKING` is found."""
+    (tmp_path / "a.py").write_text("def f():\n    from pkg import b\n")
+    (tmp_path / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import f\n"
+    )
+    graph = {
+        "pkg.a": {m for m in imported(tmp_path / "a.py", "pkg") if m in {"pkg.b"}},
+        "pkg.b": {m for m in imported(tmp_path / "b.py", "pkg") if m in {"pkg.a"}},
+    }
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    assert "cdc_daemon.daemon" in graph and graph["cdc_daemon.cli"]  # the package was read
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_only_the_root_imports_the_config() -> None:
+    readers = sorted(
+        name
+        for name, imports in import_graph().items()
+        if "cdc_daemon.config" in imports and name not in ROOT and name not in CONFIG_ALLOWED
+    )
+    assert readers == [], f"core modules importing cdc_daemon.config: {readers}"

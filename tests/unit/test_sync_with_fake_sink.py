@@ -1,0 +1,124 @@
+"""Sync, verify and evolution against FakeSink (tests/support/fake_sink.py): the core's logic
+where a real Typesense adds nothing. The app writes its SQLite file from its own process; the
+same paths run against the real server in tests/integration and tests/evolution."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support import app_write
+from support.fake_sink import FakeSink
+
+from cdc_daemon.changelog import ChangeLog
+from cdc_daemon.config import TableConfig
+from cdc_daemon.config_wiring import mapping_from_config
+from cdc_daemon.database import Database
+from cdc_daemon.evolution import CollectionManager
+from cdc_daemon.log_schema import LogTables
+from cdc_daemon.schema import TableMapping
+from cdc_daemon.sink import Sink
+from cdc_daemon.sync import BatchReport, Syncer
+from cdc_daemon.triggers import install
+from cdc_daemon.verify import Verifier
+
+_TYPE_CHECK: Sink = FakeSink()  # mypy: the fake satisfies the protocol the core depends on
+
+
+@dataclass
+class World:
+    path: Path
+    db: Database
+    names: LogTables
+    mapping: TableMapping
+    changelog: ChangeLog
+    sink: FakeSink
+    syncer: Syncer
+
+    def app(self, *statements: str) -> None:
+        app_write(self.path, [[(sql, [])] for sql in statements])
+
+    def sync(self) -> list[BatchReport]:
+        """sync_once until the log is drained (a batch's acknowledgement lands with the next)."""
+        reports = []
+        for _ in range(10):
+            reports.append(self.syncer.sync_once())
+            if not reports[-1].entries:
+                return reports
+        raise AssertionError("the log did not drain")
+
+    def documents(self) -> dict[str, dict[str, object]]:
+        return {d["id"]: d for d in self.sink.export("items")}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    path = tmp_path / "app.db"
+    app_write(path, [[("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)", [])]])
+    db = Database(path)
+    names = LogTables("change_log")
+    info = db.table_info("items")
+    install(db, names, [info])
+    mapping = mapping_from_config(info, TableConfig(table="items"), "tables[0]")
+    changelog = ChangeLog(db, names, max_attempts=1)
+    sink = FakeSink()
+    collections = CollectionManager(sink, db, names, 100)
+    syncer = Syncer(db, changelog, sink, {"items": mapping}, 100, collections)
+    yield World(path, db, names, mapping, changelog, sink, syncer)
+    db.close()
+
+
+def test_changes_reach_the_sink_through_the_alias(world: World) -> None:
+    world.app("INSERT INTO items VALUES (1, 'one')", "INSERT INTO items VALUES (2, 'two')",
+              "INSERT INTO items VALUES (3, 'three')")
+    world.sync()
+    assert {k: d["name"] for k, d in world.documents().items()} == {
+        "1": "one", "2": "two", "3": "three"}
+    physical = world.sink.get_alias("items")
+    assert physical is not None and physical != "items"  # written to the collection, not alias
+    assert set(world.sink.documents[physical]) == {"1", "2", "3"}
+
+    world.app("UPDATE items SET name = 'uno' WHERE id = 1", "DELETE FROM items WHERE id = 2")
+    world.sync()
+    assert {k: d["name"] for k, d in world.documents().items()} == {"1": "uno", "3": "three"}
+
+
+def test_a_document_the_sink_refuses_is_dead_lettered_and_the_rest_go_on(world: World) -> None:
+    world.sink.rejected["2"] = "Field `name` must be an int32."
+    world.app("INSERT INTO items VALUES (1, 'one')", "INSERT INTO items VALUES (2, 'two')")
+    reports = world.sync()  # drained: the refused change is not retried
+    assert set(world.documents()) == {"1"}
+    assert sum(r.dead_by_table.get("items", 0) for r in reports) == 1
+
+
+def test_verify_finds_a_lost_document_and_the_repair_brings_it_back(world: World) -> None:
+    world.app("INSERT INTO items VALUES (1, 'one')", "INSERT INTO items VALUES (2, 'two')")
+    world.sync()
+    verifier = Verifier(world.db, world.changelog, world.sink, processor_running=False)
+    assert verifier.compare(world.mapping).in_sync
+    physical = world.sink.get_alias("items")
+    assert physical is not None
+    del world.sink.documents[physical]["2"]  # lost behind the daemon's back
+    world.sink.documents[physical]["99"] = {"id": "99", "name": "stray"}  # no row has it
+    diff = verifier.compare(world.mapping)
+    assert not diff.in_sync
+    assert sorted(d.doc_id for d in diff.differences) == ["2", "99"]
+    verifier.repair(world.mapping, diff)
+    world.sync()
+    assert set(world.documents()) == {"1", "2"}
+    assert verifier.compare(world.mapping).in_sync
+
+
+def test_a_new_column_is_added_in_place(world: World) -> None:
+    world.app("INSERT INTO items VALUES (1, 'one')")
+    world.sync()
+    physical = world.sink.get_alias("items")
+    world.app("ALTER TABLE items ADD COLUMN color TEXT")
+    widened = mapping_from_config(world.db.table_info("items"), TableConfig(table="items"))
+    targets = CollectionManager(world.sink, world.db, world.names, 100).ensure({"items": widened})
+    assert targets["items"].mirror is None  # no rebuild: the field was added in place
+    assert world.sink.get_alias("items") == physical and len(world.sink.schemas) == 2  # + owners
+    schema = world.sink.get_collection("items")
+    assert schema is not None and "color" in {f["name"] for f in schema["fields"]}
