@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from cdc_daemon.database import Database, InvalidText, quote_ident, scalar, select_rows
-from cdc_daemon.keys import Key, KeyValue, parse_quoted_key
 from cdc_daemon.log_schema import BACKFILL_PREFIX, LogTables, Op, StateStore
+from cdc_daemon.row_keys import Key, KeyValue, parse_quoted_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.table_rows import ROW_QUERY_ERRORS, RowQueryFailed, count_rows, in_key_order
 from cdc_daemon.triggers import key_expr

@@ -14,9 +14,9 @@ import structlog
 
 from cdc_daemon.database import Database, bind, quote_ident, scalar, select_rows
 from cdc_daemon.dead_letters import DeadLetters
-from cdc_daemon.keys import Key, log_key_sql
 from cdc_daemon.log_schema import ACKNOWLEDGING, DELETED_BY_OTHERS, LogTables, Op, StateStore
 from cdc_daemon.retry import backoff_delay
+from cdc_daemon.row_keys import Key, log_key_sql
 
 RETRYABLE_DELAY = 1.0  # seconds before a key whose failure was not its fault is tried again
 MAX_DELAY = 300.0  # seconds: no entry is ever scheduled further ahead (backoff cap, re-sends)
@@ -87,7 +87,7 @@ class ChangeLog:
         sets (MAX_DELAY) was scheduled before the clock was stepped back, and is due now."""
         skip = f" AND tbl NOT IN ({', '.join('?' * len(skip_tables))})" if skip_tables else ""
         rows = select_rows(  # a key that is not UTF-8 comes back as an InvalidText, and is
-            conn,  # dead-lettered (keys.py)
+            conn,  # dead-lettered (row_keys.py)
             ("seq", "tbl", "pk", "op", "attempts", "ts"),  # LogEntry's fields
             f"FROM {self._log} WHERE seq > ?"
             f" AND (next_attempt_at <= ? OR next_attempt_at > ?){skip} ORDER BY seq LIMIT ?",

@@ -1,6 +1,6 @@
 """What the admin API controls: a small protocol, so admin.py knows nothing of the daemon.
 
-daemon_controls.DaemonControls implements it over the running Daemon. Every method is called
+wiring.DaemonControls implements it over the running Daemon. Every method is called
 from the admin server's threads (uvicorn's loop, or its thread pool for the blocking ones): an
 implementation works on its own SQLite connection and only sets flags the loop reads.
 """

@@ -5,7 +5,7 @@ Typesense client, long-lived) and the `Runtime` (the tables half: database, mapp
 log, collections, syncer). An app schema change or a replaced file asks the `Factory` for a new
 Runtime on the same Services; a SIGHUP asks it for a `Reload` (new Services only when the
 `typesense:` section changed). The loop and its rebuilds run on the main thread; the admin API
-(other threads) reaches the daemon only through daemon_controls.py.
+(other threads) reaches the daemon only through wiring.py (DaemonControls).
 """
 
 from __future__ import annotations
@@ -49,14 +49,14 @@ class Services:
     """The long-lived half: the Typesense API key source (kms.py) and the Typesense client
     (its node health and alias cache). Kept across schema changes and replaced files; a reload
     builds new ones only when the `typesense:` section changed. The client is used by the loop
-    and by admin requests (threads): see sink.py for what it allows."""
+    and by admin requests (threads): see cdc_daemon/typesense/cluster.py for what it allows."""
 
-    keys: ApiKeys
+    api_keys: ApiKeys
     sink: TypesenseSink
 
     def close(self) -> None:
         self.sink.close()
-        self.keys.close()
+        self.api_keys.close()
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,8 @@ class Runtime:
         return self.services.sink
 
     @property
-    def keys(self) -> ApiKeys:
-        return self.services.keys
+    def api_keys(self) -> ApiKeys:
+        return self.services.api_keys
 
     def close(self) -> None:
         try:
@@ -636,7 +636,7 @@ class Daemon:
         runtime = self.runtime
         if not self._call_until_up("check the triggers", self._check_triggers, once):
             return 0
-        if not self._call_until_up("fetch the Typesense API key", runtime.keys.ready, once):
+        if not self._call_until_up("fetch the Typesense API key", runtime.api_keys.ready, once):
             return 0  # a KMS key: retried with backoff while the KMS is unreachable
         if not self._call_until_up("check the database file", self._resync_on_start, once):
             return 0

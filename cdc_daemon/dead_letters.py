@@ -12,8 +12,8 @@ from typing import Any
 import apsw
 
 from cdc_daemon.database import Database, bind, quote_ident, scalar, select_rows
-from cdc_daemon.keys import parse_quoted_key
 from cdc_daemon.log_schema import LogTables, Op
+from cdc_daemon.row_keys import parse_quoted_key
 
 
 class DeadLetters:

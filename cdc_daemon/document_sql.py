@@ -20,7 +20,7 @@ from functools import cache
 import apsw
 
 from cdc_daemon.database import quote_ident, quote_literal
-from cdc_daemon.keys import Key, KeyValue
+from cdc_daemon.row_keys import Key, KeyValue
 from cdc_daemon.schema import FieldMap, TableMapping
 from cdc_daemon.table_rows import KEYS_PER_SELECT, key_chunks
 

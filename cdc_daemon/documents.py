@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cdc_daemon.errors import DocumentError
-from cdc_daemon.keys import Key
+from cdc_daemon.row_keys import Key
 from cdc_daemon.schema import OBJECT_TYPES, FieldMap, TableMapping
 
 INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}

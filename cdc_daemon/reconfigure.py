@@ -38,7 +38,6 @@ import structlog
 
 from cdc_daemon.backfill import Backfill
 from cdc_daemon.database import Database
-from cdc_daemon.keys import Key
 from cdc_daemon.log_schema import (
     LEFTOVER_PREFIX,
     MAPPING_PREFIX,
@@ -48,6 +47,7 @@ from cdc_daemon.log_schema import (
     StateStore,
 )
 from cdc_daemon.ownership import Ownership
+from cdc_daemon.row_keys import Key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import Sink
 from cdc_daemon.sweep import ResyncState

@@ -10,7 +10,7 @@ from typing import Any
 
 from cdc_daemon.database import TableInfo
 from cdc_daemon.errors import ConfigError
-from cdc_daemon.keys import Key, affinity, document_id, key_from_document_id
+from cdc_daemon.row_keys import Key, affinity, document_id, key_from_document_id
 
 NUMERIC_TYPES = {"int32", "int64", "float"}
 OBJECT_TYPES = {"object", "object[]"}  # need the collection's enable_nested_fields

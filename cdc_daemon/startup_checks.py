@@ -1,5 +1,5 @@
 """What `run` refuses at start beyond the config, the database and Typesense: an address it
-can't listen on. `check` reports the same (config_wiring.startup_problems)."""
+can't listen on. `check` reports the same (wiring.startup_problems)."""
 
 from __future__ import annotations
 

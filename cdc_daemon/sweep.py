@@ -20,8 +20,8 @@ import structlog
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database, ProcessorLock
 from cdc_daemon.documents import row_is_live
-from cdc_daemon.keys import Key
 from cdc_daemon.log_schema import DATABASE_FILE, SWEEP_PREFIX, LogTables, Op, StateStore
+from cdc_daemon.row_keys import Key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import Sink
 from cdc_daemon.table_rows import rows_by_keys

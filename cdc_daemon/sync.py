@@ -17,8 +17,8 @@ from cdc_daemon.document_sql import document_sql, fetch_documents
 from cdc_daemon.documents import build_document, row_is_live, size_problem
 from cdc_daemon.errors import CdcError, CollectionMissing, DocumentError, TargetError
 from cdc_daemon.evolution import CollectionManager, Target
-from cdc_daemon.keys import Key, log_key_to_key
 from cdc_daemon.log_schema import Op
+from cdc_daemon.row_keys import Key, log_key_to_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import (
     MAX_ID_BYTES,

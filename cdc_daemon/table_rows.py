@@ -19,7 +19,7 @@ import apsw
 from cdc_daemon.database import Database, bind, quote_ident, scalar, select_rows
 from cdc_daemon.documents import row_key
 from cdc_daemon.errors import DatabaseError
-from cdc_daemon.keys import Key
+from cdc_daemon.row_keys import Key
 from cdc_daemon.schema import TableMapping
 
 KEYS_PER_SELECT = 500  # keys looked up per statement

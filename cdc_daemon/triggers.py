@@ -9,8 +9,8 @@ from string import Template
 
 from cdc_daemon.database import Database, TableInfo, quote_ident, quote_literal
 from cdc_daemon.errors import ConfigError
-from cdc_daemon.keys import log_key_sql
 from cdc_daemon.log_schema import ACKNOWLEDGING, DELETED_BY_OTHERS, LogTables, Op
+from cdc_daemon.row_keys import log_key_sql
 
 LOG_MARKER = "cdc-daemon change log"
 # The op letters the triggers write (log_schema.Op), as the templates' SQL literals.

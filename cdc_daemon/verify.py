@@ -31,10 +31,10 @@ from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database, InvalidText
 from cdc_daemon.documents import build_document, row_is_live, row_key
 from cdc_daemon.errors import ConfigError, DocumentError
-from cdc_daemon.keys import Key, log_key_to_key
 from cdc_daemon.log_schema import Op
 from cdc_daemon.log_status import LogStatus
 from cdc_daemon.reconfigure import old_documents
+from cdc_daemon.row_keys import Key, log_key_to_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import Sink, id_problem
 from cdc_daemon.table_rows import every_row, rows_by_keys

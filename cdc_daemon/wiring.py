@@ -1,32 +1,42 @@
 """The composition root: with cli.py, the only module that reads the Config and builds objects.
 
-Like Litestream's cmd/litestream/main.go: the core takes plain values (config_wiring.py turns
-config sections into them and puts config key paths in front of the errors), and everything
-the commands and the daemon run is built and wired here:
+Like Litestream's cmd/litestream/main.go: the core takes plain values (the first section here
+turns config sections into them and puts config key paths in front of the errors the core
+raises), and everything the commands and the daemon run is built and wired here:
 
 - `Services` (daemon.py): the API key source and the Typesense client, long-lived;
 - the `Runtime`, the tables half: database, mappings, change log, collections, syncer;
 - for `run`: the Daemon with a `RuntimeFactory` (new tables halves on an app schema change or a
   replaced file, a `Reload` on SIGHUP), metrics, the systemd notifier, the admin API over
-  daemon_controls.DaemonControls, and the signal handlers (signals.py);
+  `DaemonControls`, and the signal handlers (signals.py);
 - for the other commands: the few objects each one uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import structlog
 
 from cdc_daemon.admin import AdminApi, AdminServer, auth_kind
+from cdc_daemon.auth import JwtVerifier, TokenRules, hmac_secret, load_jwks, load_public_key
 from cdc_daemon.backfill import Backfill
 from cdc_daemon.changelog import ChangeLog
-from cdc_daemon.config import Config, refuse_restart_only
+from cdc_daemon.config import (
+    Config,
+    JwtConfig,
+    KmsConfig,
+    TableConfig,
+    TypesenseConfig,
+    read_api_key,
+    refuse_restart_only,
+)
 from cdc_daemon.config import config_changes as changed_keys
-from cdc_daemon.config_wiring import admin_verifier, mapping_from_config, open_api_keys
 from cdc_daemon.daemon import (
     Daemon,
     LoopSettings,
@@ -35,28 +45,132 @@ from cdc_daemon.daemon import (
     Services,
     require_installed,
 )
-from cdc_daemon.daemon_controls import DaemonControls
 from cdc_daemon.database import Database, ProcessorLock, TableInfo
 from cdc_daemon.dead_letters import DeadLetters
 from cdc_daemon.drain import Drainer
-from cdc_daemon.errors import ConfigError
+from cdc_daemon.errors import CdcError, ConfigError
 from cdc_daemon.evolution import CollectionManager
-from cdc_daemon.kms import ApiKeys, StaticKey
+from cdc_daemon.heartbeat import HeartbeatTransport
+from cdc_daemon.kms import KMS_TIMEOUT, ApiKeys, KmsKey, KmsSource, StaticKey
 from cdc_daemon.log_schema import LogTables
 from cdc_daemon.log_status import LogStatus
 from cdc_daemon.logs import configure_logging
 from cdc_daemon.metrics import Metrics
 from cdc_daemon.notify import Notifier
 from cdc_daemon.preflight import row_query_problem
-from cdc_daemon.schema import TableMapping
+from cdc_daemon.schema import MappingOptions, TableMapping, build_mapping
 from cdc_daemon.signals import handle_signals
+from cdc_daemon.startup_checks import Problem, daemon_running, listen_problem
 from cdc_daemon.status import sync_status
 from cdc_daemon.sync import Syncer
 from cdc_daemon.typesense import TypesenseSink
-from cdc_daemon.verify import Verifier
-from cdc_daemon.watchdog import HeartbeatTransport
+from cdc_daemon.verify import Verifier, verify_tables
 
 log = structlog.get_logger("cdc_daemon")
+
+# -- a table -----------------------------------------------------------------------------------
+
+
+def mapping_options(table: TableConfig, collection_prefix: str = "") -> MappingOptions:
+    """A `tables[N]` entry as schema.py's options; `collection_prefix` (typesense's) goes in
+    front of the collection's name."""
+    return MappingOptions(
+        collection=collection_prefix + table.collection_name,
+        include=tuple(table.include) if table.include is not None else None,
+        exclude=tuple(table.exclude),
+        rename=dict(table.rename),
+        fields={column: o.model_dump(exclude_none=True) for column, o in table.fields.items()},
+        default_sorting_field=table.default_sorting_field,
+        where=table.where,
+        soft_delete=table.soft_delete,
+        id_prefix=table.id_prefix or "",
+        manage_collection=table.manage_collection,
+    )
+
+
+def mapping_from_config(
+    info: TableInfo, table: TableConfig, entry: str = "tables[?]", collection_prefix: str = ""
+) -> TableMapping:
+    """The table's mapping; a ConfigError names the bad key under `entry` (`tables[N]`)."""
+    try:
+        return build_mapping(info, mapping_options(table, collection_prefix))
+    except ConfigError as exc:
+        raise exc.within(entry) from None
+
+
+# -- the Typesense API key -----------------------------------------------------------------------
+
+
+def kms_key(config: KmsConfig, timeout: float = KMS_TIMEOUT) -> KmsKey:
+    source = KmsSource(
+        url=config.url,
+        key_name=config.key_name,
+        token_file=config.token_file,
+        refresh_interval=config.refresh_interval,
+        name="typesense.kms",
+    )
+    return KmsKey(source, timeout=timeout)
+
+
+def open_api_keys(config: TypesenseConfig, timeout: float | None = None) -> ApiKeys:
+    """The key source the `typesense` section names; a static key is read now (ConfigError if
+    it can't be), a KMS key is fetched on first use."""
+    if config.kms is not None:
+        return kms_key(config.kms, timeout=min(KMS_TIMEOUT, timeout or config.timeout))
+    return StaticKey(read_api_key(config))
+
+
+# -- the admin API's tokens ----------------------------------------------------------------------
+
+
+def jwt_verifier(config: JwtConfig, environ: Mapping[str, str] | None = None) -> JwtVerifier:
+    """The verifier `admin.jwt` asks for, its secret or key file(s) read now; a ConfigError
+    names the key (`admin.jwt.secret_env`)."""
+    rules = TokenRules(
+        algorithms=tuple(config.algorithms),
+        issuer=config.issuer,
+        audience=config.audience,
+        roles_claim=config.roles_claim,
+    )
+    try:
+        if config.secret_env is not None:
+            return JwtVerifier(rules, secret=hmac_secret(config.secret_env, environ))
+        if config.public_key_file is not None:
+            key = load_public_key(config.public_key_file, rules.algorithms)
+            return JwtVerifier(rules, public_key=key)
+        assert config.jwks_file is not None  # config.py: exactly one source
+        return JwtVerifier(rules, jwks=load_jwks(config.jwks_file, rules.algorithms))
+    except ConfigError as exc:
+        raise exc.within("admin.jwt") from None
+
+
+def admin_verifier(config: Config) -> JwtVerifier | None:
+    """The admin API's verifier; None without a jwt section (loopback only, no tokens)."""
+    jwt = config.admin.jwt
+    return jwt_verifier(jwt) if jwt is not None else None
+
+
+# -- what `run` refuses at start -----------------------------------------------------------------
+
+
+def startup_problems(config: Config) -> list[Problem]:
+    """What `run` checks when it starts, beyond the database and Typesense: the admin API's JWT
+    key (config errors, exit 2) and whether the metrics and admin addresses are free (exit 1;
+    not while a daemon runs: then they are its own)."""
+    problems: list[Problem] = []
+    admin = config.admin
+    if admin.listen and admin.jwt is not None:
+        try:
+            jwt_verifier(admin.jwt)
+        except CdcError as exc:
+            problems.append(Problem(str(exc), exc.exit_code))
+    bind = not daemon_running(config.database)
+    for key, listen in (("metrics.listen", config.metrics.listen), ("admin.listen", admin.listen)):
+        problem = listen_problem(key, listen, bind) if listen else None
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
 
 # -- config → names and settings ----------------------------------------------------------------
 
@@ -284,14 +398,102 @@ class RuntimeFactory:
         if config.typesense == self.config.typesense and config.typesense.kms is not None:
             return None
         keys = open_api_keys(config.typesense)
-        same_key = isinstance(keys, StaticKey) and isinstance(running.keys, StaticKey)
-        if config.typesense == self.config.typesense and same_key and keys() == running.keys():
+        same_key = isinstance(keys, StaticKey) and isinstance(running.api_keys, StaticKey)
+        if config.typesense == self.config.typesense and same_key and keys() == running.api_keys():
             keys.close()
             return None
         return build_services(config, self.heartbeat, keys)
 
     def keep_running_config(self) -> None:
         configure_logging(self.config.logging.format, self.config.logging.level)
+
+
+# -- the admin API's controls ---------------------------------------------------------------
+
+
+class DaemonControls:
+    """control.Controls over the running Daemon, for the admin API. Every method runs on an
+    admin server thread, never the loop's: it reads `daemon.runtime` once (a reload may replace
+    it meanwhile), works on a SQLite connection of its own, and only logs keys or sets flags;
+    the loop does the syncing (the one-processor rule)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def tables(self) -> Collection[str]:
+        return list(self.daemon.runtime.mappings)
+
+    def paused(self) -> bool:
+        return self.daemon.paused.is_set()
+
+    def pause(self) -> None:
+        self.daemon.paused.set()
+
+    def resume(self) -> None:
+        self.daemon.paused.clear()
+
+    def loop_idle_seconds(self) -> float:
+        return time.monotonic() - self.daemon.last_beat
+
+    @contextlib.contextmanager
+    def _database(self) -> Iterator[tuple[Runtime, Database]]:
+        runtime = self.daemon.runtime
+        db = Database(runtime.db.path)
+        try:
+            yield runtime, db
+        finally:
+            db.close()
+
+    def status(self) -> dict[str, Any]:
+        with self._database() as (runtime, db):
+            status = sync_status(db, runtime.names, list(runtime.mappings))
+        for table, problem in list(runtime.syncer.broken.items()):  # skipped: changes wait
+            status["tables"].setdefault(table, {})["problem"] = problem
+        keys = runtime.api_keys.stats()
+        status["daemon"] = {
+            "paused": self.paused(),
+            "loop_idle_seconds": round(self.loop_idle_seconds(), 3),
+            "consecutive_failures": self.daemon.consecutive_failures,
+            "typesense_up": runtime.sink.up,
+            "api_key_source": keys.source,  # never the key
+            "kms_up": keys.kms_up,
+        }
+        return status
+
+    def retry_dead_letters(self, table: str | None) -> int:
+        with self._database() as (runtime, db):
+            return DeadLetters(db, runtime.names).retry(table)
+
+    def verify(self, table: str | None, repair: bool) -> dict[str, Any]:
+        with self._database() as (runtime, db):
+            changelog = ChangeLog(db, runtime.names, runtime.settings.max_attempts)
+            # Inside the daemon: its loop delivers what is in the log.
+            verifier = Verifier(db, changelog, runtime.sink, processor_running=True)
+            tables = list(runtime.mappings)
+            summary, queued = verify_tables(
+                verifier,
+                [runtime.mappings[name] for name in ([table] if table else tables)],
+                runtime.syncer.entries,
+                runtime.syncer.collections,
+                lambda: LogStatus(db, runtime.names).summary(tables),
+                repair=repair,  # logs the keys; the loop syncs them
+            )
+        if repair:
+            summary["repair_queued"] = queued
+        return summary
+
+    def backfill(self, table: str | None) -> dict[str, Any]:
+        with self._database() as (runtime, db):
+            backfill = Backfill(db, runtime.names)
+            running = backfill.active()
+            started, already = [], []
+            for name in [table] if table else list(runtime.mappings):
+                if name in running:
+                    already.append(name)
+                else:
+                    backfill.start(name)  # the loop logs its pages between batches
+                    started.append(name)
+        return {"started": started, "already_running": already}
 
 
 # -- `run` -----------------------------------------------------------------------------------------
@@ -341,7 +543,7 @@ def _serve_metrics(daemon: Daemon, listen: str) -> Metrics:
     """Each scrape reads the daemon's current runtime (a rebuild replaces it)."""
     metrics = Metrics(daemon.runtime.db.path, daemon.runtime.names, lambda: daemon.runtime.tables)
     metrics.watch_nodes(lambda: daemon.runtime.sink.node_health())
-    metrics.watch_keys(lambda: daemon.runtime.keys.stats())
+    metrics.watch_keys(lambda: daemon.runtime.api_keys.stats())
     metrics.serve(listen)
     log.info("metrics listening", address=listen)
     return metrics

@@ -26,7 +26,7 @@ from support import API_KEY, Env, launcher, wait_for
 from cdc_daemon.config import load_config
 from cdc_daemon.documents import build_document, row_is_live
 from cdc_daemon.errors import DocumentError
-from cdc_daemon.keys import document_id, log_key_to_key
+from cdc_daemon.row_keys import document_id, log_key_to_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.wiring import open_tables
 

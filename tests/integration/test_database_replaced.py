@@ -37,15 +37,15 @@ from support import (
 
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import TableConfig
-from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Column, Database, TableInfo, opened_elsewhere
-from cdc_daemon.keys import affinity
 from cdc_daemon.localserver import free_port
 from cdc_daemon.log_schema import LogTables
+from cdc_daemon.row_keys import affinity
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import DocResult
 from cdc_daemon.sweep import Sweep, SweepResult, candidate_keys
 from cdc_daemon.triggers import install
+from cdc_daemon.wiring import mapping_from_config
 
 ELEMENTS = {k: v for k, v in ELEMENTS_CONFIG.items() if k != "collection"}
 REPLACED = "database file replaced; reopening"

@@ -21,10 +21,10 @@ from support import (
 )
 
 from cdc_daemon.config import TableConfig
-from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Database
 from cdc_daemon.document_sql import document_sql, fetch_documents
 from cdc_daemon.documents import MAX_DOCUMENT_BYTES
+from cdc_daemon.wiring import mapping_from_config
 
 
 def one_error_line(stderr: str) -> str:

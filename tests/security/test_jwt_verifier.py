@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cdc_daemon.auth import JwtVerifier, Unauthorized
 from cdc_daemon.config import JwtConfig, parse_config
-from cdc_daemon.config_wiring import jwt_verifier
 from cdc_daemon.errors import ConfigError
+from cdc_daemon.wiring import jwt_verifier
 from security.helpers import Keys, claims, raw_token
 
 SECRET = "s" * 40

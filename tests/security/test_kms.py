@@ -25,9 +25,9 @@ from support import (
 )
 
 from cdc_daemon.config import KmsConfig
-from cdc_daemon.config_wiring import kms_key
 from cdc_daemon.errors import KmsUnavailable
 from cdc_daemon.localserver import LocalTypesense, free_port
+from cdc_daemon.wiring import kms_key
 from security.helpers import (
     KmsServer,
     create_scoped_key,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from support import Env, insert_elements, wait_for
 
-from cdc_daemon.watchdog import HeartbeatTransport
+from cdc_daemon.heartbeat import HeartbeatTransport
 from service.helpers import (
     ELEMENTS_TABLE,
     DaemonProcess,

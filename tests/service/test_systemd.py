@@ -96,7 +96,7 @@ def test_service_settings(unit: str) -> None:
         assert s["Service.Environment"] == ["CDC_CONFIG=/etc/cdc-daemon/%i.yaml"]
         assert s["Service.User"] == ["%i"] and s["Service.ReadWritePaths"] == ["/var/lib/%i"]
     # One stalled HTTP write plus read can take 2 x typesense.timeout (+ connect): the watchdog
-    # (fed before and during every request, see cdc_daemon/watchdog.py) must outlast that.
+    # (fed before and during every request, see cdc_daemon/heartbeat.py) must outlast that.
     timeout = yaml.safe_load((ROOT / "config" / "cdc.yaml").read_text())["typesense"]["timeout"]
     assert int(s["Service.WatchdogSec"][0]) >= 2 * timeout + 10
     assert int(s["Service.TimeoutStopSec"][0]) > timeout  # a batch in flight may finish

@@ -14,13 +14,13 @@ from unit.helpers import same_key as same_key  # one definition, shared
 from unit.helpers import same_value as same_value
 
 from cdc_daemon.config import TableConfig
-from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Database, TableInfo
-from cdc_daemon.keys import Key, log_key_to_key
 from cdc_daemon.log_schema import LogTables
+from cdc_daemon.row_keys import Key, log_key_to_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.table_rows import rows_by_keys
 from cdc_daemon.triggers import install
+from cdc_daemon.wiring import mapping_from_config
 
 HERE = Path(__file__).parent
 

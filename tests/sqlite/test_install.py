@@ -10,7 +10,6 @@ from support import ELEMENTS_DDL, SERVICE_A_COLLECTION_SCHEMA
 
 from cdc_daemon.changelog import ChangeLog, KeyFailure
 from cdc_daemon.config import TableConfig
-from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Column, TableInfo
 from cdc_daemon.errors import ConfigError, DatabaseError
 from cdc_daemon.log_schema import LogTables
@@ -22,6 +21,7 @@ from cdc_daemon.triggers import (
     trigger_problems,
     uninstall,
 )
+from cdc_daemon.wiring import mapping_from_config
 
 from .helpers import AppError, World
 

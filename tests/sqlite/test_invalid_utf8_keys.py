@@ -14,7 +14,7 @@ from cdc_daemon import verify
 from cdc_daemon.backfill import Backfill
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import InvalidText, select_rows
-from cdc_daemon.keys import log_key_to_key
+from cdc_daemon.row_keys import log_key_to_key
 from cdc_daemon.verify import Verifier
 
 from .helpers import World

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from cdc_daemon.backfill import Backfill, _resume_key, _resume_text
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import InvalidText
-from cdc_daemon.keys import Key, log_key_to_key, parse_quoted_key
+from cdc_daemon.row_keys import Key, log_key_to_key, parse_quoted_key
 
 from .helpers import World, same_key
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from cdc_daemon.keys import parse_quoted_key
+from cdc_daemon.row_keys import parse_quoted_key
 
 from .helpers import same_key
 

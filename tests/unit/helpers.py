@@ -10,9 +10,9 @@ from support import ELEMENTS_CONFIG as ELEMENTS_CONFIG  # the seed, re-exported
 from support import SERVICE_A_COLLECTION_SCHEMA as SERVICE_A_COLLECTION_SCHEMA
 
 from cdc_daemon.config import TableConfig
-from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Column, TableInfo
 from cdc_daemon.schema import TableMapping
+from cdc_daemon.wiring import mapping_from_config
 
 
 def table(
@@ -69,7 +69,7 @@ def sqlite_key_text(key: tuple[Any, ...]) -> Any:
     enqueue_keys do), from an in-memory database."""
     import apsw
 
-    from cdc_daemon.keys import log_key_sql
+    from cdc_daemon.row_keys import log_key_sql
 
     conn = apsw.Connection(":memory:")
     try:

@@ -15,7 +15,6 @@ import pytest
 
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import TableConfig
-from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Database
 from cdc_daemon.errors import AuthError, CollectionMissing, TargetTimeout, TargetUnavailable
 from cdc_daemon.evolution import CollectionManager, Target
@@ -23,6 +22,7 @@ from cdc_daemon.log_schema import LogTables
 from cdc_daemon.sync import Syncer
 from cdc_daemon.triggers import install
 from cdc_daemon.typesense import TypesenseSink
+from cdc_daemon.wiring import mapping_from_config
 
 A, B, C = "http://a:8108", "http://b:8108", "http://c:8108"
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -9,9 +9,9 @@ import pytest
 
 from cdc_daemon.auth import hmac_secret, load_public_key
 from cdc_daemon.config import JwtConfig, TableConfig
-from cdc_daemon.config_wiring import jwt_verifier, mapping_from_config, mapping_options
 from cdc_daemon.errors import ConfigError
 from cdc_daemon.schema import MappingOptions, build_mapping
+from cdc_daemon.wiring import jwt_verifier, mapping_from_config, mapping_options
 
 from .helpers import table
 

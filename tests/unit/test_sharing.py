@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from cdc_daemon.config import TableConfig, parse_config
-from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.documents import build_document
 from cdc_daemon.errors import ConfigError
 from cdc_daemon.schema import fit_problems
+from cdc_daemon.wiring import mapping_from_config
 
 from .helpers import ELEMENTS, ELEMENTS_CONFIG, mapping, table
 

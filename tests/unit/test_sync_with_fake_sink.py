@@ -14,7 +14,6 @@ from support.fake_sink import FakeSink
 
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import TableConfig
-from cdc_daemon.config_wiring import mapping_from_config
 from cdc_daemon.database import Database
 from cdc_daemon.evolution import CollectionManager
 from cdc_daemon.log_schema import LogTables
@@ -23,6 +22,7 @@ from cdc_daemon.sink import Sink
 from cdc_daemon.sync import BatchReport, Syncer
 from cdc_daemon.triggers import install
 from cdc_daemon.verify import Verifier
+from cdc_daemon.wiring import mapping_from_config
 
 _TYPE_CHECK: Sink = FakeSink()  # mypy: the fake satisfies the protocol the core depends on
 

@@ -1,4 +1,4 @@
-"""keys.py: the log-key encoding of composite keys and the document ids."""
+"""row_keys.py: the log-key encoding of composite keys and the document ids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc_daemon.keys import (
+from cdc_daemon.row_keys import (
     affinity,
     document_id,
     key_from_document_id,
