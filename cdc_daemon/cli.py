@@ -18,11 +18,11 @@ from cdc_daemon import __version__, wiring
 from cdc_daemon.backfill import BackfillProgress
 from cdc_daemon.config import Config, default_config_path, load_config
 from cdc_daemon.config_template import render_config
-from cdc_daemon.daemon import Runtime
 from cdc_daemon.drain import Drainer, backfill_table
 from cdc_daemon.errors import CdcError, DatabaseError, GaveUp, KmsUnavailable
 from cdc_daemon.logs import configure_logging, redact
 from cdc_daemon.preflight import sample_problems
+from cdc_daemon.runtime import Runtime
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.signals import handle_signals
 from cdc_daemon.triggers import install, trigger_problems, uninstall
@@ -145,7 +145,7 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
         problems.extend(trigger_problems(runtime.db, runtime.names, runtime.tables))
         problems.extend(_sampled_rejections(runtime))
         try:
-            runtime.api_keys.ready()  # a KMS key is fetched now
+            runtime.services.api_keys.ready()  # a KMS key is fetched now
         except KmsUnavailable as exc:
             problems.append(str(exc))  # names the KMS; Typesense can't be checked without a key
         else:

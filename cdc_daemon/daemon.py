@@ -5,7 +5,8 @@ Typesense client, long-lived) and the `Runtime` (the tables half: database, mapp
 log, collections, syncer). An app schema change or a replaced file asks the `Factory` for a new
 Runtime on the same Services; a SIGHUP asks it for a `Reload` (new Services only when the
 `typesense:` section changed). The loop and its rebuilds run on the main thread; the admin API
-(other threads) reaches the daemon only through wiring.py (DaemonControls).
+(other threads) reaches the daemon only through wiring.py (DaemonControls). What the collections
+owe after a replaced file or a mapping change is resync.py's; missing triggers, trigger_watch.py's.
 """
 
 from __future__ import annotations
@@ -15,93 +16,28 @@ import gc
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
-from cdc_daemon.changelog import ChangeLog
-from cdc_daemon.database import Database, ProcessorLock, TableInfo, file_identity
+from cdc_daemon.database import Database, ProcessorLock, file_identity
 from cdc_daemon.errors import CdcError, DatabaseError
-from cdc_daemon.kms import ApiKeys
 from cdc_daemon.log_schema import LogTables
-from cdc_daemon.log_status import LogStatus
 from cdc_daemon.metrics import Metrics, error_kind
 from cdc_daemon.notify import Notifier
-from cdc_daemon.reconfigure import LeftoverCleaner, Reconfiguration
+from cdc_daemon.replaced_file import ReplacedFile
+from cdc_daemon.resync import Resync, record_changes
 from cdc_daemon.retry import backoff_delay, call_with_retry
-from cdc_daemon.schema import TableMapping
-from cdc_daemon.sweep import AFTER_BACKFILL, START_BACKFILL, ResyncState, Sweep
-from cdc_daemon.sync import BatchReport, Syncer
+from cdc_daemon.runtime import Runtime, Services
+from cdc_daemon.sync import BatchReport
 from cdc_daemon.trigger_watch import TriggerWatch
-from cdc_daemon.triggers import ensure_log_is_ours, install, trigger_problems
-from cdc_daemon.typesense import TypesenseSink
+from cdc_daemon.triggers import ensure_log_is_ours
 from cdc_daemon.wake import ChangeWaiter
 
 log = structlog.get_logger("cdc_daemon")
 
-CLEAR_LEFTOVERS = "leftovers"  # a resync's last phase: what an earlier mapping left (reconfigure)
 ONCE_MAX_FAILURES = 8  # `run --once` gives up after this many failed tries in a row (~1 minute)
-
-
-@dataclass
-class Services:
-    """The long-lived half: the Typesense API key source (kms.py) and the Typesense client
-    (its node health and alias cache). Kept across schema changes and replaced files; a reload
-    builds new ones only when the `typesense:` section changed. The client is used by the loop
-    and by admin requests (threads): see cdc_daemon/typesense/cluster.py for what it allows."""
-
-    api_keys: ApiKeys
-    sink: TypesenseSink
-
-    def close(self) -> None:
-        self.sink.close()
-        self.api_keys.close()
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """The config values the loop reads itself (wiring.py fills them in)."""
-
-    tables: tuple[str, ...] = ()  # the configured table names, in config order
-    poll_interval: float = 1.0
-    reinstall_triggers: bool = False
-    max_attempts: int = 10  # an admin request's change log counts failures like the loop's
-
-
-@dataclass
-class Runtime:
-    """The tables half, built from one config on the schema as it is now. Close it when done:
-    its Services too only when `owns_services` (a command's runtime; the daemon's share them)."""
-
-    db: Database
-    names: LogTables
-    tables: list[TableInfo]
-    mappings: dict[str, TableMapping]
-    changelog: ChangeLog
-    log_status: LogStatus
-    syncer: Syncer
-    services: Services
-    settings: LoopSettings = field(default_factory=LoopSettings)
-    stop: threading.Event = field(default_factory=threading.Event)
-    owns_services: bool = False
-
-    @property
-    def sink(self) -> TypesenseSink:
-        return self.services.sink
-
-    @property
-    def api_keys(self) -> ApiKeys:
-        return self.services.api_keys
-
-    def close(self) -> None:
-        try:
-            self.syncer.commit_pending()
-        except CdcError as exc:  # harmless: those changes are sent again by the next run
-            log.warning("last acknowledgement not written", error=str(exc))
-        if self.owns_services:
-            self.services.close()
-        self.db.close()
 
 
 @dataclass
@@ -181,12 +117,8 @@ class Daemon:
         self._ready_sent = False
         self.paused = threading.Event()  # set by the admin API: the loop syncs nothing
         self.last_beat = time.monotonic()  # the loop's last sign of life (admin /healthz)
-        # After the database file was replaced (sweep.py): table → what its collection still owes.
-        self._resync: dict[str, str] = {}
-        self._noticed_file: str | None = None  # the replacing file, once its warning is logged
-        self._reported_file: str | None = None  # ... once its trigger problems are logged
-        self._sweep_failures = 0
-        self._sweep_due = 0.0  # monotonic: no sweep before (backoff after a failed one)
+        self.resync = Resync(self.stop, self._heartbeat)  # what the collections still owe
+        self.replaced = ReplacedFile()  # the database file replaced under the loop
         self.triggers = TriggerWatch()  # missing triggers: looked at after each schema change
         self._triggers_due = True
 
@@ -232,7 +164,7 @@ class Daemon:
             self.triggers.report()  # at once after a change, then once a minute while missing
             runtime.sink.probe_idle_nodes()  # standby nodes' health, and recovered nodes
             collections_busy = runtime.syncer.step_collections()
-            resync_busy = self._resync_step() if self._resync else False
+            resync_busy = self.resync.step(runtime) if self.resync.owed else False
             report = runtime.syncer.sync_once()
         except CdcError as exc:
             self.busy = False
@@ -350,23 +282,15 @@ class Daemon:
         try:
             if prepare is not None:
                 prepare(fresh)
-        except BaseException:
-            fresh.close()
-            raise
-        try:
-            fresh.syncer.ensure_collections()
-        except CdcError as exc:
-            if not exc.retryable:
-                fresh.close()
-                raise
-            # Typesense down, or a shared collection not ready: the new runtime prepares its
-            # collections before its first batch (retried with backoff like any batch).
-            log.warning("collections not ready yet", error=str(exc))
-        except BaseException:
-            fresh.close()
-            raise
-        try:
-            self._record_changes(fresh, self.runtime.mappings)
+            try:
+                fresh.syncer.ensure_collections()
+            except CdcError as exc:
+                if not exc.retryable:
+                    raise
+                # Typesense down, or a shared collection not ready: the new runtime prepares its
+                # collections before its first batch (retried with backoff like any batch).
+                log.warning("collections not ready yet", error=str(exc))
+            record_changes(fresh, self.runtime.mappings)
         except BaseException:
             fresh.close()
             raise
@@ -377,237 +301,46 @@ class Daemon:
         if on_swap is not None:
             on_swap()
         self._schema_version = fresh.db.schema_version()
-        self._resync = ResyncState(fresh.db, fresh.names).owed()  # log_table may have changed
+        self.resync.reread(fresh)
         self._triggers_due = True  # a schema change may have dropped triggers
         log.info(why, tables=list(fresh.mappings), **details)
 
-    def _record_changes(
-        self, runtime: Runtime, previous: dict[str, TableMapping] | None
-    ) -> None:
-        """Compare each table's mapping with the one its documents were made by; record the
-        resync, re-send or old documents to clear that a change owes (reconfigure.py)."""
-        reconfiguration = Reconfiguration(runtime.db, runtime.names)
-        plan = reconfiguration.plan(runtime.mappings, previous)
-        reconfiguration.record(runtime.mappings, plan)
-        for table, changed in plan.reasons.items():
-            log.warning(
-                "documents change: bringing the collection to the new mapping",
-                table=table,
-                changed=changed,
-                owes="resync" if table in plan.resync else "re-send",
-                clears=plan.leftovers[table]["collection"] if table in plan.leftovers else None,
-            )
-
-    # -- a database file replaced (a backup restored with `mv`): sweep.py ---------------------
+    # -- a database file replaced (a backup restored with `mv`): replaced_file.py, resync.py --
 
     def _reopen_replaced(self) -> None:
-        """The path names another file now: sync that one, from scratch. The old connection
-        first lets go of the -wal both files share by name (Database.release_replaced), once:
-        after that the -wal is the new file's. The warning comes after it, so an operator may
-        start the app once it is logged."""
-        old = self.runtime.db
-        noticed = repr(file_identity(old.path))
-        if noticed != self._noticed_file:
-            problem = old.release_replaced()  # DatabaseBusy: old file still in use; retried
-            self._noticed_file = noticed
-            log.warning("database file replaced; reopening", database=str(old.path))
-            if problem is not None:
-                log.error("restored file opened too early", problem=problem)
+        """The path names another file now: sync that one, from scratch (replaced_file.py)."""
+        self.replaced.notice(self.runtime.db)
         self._replace_runtime(self._next_runtime, "database reopened", self._adopt_replacement)
 
     def _adopt_replacement(self, fresh: Runtime) -> None:
         """The new file must be installed (without the log there is nothing to sync from:
         raises, and the loop retries with backoff until `cdc-daemon install` ran). Then every
         collection owes it a resync, recorded before anything else is done with the new file."""
-        if self._reported_file != self._noticed_file:
-            self._reported_file = self._noticed_file
-            for problem in trigger_problems(fresh.db, fresh.names, fresh.tables):
-                log.error("trigger problem", problem=problem, database=str(fresh.db.path))
+        self.replaced.report_triggers(fresh)
         require_installed(fresh.db, fresh.names)
-        ResyncState(fresh.db, fresh.names, self.lock).begin(fresh.mappings)
-
-    def _resync_on_start(self) -> None:
-        """A file replaced while the daemon was stopped owes the same resync as one replaced
-        under it (and a resync a kill -9 interrupted is continued)."""
-        runtime = self.runtime
-        state = ResyncState(runtime.db, runtime.names, self.lock)
-        if state.file_changed():
-            log.warning(
-                "database file is not the one last synced (a backup restored?); resyncing",
-                database=str(runtime.db.path),
-            )
-            state.begin(runtime.mappings)
-        else:
-            state.rotate()  # a backup taken before now carries an older token
-        self._resync = state.owed()
-
-    def _changes_at_start(self) -> None:
-        """A config changed while the daemon was stopped owes what a reload would."""
-        self._record_changes(self.runtime, None)
-        self._resync = ResyncState(self.runtime.db, self.runtime.names).owed()
-
-    def _resync_step(self) -> bool:
-        """Between batches: start each owing table's backfill, then sweep its collection.
-
-        The sweep waits until the backfill has logged every row. Either order would be correct:
-        both only log keys, and the sync path decides each key from its row in one snapshot (a
-        row: upsert; none: delete); a document the sweep does not see was made from this file's
-        log, whose triggers log that row's later changes. After, so that searches get every
-        current row first, and a late write of the replaced file's last batch (a timed-out
-        import applied late) has landed before the sweep looks. True when it did some work."""
-        runtime = self.runtime
-        state = ResyncState(runtime.db, runtime.names)
-        backfilling: dict[str, int] | None = None
-        busy = False
-        for table, phase in list(self._resync.items()):
-            mapping = runtime.mappings.get(table)
-            if mapping is None:
-                continue  # not configured (any more): still owed if it is again
-            if phase == START_BACKFILL:
-                runtime.syncer.collections.backfill.start(table)
-                state.set_phase(table, AFTER_BACKFILL)
-                self._resync[table] = AFTER_BACKFILL
-                busy = True
-                continue
-            if phase == CLEAR_LEFTOVERS:
-                if not runtime.log_status.unsynced_for_table(table, 1):  # the new ones are in
-                    busy = self._clear_leftovers(table, mapping, state) or busy
-                continue
-            if backfilling is None:
-                backfilling = runtime.syncer.collections.backfill.active()
-            if table not in backfilling and time.monotonic() >= self._sweep_due:
-                busy = self._sweep(table, mapping, state) or busy
-        return busy
-
-    def _sweep(self, table: str, mapping: TableMapping, state: ResyncState) -> bool:
-        """One table's sweep; a failure is retried later, without holding back the batches."""
-        runtime = self.runtime
-        target = runtime.syncer.targets.get(table)
-        collection = target.primary if target is not None else mapping.collection
-        sweep = Sweep(runtime.db, runtime.changelog, runtime.sink)
-        try:
-            result = sweep.run(mapping, collection, self.stop, beat=self._heartbeat)
-        except CdcError as exc:
-            self._sweep_failures += 1
-            delay = backoff_delay(self._sweep_failures)
-            self._sweep_due = time.monotonic() + delay
-            log.warning("sweep failed", table=table, error=str(exc), retry_in_s=round(delay, 2))
-            return False
-        if result is None:
-            return False  # stopping: done again from the start after the restart
-        self._sweep_failures = 0
-        if Reconfiguration(runtime.db, runtime.names).leftovers(table):
-            state.set_phase(table, CLEAR_LEFTOVERS)  # once the table's new documents are in
-            self._resync[table] = CLEAR_LEFTOVERS
-        else:
-            state.set_phase(table, None)
-            del self._resync[table]
-        log.info(
-            "sweep finished",
-            table=table,
-            collection=collection,
-            documents=result.documents,
-            queued_for_deletion=result.queued,
-            deleted=result.deleted,
-        )
-        return True
-
-    def _clear_leftovers(self, table: str, mapping: TableMapping, state: ResyncState) -> bool:
-        """The last step of a table's resync, once its log is drained (searches find the new
-        documents first): the documents an earlier mapping of it left (its old id_prefix, its
-        old collection; reconfigure.py). A failure is retried like a sweep. True when done."""
-        runtime = self.runtime
-        reconfiguration = Reconfiguration(runtime.db, runtime.names)
-        entries = reconfiguration.leftovers(table).get(table, [])
-        cleaner = LeftoverCleaner(
-            reconfiguration,
-            runtime.sink,
-            runtime.syncer.collections.owners,
-            {m.collection for m in runtime.mappings.values()},
-            self.stop,
-            self._heartbeat,
-        )
-        for entry in entries:
-            if time.monotonic() < self._sweep_due:
-                return False  # backing off after a failure
-            try:
-                cleared = cleaner.clear(mapping, entry)
-            except CdcError as exc:
-                self._sweep_failures += 1
-                delay = backoff_delay(self._sweep_failures)
-                self._sweep_due = time.monotonic() + delay
-                log.warning(
-                    "clearing old documents failed",
-                    table=table,
-                    error=str(exc),
-                    retry_in_s=round(delay, 2),
-                )
-                return False
-            if cleared is None:
-                return False  # stopping: done again after the restart
-            self._sweep_failures = 0
-            log.info(
-                "old documents cleared",
-                table=table,
-                collection=entry["collection"],
-                id_prefix=entry["id_prefix"],
-                deleted=cleared.deleted,
-                dropped=cleared.dropped,
-                kept=cleared.kept,
-            )
-        state.set_phase(table, None)
-        del self._resync[table]
-        return True
+        self.resync.begin(fresh, fresh.mappings, self.lock)
 
     # -- triggers a migration dropped (trigger_watch.py) ---------------------------------------
 
     def _check_triggers(self) -> None:
         """At start and at each schema change (before the runtime is rebuilt, which may fail):
-        record and report missing triggers, put them back when sync.reinstall_triggers is on,
-        and resync the tables whose triggers are back (their changes meanwhile were never
-        logged). Read from the schema as it is now, not from the runtime's table infos."""
+        trigger_watch.py looks (and puts them back with sync.reinstall_triggers); the tables
+        whose triggers are back are resynced (their changes meanwhile were never logged)."""
         runtime = self.runtime
-        infos = self._configured_tables()
-        back = self.triggers.check(runtime.db, runtime.names, infos)
-        if self.triggers.problems and runtime.settings.reinstall_triggers:
-            self._reinstall_triggers(infos)
-            back = self.triggers.check(runtime.db, runtime.names, infos)
+        settings = runtime.settings
+        back = self.triggers.look(
+            runtime.db, runtime.names, settings.tables, settings.reinstall_triggers
+        )
         if back:
-            state = ResyncState(runtime.db, runtime.names)
-            state.begin(back)
+            self.resync.begin(runtime, back)
             self.triggers.forget(runtime.db, runtime.names, back)
-            self._resync = state.owed()
+            self.resync.reread(runtime)
             log.warning(
                 "triggers back; resyncing the tables",
                 tables=back,
                 reason="changes made while they were missing were never logged",
             )
         self._triggers_due = False
-
-    def _configured_tables(self) -> list[TableInfo]:
-        """Every configured table that exists and has a key, as the schema is now: also one
-        the runtime skips for a problem of its own (a `where` that no longer compiles), whose
-        triggers still log its changes (and `install` would remove them as not configured)."""
-        db = self.runtime.db
-        infos = []
-        for table in self.runtime.settings.tables:
-            if db.table_exists(table):
-                info = db.table_info(table)
-                if info.key:
-                    infos.append(info)
-        return infos
-
-    def _reinstall_triggers(self, infos: list[TableInfo]) -> None:
-        """What `cdc-daemon install` does (one transaction, idempotent), with the clear line."""
-        runtime = self.runtime
-        missing = sorted(self.triggers.problems)
-        changes = install(runtime.db, runtime.names, infos)
-        log.warning(
-            "triggers reinstalled",
-            tables=missing,
-            changes=changes,
-            reason="a migration dropped or changed them; sync.reinstall_triggers is on",
-        )
 
     def run(self, once: bool = False) -> int:
         require_installed(self.runtime.db, self.runtime.names)
@@ -627,25 +360,25 @@ class Daemon:
         try:
             return self._loop(once)
         finally:
-            with contextlib.suppress(CdcError):  # a new token: a backup restored from now on,
-                ResyncState(self.runtime.db, self.runtime.names, lock).rotate()  # even in place
+            with contextlib.suppress(CdcError):
+                Resync.at_stop(self.runtime, lock)
             lock.release()
             log.info("stopped")
 
     def _loop(self, once: bool) -> int:
         runtime = self.runtime
-        if not self._call_until_up("check the triggers", self._check_triggers, once):
-            return 0
-        if not self._call_until_up("fetch the Typesense API key", runtime.api_keys.ready, once):
-            return 0  # a KMS key: retried with backoff while the KMS is unreachable
-        if not self._call_until_up("check the database file", self._resync_on_start, once):
-            return 0
-        if not self._call_until_up("compare the tables' mappings", self._changes_at_start, once):
-            return 0
-        if not self._call_until_up(
-            "ensure collections", runtime.syncer.ensure_collections, once
-        ):
-            return 0
+        lock = self.lock
+        start: list[tuple[str, Callable[[], object]]] = [
+            ("check the triggers", self._check_triggers),
+            # A KMS key: retried with backoff while the KMS is unreachable.
+            ("fetch the Typesense API key", runtime.services.api_keys.ready),
+            ("check the database file", lambda: self.resync.on_start(runtime, lock)),
+            ("compare the tables' mappings", lambda: self.resync.changes_at_start(runtime)),
+            ("ensure collections", runtime.syncer.ensure_collections),
+        ]
+        for what, step in start:
+            if not self._call_until_up(what, step, once):
+                return 0
         version = runtime.sink.server_version()
         log.info(
             "running",

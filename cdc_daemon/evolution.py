@@ -82,13 +82,7 @@ def _version_of(alias: str, physical: str) -> int | None:
 
 
 class CollectionManager:
-    def __init__(
-        self,
-        sink: Sink,
-        db: Database,
-        names: LogTables,
-        batch_size: int,
-    ) -> None:
+    def __init__(self, sink: Sink, db: Database, names: LogTables, batch_size: int) -> None:
         self.sink = sink
         self.db = db
         self.names = names

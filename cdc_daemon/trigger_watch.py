@@ -25,6 +25,7 @@ from cdc_daemon.log_schema import TRIGGERS_MISSING_PREFIX, LogTables, StateStore
 from cdc_daemon.triggers import (
     ensure_log_is_ours,
     expected_triggers,
+    install,
     installed_triggers,
     log_guard_trigger,
 )
@@ -56,6 +57,19 @@ def missing_since(db: Database, names: LogTables) -> dict[str, float]:
     """Tables recorded without their triggers → unix time first seen (for `status`)."""
     recorded = StateStore(db, names).with_prefix(TRIGGERS_MISSING_PREFIX)
     return {table: float(since) for table, since in recorded.items()}
+
+
+def configured_tables(db: Database, tables: Iterable[str]) -> list[TableInfo]:
+    """Every configured table that exists and has a key, as the schema is now: also one
+    the runtime skips for a problem of its own (a `where` that no longer compiles), whose
+    triggers still log its changes (and `install` would remove them as not configured)."""
+    infos = []
+    for table in tables:
+        if db.table_exists(table):
+            info = db.table_info(table)
+            if info.key:
+                infos.append(info)
+    return infos
 
 
 class TriggerWatch:
@@ -93,6 +107,30 @@ class TriggerWatch:
                     state.set_default(TRIGGERS_MISSING_PREFIX + table, now, conn)
         self._set(problems)
         return [t for t in recorded if t in configured and t not in problems]
+
+    def look(
+        self, db: Database, names: LogTables, tables: Iterable[str], reinstall: bool
+    ) -> list[str]:
+        """The daemon's check (at start, after a schema change): `check` on the configured
+        `tables` as the schema is now (not the runtime's infos: a rebuild may fail), putting the
+        triggers back first when `reinstall` (sync.reinstall_triggers). The tables to resync."""
+        infos = configured_tables(db, tables)
+        back = self.check(db, names, infos)
+        if self.problems and reinstall:
+            self._reinstall(db, names, infos)
+            back = self.check(db, names, infos)
+        return back
+
+    def _reinstall(self, db: Database, names: LogTables, infos: list[TableInfo]) -> None:
+        """What `cdc-daemon install` does (one transaction, idempotent), with the clear line."""
+        missing = sorted(self.problems)
+        changes = install(db, names, infos)
+        log.warning(
+            "triggers reinstalled",
+            tables=missing,
+            changes=changes,
+            reason="a migration dropped or changed them; sync.reinstall_triggers is on",
+        )
 
     def forget(self, db: Database, names: LogTables, tables: list[str]) -> None:
         """The resync of these tables is recorded: they are no longer owed anything here."""

@@ -4,7 +4,7 @@ Like Litestream's cmd/litestream/main.go: the core takes plain values (the first
 turns config sections into them and puts config key paths in front of the errors the core
 raises), and everything the commands and the daemon run is built and wired here:
 
-- `Services` (daemon.py): the API key source and the Typesense client, long-lived;
+- `Services` (runtime.py): the API key source and the Typesense client, long-lived;
 - the `Runtime`, the tables half: database, mappings, change log, collections, syncer;
 - for `run`: the Daemon with a `RuntimeFactory` (new tables halves on an app schema change or a
   replaced file, a `Reload` on SIGHUP), metrics, the systemd notifier, the admin API over
@@ -37,14 +37,7 @@ from cdc_daemon.config import (
     refuse_restart_only,
 )
 from cdc_daemon.config import config_changes as changed_keys
-from cdc_daemon.daemon import (
-    Daemon,
-    LoopSettings,
-    Reload,
-    Runtime,
-    Services,
-    require_installed,
-)
+from cdc_daemon.daemon import Daemon, Reload, require_installed
 from cdc_daemon.database import Database, ProcessorLock, TableInfo
 from cdc_daemon.dead_letters import DeadLetters
 from cdc_daemon.drain import Drainer
@@ -58,6 +51,7 @@ from cdc_daemon.logs import configure_logging
 from cdc_daemon.metrics import Metrics
 from cdc_daemon.notify import Notifier
 from cdc_daemon.preflight import row_query_problem
+from cdc_daemon.runtime import LoopSettings, Runtime, Services
 from cdc_daemon.schema import MappingOptions, TableMapping, build_mapping
 from cdc_daemon.signals import handle_signals
 from cdc_daemon.startup_checks import Problem, daemon_running, listen_problem
@@ -449,7 +443,7 @@ class DaemonControls:
             status = sync_status(db, runtime.names, list(runtime.mappings))
         for table, problem in list(runtime.syncer.broken.items()):  # skipped: changes wait
             status["tables"].setdefault(table, {})["problem"] = problem
-        keys = runtime.api_keys.stats()
+        keys = runtime.services.api_keys.stats()
         status["daemon"] = {
             "paused": self.paused(),
             "loop_idle_seconds": round(self.loop_idle_seconds(), 3),
@@ -543,7 +537,7 @@ def _serve_metrics(daemon: Daemon, listen: str) -> Metrics:
     """Each scrape reads the daemon's current runtime (a rebuild replaces it)."""
     metrics = Metrics(daemon.runtime.db.path, daemon.runtime.names, lambda: daemon.runtime.tables)
     metrics.watch_nodes(lambda: daemon.runtime.sink.node_health())
-    metrics.watch_keys(lambda: daemon.runtime.api_keys.stats())
+    metrics.watch_keys(lambda: daemon.runtime.services.api_keys.stats())
     metrics.serve(listen)
     log.info("metrics listening", address=listen)
     return metrics

@@ -8,7 +8,7 @@ from __future__ import annotations
 from support import Env, expected_elements, insert_many_elements, log_backlog
 
 from cdc_daemon.config import load_config
-from cdc_daemon.daemon import Runtime
+from cdc_daemon.runtime import Runtime
 from cdc_daemon.wiring import build_runtime
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "cdc_daemon"
@@ -94,3 +95,18 @@ def test_only_the_root_imports_the_config() -> None:
         if "cdc_daemon.config" in imports and name not in ROOT and name not in CONFIG_ALLOWED
     )
     assert readers == [], f"core modules importing cdc_daemon.config: {readers}"
+
+
+def test_the_module_map_names_every_module() -> None:
+    """docs/architecture.md's module map is how a newcomer finds their way: a module missing
+    from it (or one it names that is gone) fails here."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text[text.index("## Module map") :]
+    named = set(re.findall(r"`((?:typesense/)?[a-z_]+\.py)`", section))
+    modules = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name not in {"__init__.py", "__main__.py"}
+    }
+    assert sorted(modules - named) == [], "modules missing from the module map"
+    assert sorted(named - modules) == [], "the module map names modules that don't exist"
