@@ -9,7 +9,7 @@ import itertools
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -117,16 +117,27 @@ def test_typesense_unreachable_at_start(elements_env: Env, notify: NotifySocket)
     daemon.lines()
 
 
+class _PacedServer(ThreadingHTTPServer):
+    beats: Callable[[], int] | None = None  # how many beats the client has made; None: no pacing
+
+
 class _SlowChunks(BaseHTTPRequestHandler):
-    """Answers every request with 6 chunks, 0.1 s apart: a slow import response."""
+    """Answers every request with 6 chunks, a slow import response paced by its reader: each
+    chunk goes once the client's transport has beaten for what came before it (the headers, the
+    previous chunk), so every part arrives on its own, however loaded the machine."""
+
+    server: _PacedServer
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        beats = self.server.beats
         self.send_response(200)
         self.send_header("Transfer-Encoding", "chunked")
+        seen = beats() if beats else 0
         self.end_headers()
         for i in range(6):
-            time.sleep(0.1)
+            if beats is not None:
+                seen = _next_beat(beats, seen)
             line = f'{{"success": true, "n": {i}}}\n'.encode()
             self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
             self.wfile.flush()
@@ -136,13 +147,20 @@ class _SlowChunks(BaseHTTPRequestHandler):
         pass
 
 
+def _next_beat(beats: Callable[[], int], seen: int) -> int:
+    """Wait until the client has beaten more than `seen` times; its count then."""
+    wait_for(lambda: beats() > seen, 10, message="the client's next beat", interval=0.002)
+    return beats()
+
+
 def test_heartbeat_transport_beats_during_a_slow_response() -> None:
     """A long import keeps the watchdog fed from the loop's thread, and only from it."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowChunks)
+    server = _PacedServer(("127.0.0.1", 0), _SlowChunks)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)  # shutdown() waits for its next look
     thread.start()
     beats: list[float] = []
+    server.beats = lambda: len(beats)
     url = f"http://127.0.0.1:{server.server_address[1]}/import"
     try:
         with httpx.Client(transport=HeartbeatTransport(lambda: beats.append(1.0))) as client:
@@ -150,6 +168,7 @@ def test_heartbeat_transport_beats_during_a_slow_response() -> None:
             assert response.status_code == 200 and len(response.text.splitlines()) == 6
             assert len(beats) >= 6  # before, at the headers, and for each chunk
             beats.clear()
+            server.beats = None  # no beats to wait for: the chunks go at once
             other = threading.Thread(target=lambda: client.post(url, content=b"{}"))
             other.start()
             other.join(timeout=10)

@@ -4,15 +4,23 @@ process at once, by that signal (what systemd and shells expect of an interrupte
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support import ELEMENTS_DDL, Env, app_exec, wait_for
 from support.launcher import start, start_logged
+
+from cdc_daemon.database import Database
+from cdc_daemon.log_schema import LogTables
+from cdc_daemon.triggers import install
+from service.helpers import NotifySocket
 
 
 class SilentNode:
@@ -47,43 +55,93 @@ def silent_node() -> Iterator[SilentNode]:
     node.close()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_second_signal_ends_a_slow_stop(tmp_path: object, silent_node: SilentNode,
-                                          signum: signal.Signals) -> None:
-    env = Env(tmp_path, silent_node.url, "signals")  # type: ignore[arg-type]
-    app_exec(env.db, "PRAGMA journal_mode=WAL", ELEMENTS_DDL)
-    env.write_config([{"table": "elements"}], typesense={"timeout": 60})
-    env.cli("install", check=True)
-    log = env.tmp / "daemon.log"
-    daemon = start_logged("run", config=env.config_path, cwd=env.tmp, log=log)
+@pytest.fixture(scope="module")
+def installed_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The app's database with the elements table and the change log installed, by the install()
+    `cdc-daemon install` runs (these tests are about `run` and `backfill`), once for the module:
+    each test starts from a copy."""
+    path = tmp_path_factory.mktemp("installed") / "app.db"
+    app_exec(path, "PRAGMA journal_mode=WAL", ELEMENTS_DDL)
+    db = Database(path)
     try:
-        # At start the daemon prepares its collection: a request that waits up to 60 s.
-        wait_for(lambda: silent_node.accepted, 30, message="the daemon's request in flight")
-        daemon.send_signal(signum)
-        with pytest.raises(subprocess.TimeoutExpired):
-            daemon.wait(timeout=1)  # a graceful stop: the request in flight runs on
-        daemon.send_signal(signum)
-        rc = daemon.wait(timeout=10)
+        install(db, LogTables("change_log"), [db.table_info("elements")])
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
-        env.close()
-    assert rc == -signum, log.read_text()  # died by the signal: 128 + signum in a shell
-    assert "second signal while stopping: exiting now" in log.read_text()
+        db.close()
+    return path
 
 
-def test_ctrl_c_interrupts_a_backfill_resumably(tmp_path: object, silent_node: SilentNode) -> None:
+def installed_env(tmp_path: Path, node: SilentNode, installed_db: Path, timeout: float) -> Env:
+    """A copy of the installed database, configured against `node` with this typesense.timeout."""
+    env = Env(tmp_path, node.url, "signals")
+    shutil.copyfile(installed_db, env.db)  # closed, so the file holds it all (no -wal)
+    env.write_config([{"table": "elements"}], typesense={"timeout": timeout})
+    return env
+
+
+class SlowStop:
+    """`run` whose first request hangs on a silent node of its own (typesense.timeout 60 s), and a
+    NOTIFY_SOCKET whose STOPPING=1 says when it has handled a stop signal."""
+
+    def __init__(self, tmp_path: Path, installed_db: Path) -> None:
+        tmp_path.mkdir()
+        self.node = SilentNode()
+        self.env = installed_env(tmp_path, self.node, installed_db, timeout=60)
+        self.notify = NotifySocket()
+        self.log = tmp_path / "daemon.log"
+        self.daemon = start_logged("run", config=self.env.config_path, cwd=tmp_path, log=self.log,
+                                   extra_env={"NOTIFY_SOCKET": self.notify.path})
+
+    def first_signal(self, signum: int) -> None:
+        """Once the start-up request is in flight (one that waits up to 60 s), `signum`; returns
+        when the daemon has handled it."""
+        wait_for(lambda: self.node.accepted, 30, message="the daemon's request in flight")
+        self.daemon.send_signal(signum)
+        self.notify.wait_field("STOPPING=1", timeout=10)
+
+    def close(self) -> None:
+        if self.daemon.poll() is None:
+            self.daemon.kill()
+            self.daemon.wait()
+        self.notify.close()
+        self.env.close()
+        self.node.close()
+
+
+def test_a_second_signal_ends_a_slow_stop(tmp_path: Path, installed_db: Path) -> None:
+    """SIGTERM and SIGINT, each on a daemon of its own: started side by side, as each start-up
+    keeps a core busy for a while."""
+    stops: dict[signal.Signals, SlowStop] = {}
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            stops[signum] = SlowStop(tmp_path / signum.name, installed_db)
+        for signum, stop in stops.items():
+            stop.first_signal(signum)
+        # A graceful stop: the request in flight runs on (each still running 0.5 s later).
+        running_until = time.monotonic() + 0.5
+        for stop in stops.values():
+            with pytest.raises(subprocess.TimeoutExpired):
+                stop.daemon.wait(timeout=max(0.0, running_until - time.monotonic()))
+        for signum, stop in stops.items():
+            stop.daemon.send_signal(signum)
+            rc = stop.daemon.wait(timeout=10)
+            log = stop.log.read_text()
+            assert rc == -signum, f"{signum.name}: {log}"  # by the signal: 128 + signum in a shell
+            assert "second signal while stopping: exiting now" in log, f"{signum.name}: {log}"
+    finally:
+        for stop in stops.values():
+            stop.close()
+
+
+def test_ctrl_c_interrupts_a_backfill_resumably(tmp_path: Path, silent_node: SilentNode,
+                                                installed_db: Path) -> None:
     """`backfill` has the same handlers: Ctrl-C stops it once the request in flight ends (here
-    by its 2 s timeout), with exit 130 and the line saying it resumes."""
-    env = Env(tmp_path, silent_node.url, "signals")  # type: ignore[arg-type]
-    app_exec(env.db, "PRAGMA journal_mode=WAL", ELEMENTS_DDL)
-    env.write_config([{"table": "elements"}], typesense={"timeout": 2})
-    env.cli("install", check=True)
+    when the node hangs up, after the Ctrl-C), with exit 130 and the line saying it resumes."""
+    env = installed_env(tmp_path, silent_node, installed_db, timeout=60)
     backfill = start("backfill", config=env.config_path, cwd=env.tmp)
     try:
         wait_for(lambda: silent_node.accepted, 30, message="the backfill's request in flight")
         backfill.send_signal(signal.SIGINT)
+        silent_node.close()  # the request ends (and any other is refused)
         _out, err = backfill.communicate(timeout=30)
     finally:
         if backfill.poll() is None:

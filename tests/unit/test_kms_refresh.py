@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from support import wait_for
 
 from cdc_daemon.kms import KmsKey, KmsSource
 
@@ -31,26 +32,33 @@ class FakeKms:
         return httpx.Response(200, json={"api_key": answer})
 
 
-def key_source(tmp_path: Path, kms: FakeKms, interval: float) -> KmsKey:
+class Clock:
+    """The key source's clock, moved by the test: the key falls due when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def key_source(tmp_path: Path, kms: FakeKms, interval: float,
+               clock: Callable[[], float] = time.monotonic) -> KmsKey:
     token = tmp_path / "token"
     token.write_text("a-token")
     source = KmsSource("http://kms.invalid", "svc", token, interval, name="test.kms")
-    return KmsKey(source, timeout=1, transport=httpx.MockTransport(kms))
-
-
-def wait_until(condition: Callable[[], bool], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+    return KmsKey(source, timeout=1, transport=httpx.MockTransport(kms), clock=clock)
 
 
 def test_failed_refreshes_are_retried_until_one_succeeds(tmp_path: Path) -> None:
     kms = FakeKms(["key-1", None, None, "key-2"])
-    keys = key_source(tmp_path, kms, interval=0.3)
+    clock = Clock()
+    keys = key_source(tmp_path, kms, interval=0.05, clock=clock)
     try:
         assert keys() == "key-1"
-        wait_until(lambda: keys() == "key-2", 10)
+        clock.now += 0.05  # due: refreshed, each failure retried (at most 0.05 s later)
+        wait_for(lambda: keys() == "key-2", 10, message="the refreshed key")
+        # The clock stands still, so no other refresh falls due and the counts are final.
         assert keys.stats().fetches == {
             ("start", "ok"): 1,
             ("interval", "error"): 2,
@@ -65,7 +73,7 @@ def test_close_ends_a_failing_refresher_at_once(tmp_path: Path) -> None:
     kms = FakeKms(["key-1", None])
     keys = key_source(tmp_path, kms, interval=0.05)
     assert keys() == "key-1"
-    wait_until(lambda: kms.requests >= 3, 10)  # failing, retried
+    wait_for(lambda: kms.requests >= 3, 10, message="refreshes failing")  # failing, retried
     refresher = keys._refresher
     assert refresher is not None and refresher.is_alive()
     started = time.monotonic()

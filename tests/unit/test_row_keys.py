@@ -134,12 +134,6 @@ composite_keys = st.lists(key_values, min_size=2, max_size=5).map(tuple)
 
 @settings(max_examples=200, deadline=None)
 @given(composite_keys)
-def test_property_quoted_key_round_trip(key: tuple[object, ...]) -> None:
-    assert same_key(log_key_to_key(sqlite_key_text(key), len(key)), key)
-
-
-@settings(max_examples=100, deadline=None)
-@given(composite_keys)
 def test_property_log_key_round_trip(key: tuple[object, ...]) -> None:
     log_key = sqlite_key_text(key)
     assert isinstance(log_key, str)
