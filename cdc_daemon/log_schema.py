@@ -60,7 +60,7 @@ class Op(StrEnum):
     resend or resync after a reload, a replaced file, a following host. A rebuild does not mirror
     these to the old collection (sync.py): only the app's own changes are."""
     RETRY = "R"
-    """A dead letter sent again: `dead-letters --retry` or the admin API (dead_letters.py)."""
+    """A dead letter sent again: `dead-letters retry` or the admin API (dead_letters.py)."""
     RESEND = "T"
     """A key whose write timed out (or whose connection broke), logged again to be sent once
     more after a delay, after any late arrival of the lost write (sync.py)."""

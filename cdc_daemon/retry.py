@@ -1,8 +1,10 @@
 """The one retry layer: exponential backoff with jitter, capped. Nothing else retries.
 
 `call_with_retry` is the loop (the daemon's start-up calls, `run --once`'s bounded tries, the
-drainer of `backfill` / `verify --repair`); `backoff_delay` is its wait, also used by loops that
-back off between their own iterations (the daemon's batches, sweeps, the KMS refresher).
+drainer of `backfill` / `verify --repair`, the KMS refresher); `backoff_delay` is its wait, also
+used where a failure is backed off between the loop's own iterations rather than retried on the
+spot (the daemon's batches, resyncs and sweeps, a key's next attempt in the change log, a
+Typesense node's health).
 """
 
 from __future__ import annotations

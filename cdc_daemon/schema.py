@@ -150,7 +150,7 @@ def _stored_as_is(value: Any, column_affinity: str) -> bool:
 
 
 def derived_type(declared_type: str) -> str | None:
-    """interface.md's type mapping; None for BLOB columns (left out unless configured)."""
+    """The type mapping (docs/documents.md); None for BLOB columns (left out unless configured)."""
     upper = declared_type.upper()
     if "BOOL" in upper:
         return "bool"

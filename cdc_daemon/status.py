@@ -17,7 +17,7 @@ from cdc_daemon.trigger_watch import missing_since, problems_by_table
 
 
 def sync_status(db: Database, names: LogTables, tables: list[str]) -> dict[str, Any]:
-    """`{"backlog", "oldest_age_seconds", "dead_letters", "tables": {...}}` (interface.md)."""
+    """`{"backlog", "oldest_age_seconds", "dead_letters", "tables": {...}}` (README, Commands)."""
     status = LogStatus(db, names).summary(tables)
     for table, logged in backfills_in_progress(db, names).items():
         status["tables"].setdefault(table, {})["backfill_logged_rows"] = logged

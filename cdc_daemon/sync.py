@@ -18,6 +18,7 @@ from cdc_daemon.documents import build_document, row_is_live, size_problem
 from cdc_daemon.errors import CdcError, CollectionMissing, DocumentError, TargetError
 from cdc_daemon.evolution import CollectionManager, Target
 from cdc_daemon.log_schema import Op
+from cdc_daemon.preflight import row_failure_problem
 from cdc_daemon.row_keys import Key, log_key_to_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import (
@@ -377,9 +378,6 @@ class Syncer:
     def _skip_unreadable(self, table: str, error: str) -> None:
         """Skip `table` for TABLE_RETRY seconds; its problem names the config key and SQLite's
         message (`tables[N].where`, or `.table` when its query no longer compiles)."""
-        # Imported here: preflight imports metrics, which imports this module.
-        from cdc_daemon.preflight import row_failure_problem
-
         mapping = self.mappings.get(table)
         entry = self.entries.get(table, "tables[?]")
         self.broken[table] = (

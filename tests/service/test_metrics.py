@@ -24,7 +24,7 @@ from service.helpers import (
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# interface.md's metrics and their types (a counter's family name has no _total).
+# The metrics docs/operations.md lists, and their types (a counter's family name has no _total).
 CONTRACT = {
     "cdc_lag_seconds": "gauge",
     "cdc_backlog_changes": "gauge",

@@ -87,7 +87,7 @@ def test_an_id_too_long_for_a_url_is_refused_for_its_row_alone(env: Env) -> None
 
 
 class FakeTypesense(httpx.BaseTransport):
-    """Answers deletes as Typesense does (design.md's traps, and the server's source at each
+    """Answers deletes as Typesense does (docs/typesense-versions.md, and the server's source at each
     version's tag: src/core_api.cpp del_remove_document / del_remove_documents): by id, 404
     'Could not find a document with id: X' for a missing one, or 200 with `ignore_not_found`
     (v26+); by filter, `{"num_deleted": N}`, where since v28 a `*` matches every document."""
@@ -169,7 +169,7 @@ def test_a_404_that_is_not_about_the_document_is_a_missing_collection() -> None:
             if request.method != "DELETE":
                 return super().handle_request(request)
             self.requests.append(request)
-            # v29+ says "Collection not found"; before, "Not Found" (design.md).
+            # v29+ says "Collection not found"; before, "Not Found" (docs/typesense-versions.md).
             return httpx.Response(404, json={"message": "Collection not found"})
 
     with pytest.raises(CollectionMissing):  # by id (a backtick: no filter) and by filter

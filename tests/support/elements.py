@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 ELEMENTS_DDL = (REPO / "config" / "elements.sql").read_text(encoding="utf-8")
 
 # The seed's elements configuration: the table entry of the example config (config/cdc.yaml),
-# interface.md's example under the seed's collection name.
+# The example of docs/documents.md under the seed's collection name.
 ELEMENTS_CONFIG: dict[str, Any] = yaml.safe_load(
     (REPO / "config" / "cdc.yaml").read_text(encoding="utf-8")
 )["tables"][0]
@@ -56,7 +56,7 @@ def insert_many_elements(db: Path, count: int, start: int = 1, comment: str = "b
 
 
 def expected_elements(db: Path) -> dict[str, dict[str, Any]]:
-    """The documents the elements rows should become (interface.md's mapping)."""
+    """The documents the elements rows should become (docs/documents.md's mapping)."""
     docs: dict[str, dict[str, Any]] = {}
     columns = ("element_type", "element_id", "sequence_number", "version_number", "comment",
                "created_at", "updated_at")

@@ -40,8 +40,17 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in paths.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        graph[name] = {m for m in imported(path, package) if m in paths and m != name}
+        found = {m for m in imported(path, package) if m in paths}
+        # Importing a.b.c runs package a.b's __init__ first: an edge to it too, unless the
+        # importer is inside a.b (Python has begun that package before its modules run).
+        parents = {p for m in found for p in _parents(m) if not name.startswith(p + ".")}
+        graph[name] = (found | (parents & paths.keys())) - {name}
     return graph
+
+
+def _parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(2, len(parts))]  # not the top package itself
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -86,6 +95,46 @@ def test_no_import_cycles() -> None:
     assert "cdc_daemon.daemon" in graph and graph["cdc_daemon.cli"]  # the package was read
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+# Each module's layer; a module may import its own layer and those below it, never above.
+LAYERS = {
+    "root": {"cli", "wiring", "config", "config_template", "__main__"},
+    "service": {
+        "daemon", "runtime", "resync", "replaced_file", "admin", "control", "signals",
+        "metrics", "notify", "heartbeat", "wake", "drain", "startup_checks", "status",
+        "localserver",
+    },
+    "typesense": {"typesense"},
+    "core": {
+        "sync", "changelog", "dead_letters", "log_status", "log_schema", "triggers",
+        "trigger_watch", "database", "table_rows", "row_keys", "schema", "documents",
+        "document_sql", "evolution", "ownership", "backfill", "sweep", "reconfigure", "verify",
+        "preflight", "kms", "auth",
+    },
+    "base": {"errors", "logs", "retry", "sink", "secret_files", "permissions"},
+}
+ORDER = list(LAYERS)
+
+
+def layer_of(module: str) -> str:
+    first = module.split(".")[1] if "." in module else module
+    for layer, members in LAYERS.items():
+        if first in members:
+            return layer
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS (and the module map)")
+
+
+def test_imports_point_down_the_layers() -> None:
+    """docs/architecture.md's layers: root > service > typesense > core > base."""
+    upward = sorted(
+        f"{name} ({layer_of(name)}) imports {target} ({layer_of(target)})"
+        for name, imports in import_graph().items()
+        if name != "cdc_daemon"
+        for target in imports
+        if target != "cdc_daemon" and ORDER.index(layer_of(target)) < ORDER.index(layer_of(name))
+    )
+    assert upward == []
 
 
 def test_only_the_root_imports_the_config() -> None:

@@ -105,3 +105,21 @@ def test_the_checks_catch_what_is_missing(tmp_path: Path) -> None:
         "docs/guide.md#nope: no such heading",
     ]
     assert missing_paths(readme, root=tmp_path) == ["docs/gone.md", "docs/missing.md"]
+
+
+MARKDOWN_NAME = re.compile(r"(?<![\w/.-])([\w-]+\.md)\b")
+
+
+def test_code_and_tests_name_only_documents_in_the_repository() -> None:
+    """Comments and docstrings send a newcomer to a document by its name (`docs/security.md`,
+    `README`): each `*.md` they name must be one the repository has."""
+    present = {path.name for path in ROOT.rglob("*.md") if ".venv" not in path.parts}
+    missing = sorted(
+        f"{source.relative_to(ROOT)}: {name}"
+        for folder in ("cdc_daemon", "tests", "benchmarks", "scripts")
+        for source in (ROOT / folder).rglob("*.py")
+        if source != Path(__file__).resolve()  # its self-test names made-up documents
+        for name in MARKDOWN_NAME.findall(source.read_text(encoding="utf-8"))
+        if name not in present
+    )
+    assert missing == []
