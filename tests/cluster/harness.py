@@ -216,7 +216,7 @@ class Host:
         return events
 
     def expected(self) -> dict[str, dict[str, Any]]:
-        """The documents the rows map to now (docs/documents.md's mapping; NULL leaves a field out)."""
+        """The documents the rows map to now (docs/documents.md; NULL leaves a field out)."""
         rows = db_rows(self.db, "SELECT id, name, n, note FROM items")
         docs = {}
         for key, name, n, note in rows:

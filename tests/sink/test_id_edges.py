@@ -87,8 +87,8 @@ def test_an_id_too_long_for_a_url_is_refused_for_its_row_alone(env: Env) -> None
 
 
 class FakeTypesense(httpx.BaseTransport):
-    """Answers deletes as Typesense does (docs/typesense-versions.md, and the server's source at each
-    version's tag: src/core_api.cpp del_remove_document / del_remove_documents): by id, 404
+    """Answers deletes as Typesense does (docs/typesense-versions.md, and the server's source at
+    each version's tag: src/core_api.cpp del_remove_document / del_remove_documents): by id, 404
     'Could not find a document with id: X' for a missing one, or 200 with `ignore_not_found`
     (v26+); by filter, `{"num_deleted": N}`, where since v28 a `*` matches every document."""
 
