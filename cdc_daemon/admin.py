@@ -8,9 +8,12 @@
 | POST /v1/verify (body {"repair": false, "table": name}) | operator, admin; repair: admin |
 | POST /v1/backfill (body {"table": name} optional) | admin |
 
-The one-processor rule holds: only the daemon's loop writes documents. Requests work on their own
-SQLite connection: verify compares, repair and backfill only log keys (as `verify --repair` and
-`backfill` do), and the loop syncs them. Every action is logged with the token's `sub`. With no
+The one-processor rule holds: only the daemon's loop syncs (sends the log's changes, acknowledges
+them). Requests run on worker threads (run_in_threadpool), each on a SQLite connection and
+objects of its own (wiring.DaemonControls): verify compares; repair and backfill log keys (as
+`verify --repair` and `backfill` do) and the loop syncs them. The one document write a request
+makes itself: repair deletes stray documents, ids no row of the table can produce (the loop never
+writes those; Verifier.repair). Every action is logged with the token's `sub`. With no
 `admin.jwt` (allowed on loopback only, config.py) every local caller is treated as admin.
 """
 

@@ -153,9 +153,8 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
             problems.extend(node_problems)
             if len(node_problems) < len(config.typesense.nodes):
                 for mapping in runtime.mappings.values():  # config order
-                    entry = runtime.syncer.entries[mapping.table]
                     try:
-                        problem = runtime.syncer.collections.check(mapping, entry)
+                        problem = runtime.syncer.collections.check(mapping)
                     except CdcError as exc:
                         problem = f"collection {mapping.collection!r}: {exc}"
                     if problem:
@@ -367,7 +366,6 @@ def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
             summary, repaired = verify_tables(
                 wiring.command_verifier(runtime, drainer),
                 _chosen(runtime, config, args.table),
-                runtime.syncer.entries,
                 runtime.syncer.collections,
                 lambda: runtime.log_status.summary(list(runtime.mappings)),
                 repair=args.repair,

@@ -31,7 +31,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +49,7 @@ from cdc_daemon.log_schema import (
     StateStore,
 )
 from cdc_daemon.log_status import LogStatus
-from cdc_daemon.ownership import REGISTRY, Claim, Ownership, database_identity
+from cdc_daemon.ownership import REGISTRY, Claim, NameKeys, Ownership, database_identity
 from cdc_daemon.schema import (
     TableMapping,
     added_optional_fields,
@@ -82,7 +82,17 @@ def _version_of(alias: str, physical: str) -> int | None:
 
 
 class CollectionManager:
-    def __init__(self, sink: Sink, db: Database, names: LogTables, batch_size: int) -> None:
+    """Used by the thread that syncs (the loop, a command). `check()` changes nothing and may run
+    on any thread; an admin request builds its own manager on its own connection (wiring.py)."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        db: Database,
+        names: LogTables,
+        batch_size: int,
+        keys: Mapping[str, NameKeys],
+    ) -> None:
         self.sink = sink
         self.db = db
         self.names = names
@@ -93,7 +103,7 @@ class CollectionManager:
         self.follow_interval = FOLLOW_INTERVAL
         self._follow_due = time.monotonic() + FOLLOW_INTERVAL
         self.owners = Ownership(sink, REGISTRY, database_identity(db.path))
-        self._where: dict[str, str] = {}  # table → its config key path (tables[N]), for messages
+        self.keys = keys  # table → the config keys naming its collection (the root's, for messages)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -115,7 +125,6 @@ class CollectionManager:
 
     def ensure(self, mappings: dict[str, TableMapping]) -> dict[str, Target]:
         self._follow_due = time.monotonic() + self.follow_interval
-        self._where = {table: f"tables[{i}]" for i, table in enumerate(mappings)}  # config order
         for mapping in mappings.values():
             self._refuse_registry_name(mapping)
         return {
@@ -124,16 +133,15 @@ class CollectionManager:
         }
 
     def _claim(self, mapping: TableMapping, physical: str) -> Claim:
-        where = self._where.get(mapping.table, "tables[?]")
-        return Claim(mapping.collection, physical, mapping.table, where)
+        return Claim(mapping.collection, physical, mapping.table, self.keys[mapping.table])
 
     def _refuse_registry_name(self, mapping: TableMapping) -> None:
         registry = self.owners.registry
         if mapping.collection == registry or _version_of(registry, mapping.collection):
-            where = self._where.get(mapping.table, "tables[?]")
             raise ConfigError(
-                f"{where}.collection: {mapping.collection!r} is the name of cdc-daemon's owner"
-                " registry: choose another collection name"
+                f"{mapping.collection!r} is the name of cdc-daemon's owner registry: choose"
+                " another collection name",
+                key=self.keys[mapping.table].collection,
             )
 
     def _create(self, mapping: TableMapping, physical: str, fresh: bool = False) -> None:
@@ -339,13 +347,12 @@ class CollectionManager:
             collection=physical,
         )
 
-    def check(self, mapping: TableMapping, where: str | None = None) -> str | None:
-        """For `check`: a problem the daemon would refuse to start with, or None. Changes nothing.
+    def check(self, mapping: TableMapping) -> str | None:
+        """For `check` and a repair: a problem the daemon would refuse to start with, or None.
+        Changes nothing (here or in Typesense), so it may run on any thread.
 
         Differences in a collection cdc-daemon manages are not problems: they are rebuilt; one
-        that belongs to another database is. `where`: the table entry's key path (tables[N])."""
-        if where is not None:
-            self._where[mapping.table] = where
+        that belongs to another database is."""
         if not mapping.manage_collection:
             try:
                 self._follow_target(mapping)

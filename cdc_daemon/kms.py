@@ -87,8 +87,10 @@ class StaticKey:
 
 @dataclass(frozen=True)
 class KmsSource:
-    """Where a KMS key comes from. `name` is what messages call this source (the root passes
-    its config key, so that an error points at what to fix)."""
+    """Where a KMS key comes from. `name` is what messages call this source: the root passes
+    its config key path (`typesense.kms`), and messages name this source's own keys below it
+    (`typesense.kms.token_file`), so that an error points at what to fix. Not a ConfigError
+    wrapped by the root: it is raised on fetches, long after start (the refresher thread)."""
 
     url: str
     key_name: str

@@ -74,13 +74,22 @@ def registry_schema(name: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class NameKeys:
+    """The config keys that name a table's collection, spelled by the root (wiring.py), which
+    alone knows where they sit: messages tell the operator which one to change."""
+
+    collection: str  # the table entry's `collection`: `tables[3].collection`
+    prefix: str  # the prefix every collection name gets: `typesense.collection_prefix`
+
+
+@dataclass(frozen=True)
 class Claim:
     """A physical collection one table entry of the config uses (or is about to create)."""
 
     alias: str  # the configured collection name
     physical: str  # `<alias>__v<N>`
     table: str
-    where: str = "tables[?]"  # the table entry's config key path, for messages
+    keys: NameKeys  # for messages
 
 
 class Ownership:
@@ -162,7 +171,7 @@ class Ownership:
             f"collection {claim.alias!r} ({claim.physical}) belongs to {entry.get('owner')}"
             f" (table {entry.get('table')}); this daemon is {self.identity}: it never rebuilds,"
             " writes or drops another database's collection. Give this one another name"
-            f" ({claim.where}.collection or typesense.collection_prefix), or share it with"
+            f" ({claim.keys.collection} or {claim.keys.prefix}), or share it with"
             " id_prefix and manage_collection: false"
         )
 
@@ -212,7 +221,7 @@ class Ownership:
     def _age(self, entry: dict[str, Any]) -> float:
         try:
             return self.clock() - float(entry.get("claimed_at") or 0)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # e.g. an integer beyond float
             return float("inf")
 
     def _take_over_stale(self, claim: Claim, entry: dict[str, Any]) -> None:

@@ -43,8 +43,9 @@ def _compile_problem(db: Database, sql: str) -> str | None:
 
 def row_query_problem(db: Database, mapping: TableMapping, entry: str) -> str | None:
     """Why the query that reads this table's rows (its columns, `where` and `soft_delete`, as
-    sync, backfill and verify use them) does not compile, naming the config key (`entry` is
-    `tables[N]`); None when it does."""
+    sync, backfill and verify use them) does not compile, naming the config key under `entry`
+    (the table's `tables[N]`, as the root numbers them: wiring.table_entries); None when it
+    does."""
     problem = _compile_problem(db, f"{row_query(mapping, filtered=False)} LIMIT 0")
     if problem is not None:
         return f"{entry}.table: cannot read table {mapping.table!r}: {problem}"
@@ -167,7 +168,7 @@ def sample_problems(
 ) -> list[str]:
     """Build the documents of the table's first `limit` rows (by key, matching `where`, not
     soft-deleted) and say, per field, how many Typesense would reject and why, with an example
-    key and value. `entry` is the table's config key (`tables[N]`)."""
+    key and value. `entry`: the table's config key path from the root (`tables[N]`)."""
     with db.read() as conn:
         try:
             rows = page_after(conn, mapping, None, limit)

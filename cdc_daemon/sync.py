@@ -379,9 +379,8 @@ class Syncer:
         """Skip `table` for TABLE_RETRY seconds; its problem names the config key and SQLite's
         message (`tables[N].where`, or `.table` when its query no longer compiles)."""
         mapping = self.mappings.get(table)
-        entry = self.entries.get(table, "tables[?]")
-        self.broken[table] = (
-            row_failure_problem(self.db, mapping, entry, error)  # compiles it: never raises
+        self.broken[table] = (  # row_failure_problem compiles the query: it never raises
+            row_failure_problem(self.db, mapping, self.entries[table], error)
             if mapping is not None
             else f"table {table!r} could not be read: {error}"
         )

@@ -139,6 +139,10 @@ class _LogView:
 
 
 class Verifier:
+    """Compares (and repairs) on the thread that built it: the `verify` command's, or an admin
+    request's (POST /v1/verify) while the loop syncs on its own; `db` is that thread's own
+    connection."""
+
     def __init__(
         self,
         db: Database,
@@ -292,7 +296,11 @@ class Verifier:
 
     def repair(self, mapping: TableMapping, diff: TableDiff) -> int:
         """Log every differing key (deleting directly the documents no row can produce);
-        returns the highest seq to wait for (0 if nothing was logged)."""
+        returns the highest seq to wait for (0 if nothing was logged).
+
+        Those deletes are the one write to documents made beside the loop (an admin request's
+        repair runs on its thread): safe, as the sync never upserts an id that no row of the
+        table can produce, so nothing the loop sends is undone."""
         keys = [
             d.key
             for d in diff.differences
@@ -340,15 +348,14 @@ def _readable(log_key: Any, mapping: TableMapping) -> Key | None:
 
 
 class CollectionChecker(Protocol):
-    def check(self, mapping: TableMapping, where: str | None = None) -> str | None: ...
+    def check(self, mapping: TableMapping) -> str | None: ...
 
 
-def refuse_foreign_repair(
-    collections: CollectionChecker, mapping: TableMapping, where: str
-) -> None:
+def refuse_foreign_repair(collections: CollectionChecker, mapping: TableMapping) -> None:
     """Before a repair writes: a collection that is not this database's to change (another
-    database's, see ownership.py) is refused, with `check`'s one line. `where`: tables[N]."""
-    problem = collections.check(mapping, where)
+    database's, see ownership.py) is refused, with `check`'s one line (naming the config key the
+    root gave the checker)."""
+    problem = collections.check(mapping)
     if problem is not None:
         raise ConfigError(f"not repaired: {problem}")
 
@@ -356,24 +363,22 @@ def refuse_foreign_repair(
 def verify_tables(
     verifier: Verifier,
     mappings: list[TableMapping],
-    entries: dict[str, str],
     collections: CollectionChecker,
     log_status: Callable[[], dict[str, Any]],
     repair: bool = False,
     synced_through: Callable[[int], object] | None = None,
 ) -> tuple[dict[str, Any], int]:
-    """The verify of `verify` and the admin API: each table compared (and with `repair`, its
-    differences logged, after refusing a collection that isn't this database's), then the
-    summary. `entries`: table → its config key path (tables[N]). `synced_through(seq)` (the
-    command, which syncs itself): waits for the repair to be synced, then compares again;
-    without it (the daemon's loop delivers) the first comparison is reported.
-    Returns (summary, differences repaired)."""
+    """The verify of `verify` and the admin API: each table compared (and with `repair`, after
+    refusing a collection that isn't this database's, repaired: Verifier.repair), then the
+    summary. `synced_through(seq)` (the command, which syncs itself): waits for the repair to be
+    synced, then compares again; without it (the daemon's loop delivers) the first comparison
+    is reported. Returns (summary, differences repaired)."""
     results: dict[str, TableDiff] = {}
     repaired = 0
     for mapping in mappings:
         diff = verifier.compare(mapping)
         if repair and not diff.in_sync:
-            refuse_foreign_repair(collections, mapping, entries[mapping.table])
+            refuse_foreign_repair(collections, mapping)
             seq = verifier.repair(mapping, diff)
             repaired += len(diff.differences)
             if synced_through is not None:

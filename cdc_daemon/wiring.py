@@ -50,10 +50,12 @@ from cdc_daemon.log_status import LogStatus
 from cdc_daemon.logs import configure_logging
 from cdc_daemon.metrics import Metrics
 from cdc_daemon.notify import Notifier
+from cdc_daemon.ownership import NameKeys
 from cdc_daemon.preflight import row_query_problem
 from cdc_daemon.runtime import LoopSettings, Runtime, Services
 from cdc_daemon.schema import MappingOptions, TableMapping, build_mapping
 from cdc_daemon.signals import handle_signals
+from cdc_daemon.sink import Sink
 from cdc_daemon.startup_checks import Problem, daemon_running, listen_problem
 from cdc_daemon.status import sync_status
 from cdc_daemon.sync import Syncer
@@ -83,13 +85,14 @@ def mapping_options(table: TableConfig, collection_prefix: str = "") -> MappingO
 
 
 def mapping_from_config(
-    info: TableInfo, table: TableConfig, entry: str = "tables[?]", collection_prefix: str = ""
+    info: TableInfo, table: TableConfig, entry: str | None = None, collection_prefix: str = ""
 ) -> TableMapping:
-    """The table's mapping; a ConfigError names the bad key under `entry` (`tables[N]`)."""
+    """The table's mapping; a ConfigError names the bad key under `entry` (`tables[N]`; without
+    one, relative to the table entry)."""
     try:
         return build_mapping(info, mapping_options(table, collection_prefix))
     except ConfigError as exc:
-        raise exc.within(entry) from None
+        raise (exc.within(entry) if entry is not None else exc) from None
 
 
 # -- the Typesense API key -----------------------------------------------------------------------
@@ -174,7 +177,8 @@ def log_tables(config: Config) -> LogTables:
 
 
 def table_entries(config: Config) -> dict[str, str]:
-    """Each configured table's config key path (`tables[N]`), the prefix of its errors."""
+    """Each configured table's config key path (`tables[N]`), the prefix of its errors. The one
+    place that numbers the entries: a table skipped as broken must not shift the others'."""
     return {table.table: f"tables[{i}]" for i, table in enumerate(config.tables)}
 
 
@@ -303,11 +307,12 @@ def build_runtime(
         raise
     names = log_tables(config)
     changelog = ChangeLog(db, names, config.sync.max_attempts)
-    collections = CollectionManager(services.sink, db, names, config.sync.batch_size)
+    entries = table_entries(config)
+    collections = collection_manager(services.sink, db, names, config.sync.batch_size, entries)
     syncer = Syncer(db, changelog, services.sink, mappings, config.sync.batch_size, collections)
     syncer.resend_delay = 2 * config.typesense.timeout + 5
     syncer.skip_tables(broken or {})
-    syncer.entries = table_entries(config)
+    syncer.entries = entries
     return Runtime(
         db,
         names,
@@ -321,6 +326,17 @@ def build_runtime(
         stop=stop if stop is not None else threading.Event(),
         owns_services=owned,
     )
+
+
+def collection_manager(
+    sink: Sink, db: Database, names: LogTables, batch_size: int, entries: Mapping[str, str]
+) -> CollectionManager:
+    """`entries`: table_entries. Its messages name the keys that rename a collection."""
+    keys = {
+        table: NameKeys(f"{entry}.collection", "typesense.collection_prefix")
+        for table, entry in entries.items()
+    }
+    return CollectionManager(sink, db, names, batch_size, keys)
 
 
 @contextmanager
@@ -408,8 +424,9 @@ class RuntimeFactory:
 class DaemonControls:
     """control.Controls over the running Daemon, for the admin API. Every method runs on an
     admin server thread, never the loop's: it reads `daemon.runtime` once (a reload may replace
-    it meanwhile), works on a SQLite connection of its own, and only logs keys or sets flags;
-    the loop does the syncing (the one-processor rule)."""
+    it meanwhile), works on a SQLite connection and objects of its own, and logs keys or sets
+    flags; the loop does the syncing (the one-processor rule). One exception: a verify with
+    repair deletes stray documents (ids no row can produce) itself, see Verifier.repair."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -463,14 +480,17 @@ class DaemonControls:
             changelog = ChangeLog(db, runtime.names, runtime.settings.max_attempts)
             # Inside the daemon: its loop delivers what is in the log.
             verifier = Verifier(db, changelog, runtime.sink, processor_running=True)
+            # Its own collection checker: the loop's is the loop's, on the loop's connection.
+            checker = collection_manager(
+                runtime.sink, db, runtime.names, runtime.syncer.batch_size, runtime.syncer.entries
+            )
             tables = list(runtime.mappings)
             summary, queued = verify_tables(
                 verifier,
                 [runtime.mappings[name] for name in ([table] if table else tables)],
-                runtime.syncer.entries,
-                runtime.syncer.collections,
+                checker,
                 lambda: LogStatus(db, runtime.names).summary(tables),
-                repair=repair,  # logs the keys; the loop syncs them
+                repair=repair,  # logs the keys (the loop syncs them), deletes stray documents
             )
         if repair:
             summary["repair_queued"] = queued

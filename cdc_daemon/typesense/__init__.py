@@ -4,7 +4,8 @@ protocol of sink.py. Modules, bottom up:
 - answers.py: every Typesense answer (httpx errors, statuses, bodies) → errors.py's errors;
 - nodes.py: the node pool, node health and backoff, probes, the one failover loop;
 - client.py: the request layer (failover, key refresh on 401, streamed lines);
-- collections.py: collections, aliases, the alias cache; documents.py: the documents API;
+- collections.py: CollectionsApi (collections, aliases, the alias cache); documents.py: the
+  documents API;
 - cluster.py: TypesenseSink, all of it behind one object (what wiring builds).
 """
 

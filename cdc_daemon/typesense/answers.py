@@ -165,6 +165,23 @@ def object_list(answer: dict[str, Any], key: str, what: str) -> list[dict[str, A
     return value
 
 
+def collection_answer(answer: dict[str, Any], what: str) -> dict[str, Any]:
+    """A collection's schema as schema.py's comparisons read it: a text `name`, and `fields` a
+    list of objects each with a text `name` and `type`."""
+    text_field(answer, "name", what)
+    for field in object_list(answer, "fields", what):
+        if not isinstance(field.get("name"), str) or not isinstance(field.get("type"), str):
+            raise unexpected(what, "a field without a text 'name' and 'type'", json.dumps(field))
+    return answer
+
+
+def exported_document(line: str, what: str) -> dict[str, Any]:
+    """One line of an export: a document, with its text `id` (verify and sweeps read it)."""
+    document = parse_object(line, what)
+    text_field(document, "id", what)
+    return document
+
+
 def utf8_line(line: bytes, what: str) -> str:
     try:
         return line.decode("utf-8")
@@ -202,7 +219,7 @@ def import_line(line: str) -> DocResult:
         if result.get("success"):
             return OK
         code = int(result.get("code") or 0)
-    except (TargetError, ValueError, TypeError):
+    except (TargetError, ValueError, TypeError, OverflowError):  # OverflowError: int(1e999)
         return DocResult(ok=False, error=f"unreadable result line: {line[:200]}", retryable=True)
     error = str(result.get("error", "rejected"))
     retryable = code >= 500 or code in (0, 429) or any(m in error for m in NOT_READY_MARKERS)

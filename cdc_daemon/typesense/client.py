@@ -31,8 +31,9 @@ class Client:
     write later, after newer ones, so the caller re-sends those keys after a safe delay.
 
     Threads: safe for the daemon loop and admin worker threads at once (httpx.Client is; the
-    count has a lock). The count is shared: a write an admin repair lost during a batch makes
-    the loop treat that batch as uncertain too, which only re-sends its keys once more."""
+    count has a lock; the version cache needs none, see server_version). The count is shared: a
+    write an admin repair lost during a batch makes the loop treat that batch as uncertain too,
+    which only re-sends its keys once more."""
 
     def __init__(
         self,
@@ -47,7 +48,7 @@ class Client:
         self._on_auth_error = on_auth_error
         self._uncertain = 0
         self._uncertain_lock = threading.Lock()
-        self._version: tuple[int, ...] | None = None  # server_version(), once read
+        self._version: tuple[int, ...] | None = None  # server_version(), once read (any thread)
 
     @property
     def uncertain_writes(self) -> int:
@@ -203,10 +204,17 @@ class Client:
         """The server's version from `/debug` (read once): (0, 24, 1), (26, 0), ...; (0,) when
         unknown (the key lacks `debug:list`, or an unexpected answer): the oldest behaviour is
         assumed, which is correct everywhere, if less convenient. Read again next time when the
-        cluster could not be asked. Any thread: two may read it at once, to the same effect."""
-        if self._version is None:
-            self._version = self._read_version()
-        return self._version or (0,)
+        cluster could not be asked.
+
+        Any thread (the loop; admin threads' deletes for verify --repair), without a lock: two
+        threads may both send the one `/debug` request, to the same effect, and only a version
+        read is kept (a read that failed never replaces another thread's answer)."""
+        version = self._version
+        if version is None:
+            version = self._read_version()
+            if version is not None:
+                self._version = version
+        return version or (0,)
 
     def _read_version(self) -> tuple[int, ...] | None:
         try:

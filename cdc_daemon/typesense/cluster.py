@@ -10,7 +10,7 @@ import httpx
 
 from cdc_daemon.sink import DocResult, DocumentBatch
 from cdc_daemon.typesense.client import Client
-from cdc_daemon.typesense.collections import Collections
+from cdc_daemon.typesense.collections import CollectionsApi
 from cdc_daemon.typesense.documents import Documents
 from cdc_daemon.typesense.nodes import NodePool
 
@@ -24,10 +24,11 @@ class TypesenseSink:
     in `uncertain_writes` (Client).
 
     Threads: one instance serves the daemon loop (every call), admin requests on worker threads
-    (verify and repair: reads of aliases, collections and documents, exports, deletes; status:
-    `up`) and metrics scrapes (`node_health`) at once: node state, the uncertain count and the
-    alias cache are locked; `up` is whatever the last call of any thread found.
-    `probe_idle_nodes`, `server_version` (at start) and `close` are the loop's."""
+    (verify and repair: reads of aliases, collections and documents, exports, deletes, and
+    through deletes `server_version`; status: `up`) and metrics scrapes (`node_health`) at once:
+    node state, the uncertain count and the alias cache are locked, the cached server version
+    is safe unlocked (Client.server_version); `up` is whatever the last call of any thread
+    found. `probe_idle_nodes` and `close` are the loop's."""
 
     def __init__(
         self,
@@ -45,8 +46,8 @@ class TypesenseSink:
         )
         self.pool = NodePool(([nearest_node] if nearest_node else []) + nodes, self._http, timeout)
         self.client = Client(self.pool, self._http, api_key, on_auth_error)
-        self.collections = Collections(self.client)
-        self.documents = Documents(self.client, self.collections)
+        self.collections_api = CollectionsApi(self.client)
+        self.documents = Documents(self.client, self.collections_api)
 
     def close(self) -> None:
         self._http.close()
@@ -77,28 +78,28 @@ class TypesenseSink:
     # -- collections and aliases -------------------------------------------------------------
 
     def get_collection(self, name: str) -> dict[str, Any] | None:
-        return self.collections.get_collection(name)
+        return self.collections_api.get_collection(name)
 
     def create_collection(self, schema: dict[str, Any]) -> bool:
-        return self.collections.create_collection(schema)
+        return self.collections_api.create_collection(schema)
 
     def add_fields(self, collection: str, fields: list[dict[str, Any]]) -> str | None:
-        return self.collections.add_fields(collection, fields)
+        return self.collections_api.add_fields(collection, fields)
 
     def delete_collection(self, physical_name: str) -> None:
-        self.collections.delete_collection(physical_name)
+        self.collections_api.delete_collection(physical_name)
 
     def aliases_to(self, physical_name: str) -> list[str]:
-        return self.collections.aliases_to(physical_name)
+        return self.collections_api.aliases_to(physical_name)
 
     def get_alias(self, name: str) -> str | None:
-        return self.collections.get_alias(name)
+        return self.collections_api.get_alias(name)
 
     def set_alias(self, name: str, collection: str) -> None:
-        self.collections.set_alias(name, collection)
+        self.collections_api.set_alias(name, collection)
 
     def delete_alias(self, name: str) -> None:
-        self.collections.delete_alias(name)
+        self.collections_api.delete_alias(name)
 
     # -- documents ---------------------------------------------------------------------------
 

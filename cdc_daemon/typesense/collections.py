@@ -45,17 +45,21 @@ class AliasCache:
             self._entries.clear()
 
 
-class Collections:
-    """The collections and aliases API. Any thread (the loop, admin requests); the alias cache
-    is locked, the rest is one request each."""
+class CollectionsApi:
+    """Typesense's collections and aliases API (evolution.CollectionManager decides what they
+    should be). Any thread (the loop, admin requests); the alias cache is locked, the rest is
+    one request each."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
         self.aliases = AliasCache()
 
     def get_collection(self, name: str) -> dict[str, Any] | None:
+        """A collection's schema (its fields checked: answers.collection_answer); None when
+        there is no such collection."""
         path = f"/collections/{quote(name, safe='')}"
-        return self._client.json_object("GET", path, ok=(200, 404))
+        answer = self._client.json_object("GET", path, ok=(200, 404))
+        return None if answer is None else answers.collection_answer(answer, f"GET {path}")
 
     def create_collection(self, schema: dict[str, Any]) -> bool:
         """False when a collection of that name exists already (another host created it at the
@@ -76,7 +80,7 @@ class Collections:
         # A PATCH that timed out may have been applied: then the retry is refused ("... is
         # already part of the schema"), and the fields are there.
         existing = self.get_collection(collection) or {"fields": []}
-        present = {f.get("name") for f in answers.object_list(existing, "fields", f"GET {path}")}
+        present = {f["name"] for f in existing["fields"]}
         if all(f["name"] in present for f in fields):
             return None
         return answers.message(response)

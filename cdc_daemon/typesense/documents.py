@@ -22,19 +22,19 @@ from cdc_daemon.sink import (
     id_problem,
 )
 from cdc_daemon.typesense.client import Client
-from cdc_daemon.typesense.collections import Collections
+from cdc_daemon.typesense.collections import CollectionsApi
 
 log = structlog.get_logger("cdc_daemon.sink")
 
 
 class Documents:
     """Documents of the collections. Writes go to the real collection behind an alias
-    (Collections.physical). Any thread (the loop; admin verify and repair): each call is its
+    (CollectionsApi.physical). Any thread (the loop; admin verify and repair): each call is its
     own requests, and a missing collection drops the shared, locked alias cache."""
 
-    def __init__(self, client: Client, collections: Collections) -> None:
+    def __init__(self, client: Client, collections_api: CollectionsApi) -> None:
         self._client = client
-        self._collections = collections
+        self._collections_api = collections_api
 
     def upsert(
         self, collection: str, documents: DocumentBatch, dirty_values: str = "reject"
@@ -45,7 +45,7 @@ class Documents:
         IMPORT_BYTES goes in several imports, in order."""
         if not documents:
             return []
-        collection = self._collections.physical(collection)
+        collection = self._collections_api.physical(collection)
         lines = [d if isinstance(d, str) else encode_document(d) for d in documents]
         body = ascii_json_body(lines)
         if len(body) <= IMPORT_BYTES:
@@ -67,7 +67,7 @@ class Documents:
             content=body,
         )
         if response.status_code != 200:
-            self._collections.aliases.clear()
+            self._collections_api.aliases.clear()
             raise answers.collection_error(collection, response)
         return answers.import_results(response.text, count)
 
@@ -79,7 +79,7 @@ class Documents:
         its row alone."""
         if not ids:
             return []
-        physical = self._collections.physical(collection)
+        physical = self._collections_api.physical(collection)
         path = f"/collections/{quote(physical, safe='')}/documents"
         results: list[DocResult] = [OK] * len(ids)
         filtered: list[str] = []
@@ -105,7 +105,7 @@ class Documents:
             "DELETE", path, params={"filter_by": _id_filter(ids), "batch_size": len(ids)}
         )
         if response.status_code == 404:
-            self._collections.aliases.clear()
+            self._collections_api.aliases.clear()
             raise answers.collection_error(path.split("/")[2], response)
         if response.status_code == 400:  # a filter this server can't parse: settled id by id
             error = answers.message(response)
@@ -131,7 +131,7 @@ class Documents:
         if response.status_code == 404:
             if not newer and answers.message(response).startswith(answers.DOCUMENT_NOT_FOUND):
                 return OK  # already gone (never there, or deleted twice)
-            self._collections.aliases.clear()  # else the collection (or its alias) is gone
+            self._collections_api.aliases.clear()  # else the collection (or its alias) is gone
             raise answers.collection_error(path.split("/")[2], response)
         if response.status_code != 200:
             status = response.status_code
@@ -182,7 +182,7 @@ class Documents:
         first document (Client.stream_lines)."""
         path = f"/collections/{quote(collection, safe='')}/documents/export"
         for line in self._client.stream_lines(path):
-            yield answers.parse_object(line, f"GET {path}")
+            yield answers.exported_document(line, f"GET {path}")
 
 
 def _sized_groups(items: list[str], cost: Callable[[str], int], limit: int) -> Iterator[list[str]]:

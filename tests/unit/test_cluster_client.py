@@ -149,7 +149,7 @@ def test_a_document_rejection_is_not_a_node_failure() -> None:
             200, text='{"success":false,"code":400,"error":"Field `x` must be an int64."}'
         )
 
-    cluster = Cluster(a=reject)
+    cluster = Cluster(a=on_import(reject))  # its collection lookup answers a collection
     sink = cluster.sink()
     results = sink.upsert("c", [{"id": "1"}])
     assert not results[0].ok and not results[0].retryable
@@ -354,7 +354,7 @@ def test_failover_after_a_timeout_acks_the_batch_and_resends_its_keys_later(
     sink = cluster.sink()
     mapping = mapping_from_config(info, TableConfig(table="items", id_prefix="h1:"))
     changelog = ChangeLog(db, names, max_attempts=3)
-    collections = _NoCollections(sink, db, names, 100)
+    collections = _NoCollections(sink, db, names, 100, keys={})
     syncer = Syncer(db, changelog, sink, {"items": mapping}, 100, collections)
     syncer.resend_delay = 60.0
     report = syncer.sync_once()

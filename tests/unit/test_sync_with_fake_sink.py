@@ -15,14 +15,13 @@ from support.fake_sink import FakeSink
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import TableConfig
 from cdc_daemon.database import Database
-from cdc_daemon.evolution import CollectionManager
 from cdc_daemon.log_schema import LogTables
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import Sink
 from cdc_daemon.sync import BatchReport, Syncer
 from cdc_daemon.triggers import install
 from cdc_daemon.verify import Verifier
-from cdc_daemon.wiring import mapping_from_config
+from cdc_daemon.wiring import collection_manager, mapping_from_config
 
 _TYPE_CHECK: Sink = FakeSink()  # mypy: the fake satisfies the protocol the core depends on
 
@@ -64,7 +63,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     mapping = mapping_from_config(info, TableConfig(table="items"), "tables[0]")
     changelog = ChangeLog(db, names, max_attempts=1)
     sink = FakeSink()
-    collections = CollectionManager(sink, db, names, 100)
+    collections = collection_manager(sink, db, names, 100, {"items": "tables[0]"})
     syncer = Syncer(db, changelog, sink, {"items": mapping}, 100, collections)
     yield World(path, db, names, mapping, changelog, sink, syncer)
     db.close()
@@ -117,7 +116,8 @@ def test_a_new_column_is_added_in_place(world: World) -> None:
     physical = world.sink.get_alias("items")
     world.app("ALTER TABLE items ADD COLUMN color TEXT")
     widened = mapping_from_config(world.db.table_info("items"), TableConfig(table="items"))
-    targets = CollectionManager(world.sink, world.db, world.names, 100).ensure({"items": widened})
+    collections = collection_manager(world.sink, world.db, world.names, 100, {"items": "tables[0]"})
+    targets = collections.ensure({"items": widened})
     assert targets["items"].mirror is None  # no rebuild: the field was added in place
     assert world.sink.get_alias("items") == physical and len(world.sink.schemas) == 2  # + owners
     schema = world.sink.get_collection("items")

@@ -50,6 +50,41 @@ def test_a_collection_answer_that_is_not_a_json_object(body: str) -> None:
     _one_line_target_error(lambda: sink.get_collection("c"), "GET /collections/c")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"name": "c", "fields": [{"type": "string"}]}',
+        '{"name": "c", "fields": [{"name": "title"}]}',
+        '{"name": "c", "fields": [{"name": 5, "type": "string"}]}',
+        '{"name": "c", "fields": [{"name": "title", "type": null}]}',
+        '{"name": "c", "fields": null}',
+        '{"name": "c", "fields": ["x"]}',
+        '{"name": "c"}',
+        '{"name": null, "fields": []}',
+        '{"fields": []}',
+    ],
+)
+def test_a_collection_answer_without_named_typed_fields(body: str) -> None:
+    """The schema comparisons (schema.py) read every field's name and type, in the loop: an
+    answer they would trip over is refused where it is read."""
+    sink = _sink(_always(200, body))
+    _one_line_target_error(lambda: sink.get_collection("c"), "GET /collections/c")
+
+
+def test_a_write_never_goes_to_a_collection_named_by_an_odd_answer() -> None:
+    """No alias `c` on the node asked: the collection's own answer names the write's target."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/aliases/"):
+            return httpx.Response(404, json={"message": "Not Found"})
+        if request.method == "GET":
+            return httpx.Response(200, json={"name": 5, "fields": []})
+        return httpx.Response(200, text='{"success":true}')
+
+    sink = _sink(answer)
+    _one_line_target_error(lambda: sink.upsert("c", [{"id": "1"}]), "GET /collections/c")
+
+
 @pytest.mark.parametrize("body", ['{"name": "x"}', '{"collection_name": null}', "[]", "oops"])
 def test_an_alias_answer_without_its_collection(body: str) -> None:
     sink = _sink(_always(200, body))
@@ -91,9 +126,49 @@ def test_an_import_line_that_is_not_an_object_is_retried_not_raised() -> None:
     assert [(r.ok, r.retryable) for r in results] == [(False, True), (False, True)]
 
 
+@pytest.mark.parametrize("code", ["1e999", "-1e999"])  # JSON's infinity: no int
+def test_an_import_line_whose_code_is_too_big_is_retried_not_raised(code: str) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/aliases/"):
+            return httpx.Response(200, json={"name": "c", "collection_name": "c_v1"})
+        return httpx.Response(200, text=f'{{"success": false, "code": {code}}}')
+
+    results = _sink(answer).upsert("c", [{"id": "1"}])
+    assert [(r.ok, r.retryable) for r in results] == [(False, True)]
+
+
 def test_an_odd_debug_answer_means_the_oldest_behaviour_for_now() -> None:
     sink = _sink(_always(200, "[]"))
     assert sink.server_version() == (0,)
+
+
+def test_a_version_read_on_one_thread_is_kept_when_another_thread_could_not_read_it() -> None:
+    """server_version() is called from the loop and from admin threads (verify --repair's
+    deletes): a read that failed on one thread must not throw away another thread's answer."""
+    debug_calls: list[int] = []
+    first_waiting, release_first = threading.Event(), threading.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path != "/debug":
+            return httpx.Response(404, json={"message": "Not Found"})
+        debug_calls.append(1)
+        if len(debug_calls) == 1:  # the admin thread's: answered after the loop's, refused
+            first_waiting.set()
+            assert release_first.wait(timeout=5)
+            return httpx.Response(503, json={"message": "Not Ready or Lagging"})
+        return httpx.Response(200, json={"state": 1, "version": "26.0"})
+
+    sink = _sink(answer)
+    versions: list[tuple[int, ...]] = []
+    admin = threading.Thread(target=lambda: versions.append(sink.server_version()))
+    admin.start()
+    assert first_waiting.wait(timeout=5)
+    assert sink.server_version() == (26, 0)
+    release_first.set()
+    admin.join(timeout=5)
+    assert versions == [(0,)]  # it could not read it: the oldest behaviour, this time
+    assert sink.server_version() == (26, 0)
+    assert len(debug_calls) == 2  # read once, not again
 
 
 @pytest.mark.parametrize("body", [b'{"id":"1"}\nnot json\n', b'{"id":"1"}\n[2]\n',
@@ -107,6 +182,16 @@ def test_an_export_line_that_is_not_a_document(body: bytes) -> None:
 
     _one_line_target_error(read, "GET /collections/c/documents/export")
     assert seen == ["1"]
+
+
+@pytest.mark.parametrize("line", [b'{"name": "x"}', b'{"id": 5}', b'{"id": null}'])
+def test_an_export_document_without_a_text_id(line: bytes) -> None:
+    """verify reads every exported document's id."""
+    sink = _sink(lambda request: httpx.Response(200, content=b'{"id":"1"}\n' + line + b"\n"))
+    seen: list[dict[str, object]] = []
+    _one_line_target_error(lambda: seen.extend(sink.export("c")),
+                           "GET /collections/c/documents/export")
+    assert seen == [{"id": "1"}]
 
 
 def test_an_export_fails_over_through_the_same_loop_as_requests() -> None:
