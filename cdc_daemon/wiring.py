@@ -19,12 +19,10 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from cdc_daemon.admin import AdminApi, AdminServer, auth_kind
-from cdc_daemon.auth import JwtVerifier, TokenRules, hmac_secret, load_jwks, load_public_key
 from cdc_daemon.backfill import Backfill
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import (
@@ -61,6 +59,10 @@ from cdc_daemon.status import sync_status
 from cdc_daemon.sync import Syncer
 from cdc_daemon.typesense import TypesenseSink
 from cdc_daemon.verify import Verifier, verify_tables
+
+if TYPE_CHECKING:  # imported where used: most commands never load the web stack or PyJWT
+    from cdc_daemon.admin import AdminApi, AdminServer
+    from cdc_daemon.auth import JwtVerifier
 
 log = structlog.get_logger("cdc_daemon")
 
@@ -123,6 +125,8 @@ def open_api_keys(config: TypesenseConfig, timeout: float | None = None) -> ApiK
 def jwt_verifier(config: JwtConfig, environ: Mapping[str, str] | None = None) -> JwtVerifier:
     """The verifier `admin.jwt` asks for, its secret or key file(s) read now; a ConfigError
     names the key (`admin.jwt.secret_env`)."""
+    from cdc_daemon.auth import JwtVerifier, TokenRules, hmac_secret, load_jwks, load_public_key
+
     rules = TokenRules(
         algorithms=tuple(config.algorithms),
         issuer=config.issuer,
@@ -543,6 +547,8 @@ def serve(config: Config, load_config: Callable[[], Config] | None, once: bool =
 
 def _start_admin(daemon: Daemon, config: Config, listen: str) -> AdminServer:
     """The admin API over the daemon's Controls, on `listen` (HOST:PORT, checked by config.py)."""
+    from cdc_daemon.admin import AdminApi, AdminServer, auth_kind
+
     verifier = admin_verifier(config)
     api = AdminApi(DaemonControls(daemon), verifier, loop_stale_after(config))
     server = AdminServer(api.app(), listen)

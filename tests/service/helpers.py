@@ -42,6 +42,7 @@ class DaemonProcess:
     def __init__(self, env: Env, *args: str, extra_env: dict[str, str] | None = None,
                  name: str = "daemon") -> None:
         self.env = env
+        self.stopping = False  # a SIGTERM or SIGINT was sent: stop() must not send another
         self.log_path = env.tmp / f"{name}.log"
         self.out_path = env.tmp / f"{name}.out"
         self.process = launcher.start_logged(
@@ -84,12 +85,15 @@ class DaemonProcess:
             )
 
     def send_signal(self, signum: int) -> None:
+        self.stopping = self.stopping or signum in (signal.SIGTERM, signal.SIGINT)
         self.process.send_signal(signum)
 
     def stop(self, timeout: float = 15) -> int:
-        """SIGTERM and wait; a daemon that does not exit in time is killed and the test fails."""
+        """SIGTERM (unless the test sent one: a second one forces the exit, signals.py) and
+        wait; a daemon that does not exit in time is killed and the test fails."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            if not self.stopping:
+                self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -43,7 +43,8 @@ def _fake_wrapper(tmp_path: Path) -> Path:
 
 
 def _ask_at_once(tmp_path: Path, count: int) -> list[subprocess.CompletedProcess[str]]:
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{ROOT}"
     processes = [
         subprocess.Popen([sys.executable, "-c", ASK], env=env, stderr=subprocess.PIPE, text=True)
         for _ in range(count)
@@ -58,7 +59,7 @@ def _ask_at_once(tmp_path: Path, count: int) -> list[subprocess.CompletedProcess
 
 def test_processes_asking_at_once_all_get_the_whole_executable_binary(tmp_path: Path) -> None:
     _fake_wrapper(tmp_path)
-    for result in _ask_at_once(tmp_path, 4):
+    for result in _ask_at_once(tmp_path, 3):
         assert result.returncode == 0, result.stderr
 
 
