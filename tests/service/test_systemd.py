@@ -109,8 +109,8 @@ def test_security_exposure_below_2(units: Path, unit: str) -> None:
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) < 2.0, result.stdout
-    readme = (ROOT / "README.md").read_text()
-    assert f"exposure {match.group(1)}" in readme, "README's reported exposure is out of date"
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert f"exposure {match.group(1)}" in operations, "the reported exposure is out of date"
 
 
 MDWE = """
