@@ -26,6 +26,7 @@ from support import (
 
 from cdc_daemon.config import load_config
 from cdc_daemon.localserver import free_port
+from cdc_daemon.runtime import Runtime
 from cdc_daemon.wiring import build_runtime
 
 NOTES_DDL = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"
@@ -157,16 +158,22 @@ def test_a_missing_table_is_still_bad_config_at_start(env: Env) -> None:
     assert "tables[1].table" in status["tables"]["notes"]["problem"]
 
 
+def _two_tables(env: Env, tables: list[dict[str, Any]]) -> Runtime:
+    """elements (5 rows) and notes (3 rows), installed with `tables` as configured; a runtime
+    built on them, as the daemon's is."""
+    app_exec(env.db, "PRAGMA journal_mode=WAL", ELEMENTS_DDL, NOTES_DDL)
+    env.write_config(tables)
+    env.cli("install", check=True)
+    insert_elements(env.db, range(1, 6))
+    insert_notes(env, range(1, 4))
+    return build_runtime(load_config(env.config_path))
+
+
 def test_the_sync_step_skips_a_table_it_cannot_read(env: Env) -> None:
     """In the sync step itself (a table dropped after the runtime was built, before the loop
     noticed the schema change): the unreadable table's entries stay in the log, untouched and
     not read again for a while; the other table's are sent and acknowledged."""
-    app_exec(env.db, "PRAGMA journal_mode=WAL", ELEMENTS_DDL, NOTES_DDL)
-    env.write_config([{"table": "elements"}, {"table": "notes"}])
-    env.cli("install", check=True)
-    insert_elements(env.db, range(1, 6))
-    insert_notes(env, range(1, 4))
-    runtime = build_runtime(load_config(env.config_path))
+    runtime = _two_tables(env, [{"table": "elements"}, {"table": "notes"}])
     try:
         runtime.syncer.ensure_collections()
         app_exec(env.db, "DROP TABLE notes")
@@ -245,12 +252,7 @@ def test_the_sync_step_names_a_where_failing_on_rows(env: Env) -> None:
     """In the sync step (the read of changed rows, not the backfill): the table whose `where`
     fails on its rows is skipped naming `tables[0].where` and SQLite's message; the other
     table's changes are sent."""
-    app_exec(env.db, "PRAGMA journal_mode=WAL", ELEMENTS_DDL, NOTES_DDL)
-    env.write_config([{"table": "notes", "where": NOT_JSON_WHERE}, {"table": "elements"}])
-    env.cli("install", check=True)
-    insert_elements(env.db, range(1, 6))
-    insert_notes(env, range(1, 4))
-    runtime = build_runtime(load_config(env.config_path))
+    runtime = _two_tables(env, [{"table": "notes", "where": NOT_JSON_WHERE}, {"table": "elements"}])
     try:
         runtime.syncer.ensure_collections()
         report = runtime.syncer.sync_once()
