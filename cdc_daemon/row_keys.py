@@ -4,8 +4,9 @@ Log key: a single-column key is stored as the value itself (the log's `pk` colum
 integers, text, reals and blobs keep their type exactly). A composite key is the text
 `quote(a) || ',' || quote(b) ...`, SQLite's own literal syntax, parsed back here; a TEXT part
 holding a NUL (where quote() would stop) is written as `t` + the quoted blob of its bytes
-(`tX'610062'`). SQLite writes every log key text (log_key_sql): the triggers, and the daemon
-for the keys it logs itself (backfill, repair, re-sends), so one key has one text.
+(`tX'610062'`), and a REAL part as printf('%!.20e') (`1.0e+00`). SQLite writes every log key
+text (log_key_sql): the triggers, and the daemon for the keys it logs itself (backfill, repair,
+re-sends), so one key has one text.
 
 Document id: a single-column key is `str(value)` (blobs as lowercase hex). A composite key is the
 compact JSON array of its values, e.g. `[42,"eu"]`, with a blob as `{"hex":"00ff"}`.
@@ -39,9 +40,14 @@ _LITERAL = re.compile(
 def _key_part_sql(operand: str) -> str:
     # quote() stops a TEXT value at its first NUL: such a value is logged as its bytes instead.
     # typeof() first: instr() on a number would format it as text.
+    # A REAL is logged with 21 digits: an older SQLite (3.40 here) quote()s about 1 in 10^4
+    # doubles with 15 digits that only its own inexact parser reads back as the value (another
+    # value for the daemon: the row is not found); printf('%!.20e') reads back exactly in both.
     return (
         f"CASE WHEN typeof({operand}) = 'text' AND instr({operand}, char(0))"
-        f" THEN 't' || quote(CAST({operand} AS BLOB)) ELSE quote({operand}) END"
+        f" THEN 't' || quote(CAST({operand} AS BLOB))"
+        f" WHEN typeof({operand}) = 'real' THEN printf('%!.20e', {operand})"
+        f" ELSE quote({operand}) END"
     )
 
 

@@ -4,6 +4,8 @@
   every other row; verify's pages move past one that ends a page (before: an endless loop).
 - A `COLLATE NOCASE` primary key: `INSERT OR REPLACE` of 'alice@…' over 'Alice@…' leaves one
   document, not two.
+- REALs in a composite key that the app's SQLite (3.40) quote()s with 15 digits only it reads back
+  as the value: each row is found and synced, updated and deleted.
 """
 
 from __future__ import annotations
@@ -87,4 +89,25 @@ def test_nocase_key_replaced_through_its_collation_leaves_one_document(env: Env)
     app_exec(env.db, "UPDATE OR REPLACE u SET email = 'ALICE@example.com' WHERE email = 'bob@x'")
     env.cli("run", "--once", check=True)
     assert set(env.documents("u")) == {"ALICE@example.com"}
+    assert env.verify()["in_sync"] is True
+
+
+def test_composite_keys_with_reals_the_apps_sqlite_quotes_inexactly(env: Env) -> None:
+    # 3.40's quote(): 4.35680493355571e-308 and 4.73380916229069e-296, other values for Python
+    # and the daemon's SQLite; before, the rows were not found and their documents never made.
+    reals = [4.3568049335557104e-308, 4.7338091622906903e-296, -6.5028308113475796e-295, 0.1]
+    app_exec(env.db, "PRAGMA journal_mode=WAL",
+             "CREATE TABLE m (x REAL, n INTEGER, v TEXT, PRIMARY KEY (x, n))")
+    env.write_config([{"table": "m"}])
+    env.cli("install", check=True)
+    app_write(env.db, [[("INSERT INTO m VALUES (?, 1, 'new')", [x]) for x in reals]])
+    env.cli("run", "--once", check=True)
+    docs = env.documents("m")
+    assert set(docs) == {f"[{x!r},1]" for x in reals}, docs
+    app_write(env.db, [[("UPDATE m SET v = 'changed' WHERE x = ?", [reals[0]]),
+                        ("DELETE FROM m WHERE x = ?", [reals[1]])]])
+    env.cli("run", "--once", check=True)
+    docs = env.documents("m")
+    assert set(docs) == {f"[{x!r},1]" for x in reals if x != reals[1]}, docs
+    assert docs[f"[{reals[0]!r},1]"]["v"] == "changed"
     assert env.verify()["in_sync"] is True
