@@ -14,12 +14,20 @@ import structlog
 
 from cdc_daemon.database import Database, bind, quote_ident, scalar, select_rows
 from cdc_daemon.dead_letters import DeadLetters
-from cdc_daemon.log_schema import ACKNOWLEDGING, DELETED_BY_OTHERS, LogTables, Op, StateStore
+from cdc_daemon.log_schema import (
+    ACKNOWLEDGING,
+    DELETED_BY_OTHERS,
+    LAST_SYNCED,
+    LogTables,
+    Op,
+    StateStore,
+)
 from cdc_daemon.retry import backoff_delay
 from cdc_daemon.row_keys import Key, log_key_sql
 
 RETRYABLE_DELAY = 1.0  # seconds before a key whose failure was not its fault is tried again
 MAX_DELAY = 300.0  # seconds: no entry is ever scheduled further ahead (backoff cap, re-sends)
+LAST_SYNCED_EVERY = 1.0  # seconds: a busy processor records "last synced" this often at most
 log = structlog.get_logger("cdc_daemon.changelog")
 
 
@@ -70,6 +78,7 @@ class ChangeLog:
         # up to date by commit(). A newer change of such a key that succeeds makes it obsolete.
         self._retrying: dict[tuple[str, Any], list[tuple[int, int]]] = {}
         self._retrying_read_at: int | None = None
+        self._last_synced_written = -LAST_SYNCED_EVERY  # time.monotonic() of the last record
 
     def read_batch(
         self,
@@ -177,7 +186,16 @@ class ChangeLog:
                     )
             if has_dead:
                 self._dead_letters.clear(conn, succeeded)
+            if acked:
+                self._record_synced(conn, now)
         return dead
+
+    def _record_synced(self, conn: apsw.Connection, now: float) -> None:
+        """`status`'s "last synced": written with an ack, throttled (one small row, at most
+        about once a second while busy, never while idle)."""
+        if time.monotonic() - self._last_synced_written >= LAST_SYNCED_EVERY:
+            self._state.set(LAST_SYNCED, now, conn)
+            self._last_synced_written = time.monotonic()
 
     def retrying_entries(
         self, conn: apsw.Connection, deleted_by_others: int

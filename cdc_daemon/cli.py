@@ -5,91 +5,63 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from cdc_daemon import __version__, wiring
-from cdc_daemon.backfill import BackfillProgress
-from cdc_daemon.config import Config, default_config_path, load_config
+from cdc_daemon import wiring
+from cdc_daemon.cli_parser import build_parser
+from cdc_daemon.cli_progress import progress_bar, shown_on, verify_shown_on
+from cdc_daemon.config import Config, default_config_path, init_node_url, load_config
 from cdc_daemon.config_template import render_config
 from cdc_daemon.drain import Drainer, backfill_table
 from cdc_daemon.errors import CdcError, DatabaseError, GaveUp, KmsUnavailable
+from cdc_daemon.evolution import version_name
+from cdc_daemon.localserver import serve as serve_local_typesense
 from cdc_daemon.logs import configure_logging, redact
 from cdc_daemon.preflight import sample_problems
 from cdc_daemon.runtime import Runtime
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.signals import handle_signals
-from cdc_daemon.triggers import install, trigger_problems, uninstall
+from cdc_daemon.status import syncing_process
+from cdc_daemon.triggers import install, install_plan, trigger_problems, uninstall
+from cdc_daemon.verify import EXAMPLES as VERIFY_EXAMPLES
 from cdc_daemon.verify import verify_tables
 from cdc_daemon.wiring import startup_problems
 
-if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-
 log = structlog.get_logger("cdc_daemon.cli")
-SHARED_COLLECTION_WAIT = 300.0  # backfill: seconds to wait for a host managing a shared collection
 SHARED_COLLECTION_POLL = 2.0  # seconds between its looks
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cdc-daemon", description="Keep Typesense collections in step with SQLite tables."
-    )
-    parser.add_argument("--version", action="version", version=f"cdc-daemon {__version__}")
-    config_help = "config file (default: $CDC_CONFIG, else ./cdc.yaml)"
-    parser.add_argument("--config", help=config_help)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=text, description=text)
-
-    p = add("init", "print a commented cdc.yaml for every table of a database that has a key")
-    p.add_argument("--database", required=True, type=Path)
-    p.add_argument("--typesense-url", default="http://127.0.0.1:8108")
-    p.add_argument("--api-key-env", default="TYPESENSE_API_KEY")
-    add("check", "validate config, database, triggers and Typesense; one line per problem")
-    add("install", "create the log table and triggers (idempotent, one transaction)")
-    p = add("uninstall", "remove the triggers (and the log with --drop-log)")
-    p.add_argument("--drop-log", action="store_true")
-    p = add("backfill", "load every current row into Typesense, resumably")
-    p.add_argument("--table")
-    p.add_argument(
-        "--wait",
-        type=float,
-        default=SHARED_COLLECTION_WAIT,
-        metavar="SECONDS",
-        help="how long to wait for a shared collection another host manages"
-        f" (default {SHARED_COLLECTION_WAIT:g}; inf: no limit)",
-    )
-    p = add("run", "run the daemon")
-    p.add_argument("--once", action="store_true", help="drain the backlog, then exit")
-    p = add("status", "backlog, oldest pending age, dead letters, per table")
-    p.add_argument("--json", action="store_true")
-    p = add("verify", "compare rows with documents; exit 1 when they differ")
-    p.add_argument("--table")
-    p.add_argument("--repair", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p = add("dead-letters", "list, retry or purge changes that failed max_attempts times")
-    p.add_argument("action", choices=["list", "retry", "purge"])
-    p.add_argument("--table")
-    p.add_argument("--json", action="store_true")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
+        code = _main(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone (`| head -1`) is caught below
+    except BrokenPipeError:
+        # The reader closed our stdout: stop quietly, as `cat` does. Python's recipe: point
+        # stdout at devnull so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        if args.command == "local-typesense":
+            return serve_local_typesense(args.data_dir, args.port, args.api_key_file)
         if args.command == "init":
             configure_logging(None, "warning")
-            print(render_config(args.database, args.typesense_url, args.api_key_env), end="")
+            url, note = init_node_url(args.typesense_url)
+            if note:
+                print(f"cdc-daemon: {note}", file=sys.stderr)
+            print(render_config(args.database, url, args.api_key_env), end="")
             return 0
         config = load_config(default_config_path(args.config))
         configure_logging(config.logging.format, config.logging.level)
@@ -103,9 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _cmd_install(config: Config, _args: argparse.Namespace) -> int:
+def _cmd_install(config: Config, args: argparse.Namespace) -> int:
     db, infos, _mappings = wiring.open_tables(config)
     try:
+        if args.dry_run:
+            statements, changes = install_plan(db, wiring.log_tables(config), infos)
+            print(_install_script(config.database, statements, changes), end="")
+            return 0
         changes = install(db, wiring.log_tables(config), infos)
     finally:
         db.close()
@@ -113,6 +89,38 @@ def _cmd_install(config: Config, _args: argparse.Namespace) -> int:
         print(change)
     print("installed: nothing to change" if not changes else f"installed: {len(changes)} changes")
     return 0
+
+
+def _install_script(database: Path, statements: list[str], changes: list[str]) -> str:
+    """install's statements as one script sqlite3 runs, what they change in comments on top."""
+    head = [f"-- `cdc-daemon install` on {database} runs this SQL now (nothing was changed)."]
+    if changes:
+        head += [f"-- {len(changes)} changes:", *(f"--   {change}" for change in changes)]
+    else:
+        head.append("-- Nothing to change: the log tables exist and every trigger is current.")
+    body = [sql.strip().rstrip(";") + ";" for sql in statements]
+    return "\n".join([*head, "BEGIN;", *body, "COMMIT;"]) + "\n"
+
+
+def _cmd_schema(config: Config, args: argparse.Namespace) -> int:
+    db, _infos, mappings = wiring.open_tables(config)  # the tables only: no Typesense, no key
+    db.close()
+    chosen = [mappings[config.table(args.table).table]] if args.table else mappings.values()
+    print(json.dumps({mapping.table: _collection_plan(mapping) for mapping in chosen}, indent=2))
+    return 0
+
+
+def _collection_plan(mapping: TableMapping) -> dict[str, Any]:
+    """What the daemon creates for a table (evolution.py): searches use the alias, which points
+    to a versioned collection (a schema change rebuilds into the next version). A host that
+    follows a shared collection (manage_collection: false) creates nothing: it needs the
+    collection to fit the schema."""
+    name = version_name(mapping.collection, 1) if mapping.manage_collection else None
+    return {
+        "alias": mapping.collection,
+        "manage_collection": mapping.manage_collection,
+        "schema": mapping.collection_schema(name),
+    }
 
 
 def _cmd_uninstall(config: Config, args: argparse.Namespace) -> int:
@@ -142,7 +150,11 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
     startup = startup_problems(config)  # what `run` refuses beyond tables, keys and Typesense
     problems: list[str] = [problem.text for problem in startup]
     try:
-        problems.extend(trigger_problems(runtime.db, runtime.names, runtime.tables))
+        not_installed = wiring.install_problem(runtime.db, runtime.names)
+        if not_installed is not None:  # one line: `install` creates the log and every trigger
+            problems.append(not_installed)
+        else:
+            problems.extend(trigger_problems(runtime.db, runtime.names, runtime.tables))
         problems.extend(_sampled_rejections(runtime))
         try:
             runtime.services.api_keys.ready()  # a KMS key is fetched now
@@ -191,16 +203,34 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:
-    status = wiring.read_status(config)
-    if args.json:
-        print(json.dumps(status))
+    if args.watch is None:
+        _show_status(config, args.json)
         return 0
+    try:
+        while True:
+            if not args.json:  # one JSON object a line with --json; headed reports without
+                now = time.strftime("%H:%M:%S")
+                print(f"status at {now} (every {args.watch:g} s; Ctrl-C stops)")
+            _show_status(config, args.json)
+            print(end="" if args.json else "\n", flush=True)  # a pipe sees each report now
+            time.sleep(args.watch)
+    except KeyboardInterrupt:  # how a watch ends: not an error
+        return 0
+
+
+def _show_status(config: Config, as_json: bool) -> None:
+    status = wiring.read_status(config)
+    status.update(syncing_process(config.database))
+    if as_json:
+        print(json.dumps(status))
+        return
     oldest = status["oldest_age_seconds"]
     print(
         f"backlog: {status['backlog']} changes"
         + (f", oldest {oldest:.1f}s" if oldest is not None else "")
         + f"; dead letters: {status['dead_letters']}"
     )
+    print(_daemon_line(status))
     for table, entry in status["tables"].items():
         age = entry.get("oldest_age_seconds")
         line = (
@@ -225,7 +255,29 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
                 + " (run `cdc-daemon install`)"
             )
         print(line)
-    return 0
+
+
+def _daemon_line(status: dict[str, Any]) -> str:
+    """`daemon: running (pid 4242); last synced 2026-01-02 10:00:03 (3 s ago)`."""
+    pid, command = status["syncing_pid"], status["syncing_command"]
+    if status["daemon_running"]:
+        running = f"daemon: running (pid {pid or 'unknown'})"
+    elif pid is not None:
+        running = f"daemon: not running; `{command}` (pid {pid}) is syncing"
+    else:
+        running = "daemon: not running"
+    at = status["last_synced_at"]
+    if at is None:
+        return f"{running}; never synced"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    return f"{running}; last synced {when} ({_ago(status['last_synced_seconds_ago'])} ago)"
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _chosen(runtime: Runtime, config: Config, table: str | None) -> list[TableMapping]:
@@ -269,10 +321,10 @@ def _backfill(runtime: Runtime, drainer: Drainer, mappings: list[TableMapping], 
     if holding:  # no daemon runs: this process syncs, so it prepares the collections
         runtime.syncer.ensure_collections()
     backfill = wiring.backfill(runtime)
-    with _progress_bar() as bar:
+    with progress_bar() as bar:
         for mapping in mappings:
             task = bar.add_task(mapping.table, total=None, rate="-")
-            finished = backfill_table(backfill, mapping, drainer, _shown_on(bar, task))
+            finished = backfill_table(backfill, mapping, drainer, shown_on(bar, task))
             done = bar.tasks[task].completed
             print(f"{mapping.table}: {'backfilled' if finished else 'stopped at'} {done:.0f} rows")
             if not finished:
@@ -283,43 +335,6 @@ def _backfill(runtime: Runtime, drainer: Drainer, mappings: list[TableMapping], 
     for line in rejected:
         print(f"cdc-daemon: {line}", file=sys.stderr)
     return 1 if rejected else 0
-
-
-def _progress_bar() -> Progress:
-    from rich.progress import (  # imported here: the other commands start faster without rich
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} rows/s"),
-        TimeRemainingColumn(),
-    )
-    return Progress(*columns, disable=not sys.stderr.isatty(), transient=False)
-
-
-def _shown_on(bar: Progress, task: TaskID) -> Callable[[BackfillProgress], None]:
-    def show(progress: BackfillProgress) -> None:
-        if progress.resumed_from and progress.done == progress.resumed_from:
-            print(f"{progress.table}: resuming after {progress.done} rows")
-        speed = bar.tasks[task].speed
-        bar.update(
-            task,
-            total=progress.total,
-            completed=progress.done,
-            rate=f"{speed:,.0f}" if speed else "-",
-        )
-        log.debug(
-            "backfill progress", table=progress.table, done=progress.done, total=progress.total
-        )
-
-    return show
 
 
 def _wait_for_shared_collections(
@@ -360,7 +375,8 @@ def _wait_for_shared_collections(
 
 
 def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
-    with wiring.command_runtime(config) as runtime:
+    shown = sys.stderr.isatty() and not args.json  # else no bar, and no totals counted for one
+    with wiring.command_runtime(config) as runtime, progress_bar(transient=True) as bar:
         drainer = wiring.drainer(runtime)
         try:
             summary, repaired = verify_tables(
@@ -370,6 +386,7 @@ def _cmd_verify(config: Config, args: argparse.Namespace) -> int:
                 lambda: runtime.log_status.summary(list(runtime.mappings)),
                 repair=args.repair,
                 synced_through=drainer.drain_through,  # no daemon: this process syncs them
+                on_progress=verify_shown_on(bar) if shown else None,
             )
         finally:
             drainer.close()
@@ -388,11 +405,15 @@ def _print_verify(summary: dict[str, Any], repair: bool) -> None:
             f"{table}: {d['rows']} rows, {d['documents']} documents: {d['missing']} missing,"
             f" {d['extra']} extra, {d['stale']} stale"
             + (f" ({d['in_flight']} more on their way)" if d["in_flight"] else "")
+            + (" (after the repair)" if "repaired" in d else "")
         )
         for kind, ids in d["examples"].items():
             for doc_id in ids:
                 reason = d["reasons"].get(doc_id)
                 print(f"  {kind}: {doc_id}" + (f" ({reason})" if reason else ""))
+        for kind, ids in d.get("repaired", {}).items():
+            if ids:
+                print(f"  repaired {len(ids)} {kind}: {_first_ids(ids)}")
     if summary["backlog"] or summary["dead_letters"]:
         age = summary["oldest_age_seconds"]
         print(
@@ -403,6 +424,13 @@ def _print_verify(summary: dict[str, Any], repair: bool) -> None:
     if repair:
         print(f"repaired: {summary['repaired']} differences sent again")
     print("in sync" if summary["in_sync"] else "NOT in sync")
+
+
+def _first_ids(ids: list[str]) -> str:
+    """The first few ids, and how many more (every one is in `verify --json`)."""
+    more = len(ids) - VERIFY_EXAMPLES
+    shown = ", ".join(ids[:VERIFY_EXAMPLES])
+    return shown + (f" and {more} more (all in --json)" if more > 0 else "")
 
 
 def _cmd_dead_letters(config: Config, args: argparse.Namespace) -> int:
@@ -427,6 +455,7 @@ def _cmd_dead_letters(config: Config, args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "install": _cmd_install,
+    "schema": _cmd_schema,
     "uninstall": _cmd_uninstall,
     "check": _cmd_check,
     "run": _cmd_run,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -109,6 +111,24 @@ class KmsConfig(_Strict):
     refresh_interval: float = Field(default=3600, gt=0)
 
 
+def node_url_problem(node: str) -> str | None:
+    """What is wrong with a Typesense node's URL (`init --typesense-url` checks the same)."""
+    if not node.startswith(("http://", "https://")):
+        return f"node {node!r} must start with http:// or https://"
+    return None
+
+
+def init_node_url(url: str) -> tuple[str, str | None]:
+    """`init --typesense-url` as `typesense.nodes` accepts it, and a note when it was changed: a
+    bare `HOST:PORT` gets `http://`; ConfigError for anything else the config would refuse."""
+    if "://" not in url and node_url_problem(f"http://{url}") is None:
+        return f"http://{url}", f"--typesense-url {url}: no scheme given; wrote http://{url}"
+    problem = node_url_problem(url)
+    if problem is not None:
+        raise ConfigError(problem, key="--typesense-url")
+    return url, None
+
+
 class TypesenseConfig(_Strict):
     nodes: list[str] = Field(min_length=1)
     api_key: str | None = Field(default=None, min_length=1)
@@ -126,15 +146,15 @@ class TypesenseConfig(_Strict):
     @classmethod
     def _nodes_are_urls(cls, nodes: list[str]) -> list[str]:
         for node in nodes:
-            if not node.startswith(("http://", "https://")):
-                raise ValueError(f"node {node!r} must start with http:// or https://")
+            if (problem := node_url_problem(node)) is not None:
+                raise ValueError(problem)
         return [node.rstrip("/") for node in nodes]
 
     @field_validator("nearest_node")
     @classmethod
     def _nearest_is_url(cls, node: str | None) -> str | None:
-        if node is not None and not node.startswith(("http://", "https://")):
-            raise ValueError(f"node {node!r} must start with http:// or https://")
+        if node is not None and (problem := node_url_problem(node)) is not None:
+            raise ValueError(problem)
         return node.rstrip("/") if node is not None else None
 
     @model_validator(mode="after")
@@ -314,13 +334,66 @@ def parse_config(raw: dict[str, Any], base_dir: Path, source: str = "config") ->
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        raise ConfigError(f"{source}: {_first_problem(exc)}") from None
+    return _resolve_paths(config, base_dir)
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """`<key path>: <message>` of the error to show. An unknown key comes first: a misspelled
+    `typesens:` also leaves `typesense` missing, and the misspelling is what to fix."""
+    errors = exc.errors()
+    unknown = [error for error in errors if error["type"] == "extra_forbidden"]
+    error = unknown[0] if unknown else errors[0]
+    loc = error["loc"]
+    if unknown:
+        message = unknown_key_message(str(loc[-1]), _known_keys(loc[:-1]))
+    else:
         message = str(error["msg"])
         if error["type"] == "value_error":  # our own validators: the text is the message
             message = message.removeprefix("Value error, ")
-        location = f"{_key_path(error['loc'])}: " if error["loc"] else ""
-        raise ConfigError(f"{source}: {location}{message}") from None
-    return _resolve_paths(config, base_dir)
+    return f"{_key_path(loc)}: {message}" if loc else message
+
+
+def unknown_key_message(key: str, known: list[str]) -> str:
+    """`unknown key 'typesens' (did you mean 'typesense'?)`, else the keys allowed there."""
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f"unknown key {key!r} (did you mean {close[0]!r}?)"
+    return f"unknown key {key!r}" + (f" (known here: {', '.join(known)})" if known else "")
+
+
+def _known_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the section at `loc` (a pydantic error location) allows, in model order."""
+    annotation: Any = Config
+    for part in loc:
+        annotation = _inside(annotation, part)
+    model = _without_none(annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _inside(annotation: Any, part: int | str) -> Any:
+    """The type of `part` (a field, a list index, a dict key) inside a value of `annotation`;
+    None when it can't be told."""
+    annotation = _without_none(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(str(part))
+        return field.annotation if field is not None else None
+    args = get_args(annotation)
+    if get_origin(annotation) is list and args and isinstance(part, int):
+        return args[0]
+    if get_origin(annotation) is dict and len(args) == 2:
+        return args[1]
+    return None
+
+
+def _without_none(annotation: Any) -> Any:
+    """`X | None` → X."""
+    if get_origin(annotation) in (Union, UnionType):
+        rest = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return rest[0] if len(rest) == 1 else None
+    return annotation
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
@@ -366,9 +439,14 @@ def read_api_key(config: TypesenseConfig) -> str:
         return config.api_key
     if config.api_key_env is not None:
         value = os.environ.get(config.api_key_env)
-        if not value:
+        if value is None:
             raise ConfigError(
                 f"typesense.api_key_env: environment variable {config.api_key_env} is not set"
+            )
+        if not value.strip():
+            raise ConfigError(
+                f"typesense.api_key_env: environment variable {config.api_key_env} is empty:"
+                f" set it to the Typesense API key (export {config.api_key_env}=...)"
             )
         return value.strip()
     if config.api_key_file is not None:

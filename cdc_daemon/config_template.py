@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from cdc_daemon.database import Database, TableInfo
-from cdc_daemon.schema import derived_type
+from cdc_daemon.schema import NO_KEY_FIX, derived_type
 
 
 def _scalar(value: str) -> str:
@@ -72,7 +72,5 @@ def render_config(database: Path, typesense_url: str, api_key_env: str) -> str:
     if not usable:
         lines.append("  []  # no table with a PRIMARY KEY: nothing to sync")
     for info in skipped:
-        lines.append(
-            f"# skipped {info.name!r}: no PRIMARY KEY (an implicit rowid changes on VACUUM)"
-        )
+        lines.append(f"# skipped {info.name!r}: no PRIMARY KEY; {NO_KEY_FIX}")
     return "\n".join(lines) + "\n"

@@ -396,7 +396,8 @@ class Daemon:
                     waiter = self._waiter()  # sync.poll_interval may have changed
                     continue  # a SIGHUP during the reload set `stop` too: reload again
                 if self.stop.is_set() and not self._reload_requested:  # SIGHUP wakes us too
-                    log.info("stopping: nothing unsynced was acknowledged")
+                    # A clean stop: what Typesense has not acknowledged is sent on the next start.
+                    log.info("stopping; unsent changes stay in the log for the next start")
                     return 0
                 self._heartbeat()
                 report = self.iteration()

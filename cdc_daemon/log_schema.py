@@ -42,6 +42,26 @@ class LogTables:
         return f"{self.log}:{table}:{kind}"
 
 
+def missing_log_tables(db: Database, names: LogTables) -> list[str]:
+    """The daemon's own tables (log, dead letters, state) that are not in the database: all
+    three before `install` ever ran."""
+    present = {
+        str(row[0]) for row in db.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    return [table for table in (names.log, names.dead, names.state) if table not in present]
+
+
+def not_installed_message(db: Database, names: LogTables, missing: list[str]) -> str:
+    """The one line every command says instead of SQLite's "no such table"."""
+    if len(missing) == len((names.log, names.dead, names.state)):
+        return f"the change log is not installed in {db.path}: run `cdc-daemon install`"
+    listed = ", ".join(repr(table) for table in missing)
+    return (
+        f"{db.path}: the change log is partly installed ({listed} missing):"
+        " run `cdc-daemon install`"
+    )
+
+
 class Op(StrEnum):
     """Why an entry is in the change log (its `op` column). The sync path treats every op alike
     (it reads the key's row now: a row upserts its document, no row deletes it); the op says who
@@ -78,6 +98,9 @@ DELETED_BY_OTHERS = "deleted-by-others"
 """Log entries deleted by anything but the daemon, ever (counted by the guard trigger)."""
 DATABASE_FILE = "database-file"
 """The file last synced: `<inode> <token>` (sweep.py: a replaced file is noticed)."""
+LAST_SYNCED = "last-synced"
+"""Unix time the processor last acknowledged synced changes (`status`), written with an ack at
+most about once a second (changelog.py): an idle daemon writes nothing."""
 
 # Prefixes: the name is the prefix followed by a table's name.
 BACKFILL_PREFIX = "backfill:"

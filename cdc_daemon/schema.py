@@ -166,15 +166,25 @@ def derived_type(declared_type: str) -> str | None:
     return "string"  # DATE, DATETIME, TIMESTAMP and anything else: the stored text
 
 
+# Said wherever a table without a key is refused (init's note, the config error): the fix.
+NO_KEY_FIX = (
+    "cdc-daemon needs an explicit key (an implicit rowid is renumbered by VACUUM): rebuild the"
+    " table with a PRIMARY KEY on its unique column(s), or an `id INTEGER PRIMARY KEY` column,"
+    " and copy the rows over (ALTER TABLE can't add one)"
+)
+
+# A configured view: what it is not, and what to configure instead.
+VIEW_FIX = (
+    "a view has no triggers to log its changes and no key of its own: configure the table it"
+    " reads from instead (its `where` can select the same rows)"
+)
+
+
 def build_mapping(info: TableInfo, options: MappingOptions) -> TableMapping:
     """Combine the table's columns with its options; ConfigError names the bad option's key
     relative to the table's entry (`fields.x`; the root adds `tables[N]`)."""
     if not info.key:
-        raise ConfigError(
-            f"table {info.name!r} has no PRIMARY KEY; cdc-daemon needs an explicit"
-            " key (an implicit rowid is renumbered by VACUUM)",
-            key="table",
-        )
+        raise ConfigError(f"table {info.name!r} has no PRIMARY KEY; {NO_KEY_FIX}", key="table")
     names = {c.name for c in info.columns}
     for key_name, columns in (
         ("include", options.include or []),

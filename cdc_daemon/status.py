@@ -3,13 +3,15 @@ resyncs, missing triggers and what a reload left to clear."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from cdc_daemon.backfill import backfills_in_progress
-from cdc_daemon.database import Database, TableInfo
+from cdc_daemon.database import Database, ProcessorLock, TableInfo
 from cdc_daemon.errors import CdcError
 from cdc_daemon.evolution import rebuilds_in_progress
-from cdc_daemon.log_schema import LogTables
+from cdc_daemon.log_schema import LAST_SYNCED, LogTables, StateStore
 from cdc_daemon.log_status import LogStatus
 from cdc_daemon.reconfigure import leftover_summary
 from cdc_daemon.sweep import owed_resyncs
@@ -28,7 +30,58 @@ def sync_status(db: Database, names: LogTables, tables: list[str]) -> dict[str, 
     for table, leftovers in leftover_summary(db, names).items():  # a reload's old documents
         status["tables"].setdefault(table, {})["leftovers"] = leftovers
     _add_trigger_problems(status, db, names, tables)
+    status.update(last_synced(db, names))
     return status
+
+
+def last_synced(db: Database, names: LogTables) -> dict[str, float | None]:
+    """When the processor last acknowledged synced changes (recorded with an ack, at most about
+    once a second: changelog.py), and how long ago; None when never."""
+    value = StateStore(db, names).get(LAST_SYNCED)
+    if value is None:
+        return {"last_synced_at": None, "last_synced_seconds_ago": None}
+    at = float(value)
+    return {"last_synced_at": at, "last_synced_seconds_ago": round(max(0.0, time.time() - at), 3)}
+
+
+SYNCING_COMMANDS = ("run", "backfill", "verify")  # the commands that take the processor lock
+
+
+def syncing_process(database: Path) -> dict[str, Any]:
+    """Whether a daemon runs for this database: the process holding its processor lock (the
+    daemon, or a `backfill` / `verify --repair` syncing without one), its pid and command."""
+    lock = ProcessorLock(database)
+    if not lock.busy():
+        return {"daemon_running": False, "syncing_pid": None, "syncing_command": None}
+    holder = lock.holder()
+    pid = int(holder) if holder.isdigit() else None
+    command = _command_of(pid) if pid is not None else None
+    return {
+        "daemon_running": command in ("run", None),  # unknown: most likely the daemon
+        "syncing_pid": pid,
+        "syncing_command": command,
+    }
+
+
+def _command_of(pid: int) -> str | None:
+    """The cdc-daemon command process `pid` runs, from /proc (None where unreadable)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    # The first of these after the program's own name (`--config FILE` may come before).
+    starts = [i for i, arg in enumerate(args) if Path(arg).name in ("cdc_daemon", "cdc-daemon")]
+    if not starts:
+        return None
+    rest = iter(args[starts[0] + 1 :])
+    for arg in rest:
+        if arg == "--config":
+            next(rest, None)
+        elif arg in SYNCING_COMMANDS:
+            return arg
+        elif not arg.startswith("-"):
+            return None
+    return None
 
 
 def _add_trigger_problems(

@@ -163,31 +163,40 @@ def installed_triggers(db: Database, names: LogTables) -> dict[str, tuple[str, s
 
 def install(db: Database, names: LogTables, tables: list[TableInfo]) -> list[str]:
     """Create the log and every trigger in one transaction; idempotent. Returns what changed."""
-    changes: list[str] = []
     with db.write() as conn:
-        if not ensure_log_is_ours(db, names):
-            changes.append(f"created log table {names.log!r}")
-        conn.execute(
-            template("log").substitute(
-                log=quote_ident(names.log),
-                dead=quote_ident(names.dead),
-                state=quote_ident(names.state),
-            )
-        )
-        present = installed_triggers(db, names)
-        wanted = log_guard_trigger(names)
-        for info in tables:
-            wanted.update(expected_triggers(names, info))
-        for name, (table, sql) in present.items():
-            if wanted.get(name) != sql:
-                conn.execute(f"DROP TRIGGER {quote_ident(name)}")
-                if name not in wanted:
-                    changes.append(f"removed trigger {name!r} (table {table!r} not configured)")
-        for name, sql in wanted.items():
-            if present.get(name, (None, None))[1] != sql:
-                conn.execute(sql)
-                changes.append(f"installed trigger {name!r}")
+        statements, changes = install_plan(db, names, tables)
+        for sql in statements:
+            conn.execute(sql)
     return changes
+
+
+def install_plan(
+    db: Database, names: LogTables, tables: list[TableInfo]
+) -> tuple[list[str], list[str]]:
+    """The statements `install` runs on this database now, in order, and what they change.
+    Only reads: `install --dry-run` prints the statements."""
+    changes: list[str] = []
+    if not ensure_log_is_ours(db, names):
+        changes.append(f"created log table {names.log!r}")
+    statements = [
+        template("log").substitute(
+            log=quote_ident(names.log), dead=quote_ident(names.dead), state=quote_ident(names.state)
+        )
+    ]
+    present = installed_triggers(db, names)
+    wanted = log_guard_trigger(names)
+    for info in tables:
+        wanted.update(expected_triggers(names, info))
+    for name, (table, sql) in present.items():
+        if wanted.get(name) != sql:
+            statements.append(f"DROP TRIGGER {quote_ident(name)}")
+            if name not in wanted:
+                changes.append(f"removed trigger {name!r} (table {table!r} not configured)")
+    for name, sql in wanted.items():
+        if present.get(name, (None, None))[1] != sql:
+            statements.append(sql)
+            changes.append(f"installed trigger {name!r}")
+    return statements, changes
 
 
 def uninstall(db: Database, names: LogTables, drop_log: bool) -> list[str]:

@@ -11,7 +11,11 @@ than GRACE too). Anything else is reported with its reason: dead-lettered, retry
 rejection, or waiting in a backlog. When there are few differences, each is checked once more,
 row and document, to rule out races with concurrent writes. Repair logs the differing keys, so
 the normal sync path (one processor, current row state) fixes them; a document whose id no row of
-the table can produce is deleted directly.
+the table can produce is deleted directly. The report names every document repaired.
+
+A caller that shows progress (the `verify` command on a terminal) passes `on_progress`: it is
+told the documents read and the rows compared, with their totals (Typesense's document count,
+one COUNT(*) of the table) asked only then.
 """
 
 from __future__ import annotations
@@ -37,12 +41,27 @@ from cdc_daemon.reconfigure import old_documents
 from cdc_daemon.row_keys import Key, log_key_to_key
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import Sink, id_problem
-from cdc_daemon.table_rows import every_row, rows_by_keys
+from cdc_daemon.table_rows import count_rows, every_row, rows_by_keys
 
 PAGE_SIZE = 2000
 RECHECK_LIMIT = 1000  # differences checked again one by one; beyond this, counts are taken as is
 EXAMPLES = 5
 GRACE = 10.0  # seconds a change may take to reach Typesense before verify counts it
+DOCUMENT_BATCH = 5000  # exported documents stored (and progress told) at a time
+
+
+@dataclass(eq=False)  # each stage's one object, told again as it moves: hashed by identity
+class VerifyProgress:
+    """How far one table's comparison is: `stage` "documents" (read from Typesense) or "rows"
+    (compared); `total` None when unknown."""
+
+    table: str
+    stage: str
+    done: int
+    total: int | None
+
+
+ProgressCallback = Callable[[VerifyProgress], None]
 
 
 def _normalize(value: Any) -> Any:
@@ -78,6 +97,12 @@ class TableDiff:
     in_flight: int = 0  # differences left out: their changes are on their way
     rows: int = 0
     documents: int = 0
+    repaired: dict[str, list[str]] = field(default_factory=dict)  # kind → ids sent again
+
+    def repairable(self) -> dict[str, list[str]]:
+        """The ids Verifier.repair acts on, by kind (not keys that can't be indexed)."""
+        kinds = {"missing": self.missing, "stale": self.stale, "extra": self.extra}
+        return {kind: [d.doc_id for d in found if _repairable(d)] for kind, found in kinds.items()}
 
     @property
     def in_sync(self) -> bool:
@@ -94,7 +119,7 @@ class TableDiff:
             "stale": [d.doc_id for d in self.stale[:EXAMPLES]],
         }
         shown = {doc_id for ids in examples.values() for doc_id in ids}
-        return {
+        summary = {
             "in_sync": self.in_sync,
             "rows": self.rows,
             "documents": self.documents,
@@ -105,6 +130,9 @@ class TableDiff:
             "examples": examples,
             "reasons": {i: r for i, r in self.reasons.items() if i in shown},
         }
+        if self.repaired:  # every id a repair sent again (the command counts after it)
+            summary["repaired"] = self.repaired
+        return summary
 
 
 def summarize(results: dict[str, TableDiff], log_status: dict[str, Any]) -> dict[str, Any]:
@@ -162,8 +190,11 @@ class Verifier:
         """Every row matching `where`, in short read transactions of PAGE_SIZE rows."""
         return every_row(self.db, mapping, PAGE_SIZE)
 
-    def compare(self, mapping: TableMapping) -> TableDiff:
+    def compare(
+        self, mapping: TableMapping, on_progress: ProgressCallback | None = None
+    ) -> TableDiff:
         diff = TableDiff()
+        progress = _Reporter(mapping.table, on_progress)
         with tempfile.TemporaryDirectory(prefix="cdc-verify-") as tmp:
             scratch = apsw.Connection(str(Path(tmp) / "docs.db"))
             scratch.execute("PRAGMA journal_mode = OFF").fetchall()
@@ -171,8 +202,13 @@ class Verifier:
             scratch.execute(
                 "CREATE TABLE docs (id TEXT PRIMARY KEY, digest BLOB, seen INT DEFAULT 0)"
             )
-            self._load_documents(scratch, mapping, diff)
+            self._load_documents(scratch, mapping, diff, progress)
+            progress.start("rows", lambda: count_rows(self.db, mapping))
+            read = 0
             for row in self._rows(mapping):
+                read += 1
+                if read % PAGE_SIZE == 0:
+                    progress.tell(read)
                 if not row_is_live(mapping, row):
                     continue
                 diff.rows += 1
@@ -195,6 +231,7 @@ class Verifier:
                 scratch.execute("UPDATE docs SET seen = 1 WHERE id = ?", (doc_id,))
                 if isinstance(expected, str) or found[0][0] != digest(expected):
                     diff.stale.append(difference)
+            progress.tell(read, finished=True)
             for (doc_id,) in scratch.execute("SELECT id FROM docs WHERE seen = 0"):
                 diff.extra.append(Difference(doc_id, mapping.key_of(doc_id)))
             scratch.close()
@@ -204,9 +241,15 @@ class Verifier:
         return diff
 
     def _load_documents(
-        self, scratch: apsw.Connection, mapping: TableMapping, diff: TableDiff
+        self,
+        scratch: apsw.Connection,
+        mapping: TableMapping,
+        diff: TableDiff,
+        progress: _Reporter,
     ) -> None:
         batch: list[tuple[str, bytes]] = []
+        progress.start("documents", lambda: self._document_count(mapping))
+        read = 0
 
         def flush() -> None:
             with scratch:
@@ -216,6 +259,9 @@ class Verifier:
         # An earlier id_prefix's documents a reload has not cleared yet are this table's too.
         olds = old_documents(self.db, self.changelog.names, mapping)
         for document in self.sink.export(mapping.collection):
+            read += 1
+            if read % DOCUMENT_BATCH == 0:
+                progress.tell(read)
             doc_id = str(document["id"])
             if not doc_id.startswith(mapping.id_prefix) and not any(
                 old.surely_ours(doc_id) for old in olds
@@ -223,9 +269,16 @@ class Verifier:
                 continue  # another host's document in a shared collection (id_prefix)
             diff.documents += 1
             batch.append((str(document["id"]), digest(document)))
-            if len(batch) >= 5000:
+            if len(batch) >= DOCUMENT_BATCH:
                 flush()
         flush()
+        progress.tell(read, finished=True)
+
+    def _document_count(self, mapping: TableMapping) -> int | None:
+        """The collection's documents (every host's, with id_prefix), as Typesense counts them."""
+        collection = self.sink.get_collection(mapping.collection) or {}
+        count = collection.get("num_documents")
+        return count if isinstance(count, int) else None
 
     def _log_view(self, mapping: TableMapping, running: bool) -> _LogView:
         now = time.time()
@@ -301,11 +354,7 @@ class Verifier:
         Those deletes are the one write to documents made beside the loop (an admin request's
         repair runs on its thread): safe, as the sync never upserts an id that no row of the
         table can produce, so nothing the loop sends is undone."""
-        keys = [
-            d.key
-            for d in diff.differences
-            if d.key is not None and not any(isinstance(v, InvalidText) for v in d.key)
-        ]
+        keys = [d.key for d in diff.differences if d.key is not None and _repairable(d)]
         strays = [d.doc_id for d in diff.extra if d.key is None]
         if strays:
             self.sink.delete(mapping.collection, strays)
@@ -340,6 +389,35 @@ def _shown_id(mapping: TableMapping, key: Key) -> str:
     return mapping.doc_id(key) + (f" (not UTF-8: {', '.join(raw)})" if raw else "")
 
 
+def _repairable(difference: Difference) -> bool:
+    """Whether repair acts on it: a key that is not UTF-8 text can't be logged to be sent."""
+    return not any(isinstance(v, InvalidText) for v in difference.key or ())
+
+
+class _Reporter:
+    """One table's progress, told to `on_progress`; nothing (not even a total asked) without
+    one."""
+
+    def __init__(self, table: str, on_progress: ProgressCallback | None) -> None:
+        self.table = table
+        self.on_progress = on_progress
+        self.current = VerifyProgress(table, "", 0, None)
+
+    def start(self, stage: str, total: Callable[[], int | None]) -> None:
+        if self.on_progress is not None:
+            self.current = VerifyProgress(self.table, stage, 0, total())
+            self.on_progress(self.current)
+
+    def tell(self, done: int, finished: bool = False) -> None:
+        if self.on_progress is None:
+            return
+        self.current.done = done
+        total = self.current.total
+        if finished or (total is not None and done > total):  # counted while the app wrote
+            self.current.total = done
+        self.on_progress(self.current)
+
+
 def _readable(log_key: Any, mapping: TableMapping) -> Key | None:
     try:
         return log_key_to_key(log_key, len(mapping.key))
@@ -367,23 +445,27 @@ def verify_tables(
     log_status: Callable[[], dict[str, Any]],
     repair: bool = False,
     synced_through: Callable[[int], object] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> tuple[dict[str, Any], int]:
     """The verify of `verify` and the admin API: each table compared (and with `repair`, after
     refusing a collection that isn't this database's, repaired: Verifier.repair), then the
     summary. `synced_through(seq)` (the command, which syncs itself): waits for the repair to be
     synced, then compares again; without it (the daemon's loop delivers) the first comparison
-    is reported. Returns (summary, differences repaired)."""
+    is reported. A repaired table's summary names every id repaired (`repaired`). Returns
+    (summary, differences repaired)."""
     results: dict[str, TableDiff] = {}
     repaired = 0
     for mapping in mappings:
-        diff = verifier.compare(mapping)
+        diff = verifier.compare(mapping, on_progress)
         if repair and not diff.in_sync:
             refuse_foreign_repair(collections, mapping)
             seq = verifier.repair(mapping, diff)
             repaired += len(diff.differences)
+            fixed = diff.repairable()
             if synced_through is not None:
                 if seq:
                     synced_through(seq)
-                diff = verifier.compare(mapping)
+                diff = verifier.compare(mapping, on_progress)
+            diff.repaired = fixed
         results[mapping.table] = diff
     return summarize(results, log_status()), repaired

@@ -35,15 +35,15 @@ from cdc_daemon.config import (
     refuse_restart_only,
 )
 from cdc_daemon.config import config_changes as changed_keys
-from cdc_daemon.daemon import Daemon, Reload, require_installed
+from cdc_daemon.daemon import Daemon, Reload
 from cdc_daemon.database import Database, ProcessorLock, TableInfo
 from cdc_daemon.dead_letters import DeadLetters
 from cdc_daemon.drain import Drainer
-from cdc_daemon.errors import CdcError, ConfigError
+from cdc_daemon.errors import CdcError, ConfigError, DatabaseError
 from cdc_daemon.evolution import CollectionManager
 from cdc_daemon.heartbeat import HeartbeatTransport
 from cdc_daemon.kms import KMS_TIMEOUT, ApiKeys, KmsKey, KmsSource, StaticKey
-from cdc_daemon.log_schema import LogTables
+from cdc_daemon.log_schema import LogTables, missing_log_tables, not_installed_message
 from cdc_daemon.log_status import LogStatus
 from cdc_daemon.logs import configure_logging
 from cdc_daemon.metrics import Metrics
@@ -51,12 +51,13 @@ from cdc_daemon.notify import Notifier
 from cdc_daemon.ownership import NameKeys
 from cdc_daemon.preflight import row_query_problem
 from cdc_daemon.runtime import LoopSettings, Runtime, Services
-from cdc_daemon.schema import MappingOptions, TableMapping, build_mapping
+from cdc_daemon.schema import VIEW_FIX, MappingOptions, TableMapping, build_mapping
 from cdc_daemon.signals import handle_signals
 from cdc_daemon.sink import Sink
 from cdc_daemon.startup_checks import Problem, daemon_running, listen_problem
 from cdc_daemon.status import sync_status
 from cdc_daemon.sync import Syncer
+from cdc_daemon.triggers import ensure_log_is_ours
 from cdc_daemon.typesense import TypesenseSink
 from cdc_daemon.verify import Verifier, verify_tables
 
@@ -231,15 +232,21 @@ def _existing_tables(
     for entry, table in zip(table_entries(config).values(), config.tables, strict=True):
         try:
             if not db.table_exists(table.table):
-                raise ConfigError(
-                    f"{entry}.table: table {table.table!r} does not exist in {config.database}"
-                )
+                raise ConfigError(_not_a_table(db, table.table, config), key=f"{entry}.table")
             infos.append(db.table_info(table.table))
         except ConfigError as exc:
             if broken is None:
                 raise
             broken[table.table] = str(exc)
     return infos
+
+
+def _not_a_table(db: Database, name: str, config: Config) -> str:
+    """Why a configured table is not a table: a view (say so, and what to do), or not there."""
+    rows = db.query("SELECT 1 FROM sqlite_master WHERE name = ? AND type = 'view'", (name,))
+    if rows:
+        return f"{name!r} is a view in {config.database}; {VIEW_FIX}"
+    return f"table {name!r} does not exist in {config.database}"
 
 
 def _usable_mappings(
@@ -341,6 +348,22 @@ def collection_manager(
         for table, entry in entries.items()
     }
     return CollectionManager(sink, db, names, batch_size, keys)
+
+
+def install_problem(db: Database, names: LogTables) -> str | None:
+    """One line naming `cdc-daemon install` when the log's tables are not (all) there, the one
+    check every command makes before it touches them; ConfigError when a table of the log's
+    name was not created by cdc-daemon."""
+    missing = missing_log_tables(db, names)
+    if names.log not in missing:
+        ensure_log_is_ours(db, names)
+    return not_installed_message(db, names, missing) if missing else None
+
+
+def require_installed(db: Database, names: LogTables) -> None:
+    problem = install_problem(db, names)
+    if problem is not None:
+        raise DatabaseError(problem)
 
 
 @contextmanager
@@ -528,6 +551,12 @@ def serve(config: Config, load_config: Callable[[], Config] | None, once: bool =
     except BaseException:
         services.close()
         raise
+    try:
+        require_installed(runtime.db, runtime.names)
+    except BaseException:
+        runtime.close()
+        services.close()
+        raise
     factory = RuntimeFactory(config, load_config, stop, notifier.heartbeat)
     daemon = Daemon(runtime, factory, notifier)
     admin: AdminServer | None = None
@@ -594,6 +623,7 @@ def dead_letters(config: Config) -> Iterator[tuple[DeadLetters, dict[str, TableM
     """`dead-letters`: the database's dead letters, and the configured tables' mappings."""
     db, _infos, mappings = open_tables(config)
     try:
+        require_installed(db, log_tables(config))
         yield DeadLetters(db, log_tables(config)), mappings
     finally:
         db.close()

@@ -1,12 +1,16 @@
 """The local demo: a sample app database, the bundled Typesense, the daemon, a search.
 
-Run through scripts/demo.sh (which sets up the virtualenv first). Everything lives in ./demo/.
+Run through scripts/demo.sh (which sets up the virtualenv first). Everything lives in ./demo/
+(`--dir` and `--port` are for the test that runs it),
+left for the user to try commands on: the config names a key file, not a variable to export, and
+Typesense's port (8108 when free), so `cdc-daemon local-typesense --data-dir demo/typesense`
+brings the same server back. The last lines printed say how.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import shutil
 import signal
 import sqlite3
@@ -17,17 +21,15 @@ from pathlib import Path
 
 import httpx
 
-from cdc_daemon.localserver import LocalTypesense
+from cdc_daemon.localserver import LocalTypesense, api_key_from, free_port, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / "demo"
-API_KEY = "demo-key"
 
 CONFIG = """\
 database: app.db
 typesense:
   nodes: ["{url}"]
-  api_key_env: DEMO_TYPESENSE_KEY
+  api_key_file: typesense/api.key
 tables:
   - table: elements
     collection: service_a_collection
@@ -41,10 +43,10 @@ tables:
 """
 
 
-def cdc(*args: str) -> subprocess.CompletedProcess[str]:
+def cdc(demo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     print(f"$ cdc-daemon {' '.join(args)}", flush=True)
-    result = subprocess.run([sys.executable, "-m", "cdc_daemon", *args], cwd=DEMO, text=True,
-                            capture_output=True, env={**os.environ, "DEMO_TYPESENSE_KEY": API_KEY})
+    result = subprocess.run([sys.executable, "-m", "cdc_daemon", *args], cwd=demo, text=True,
+                            capture_output=True)
     print(result.stdout, end="")
     if result.returncode not in (0, 1):
         print(result.stderr, file=sys.stderr)
@@ -68,25 +70,32 @@ def app_writes(db: Path) -> None:
 
 
 def main() -> None:
-    shutil.rmtree(DEMO, ignore_errors=True)
-    DEMO.mkdir()
-    db = DEMO / "app.db"
+    parser = argparse.ArgumentParser(description="the local demo")
+    parser.add_argument("--dir", type=Path, default=ROOT / "demo")
+    parser.add_argument("--port", type=int, help="default: 8108 when free, else any free port")
+    args = parser.parse_args()
+    demo = args.dir.resolve()
+    port = args.port or (8108 if port_free(8108) else free_port())
+    shutil.rmtree(demo, ignore_errors=True)
+    demo.mkdir(parents=True)
+    db = demo / "app.db"
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute((ROOT / "config" / "elements.sql").read_text(encoding="utf-8"))
     conn.close()
 
     print("starting the bundled Typesense server...", flush=True)
-    with LocalTypesense(DEMO / "typesense", api_key=API_KEY) as server:
-        (DEMO / "cdc.yaml").write_text(CONFIG.format(url=server.url))
-        cdc("install")
-        daemon = subprocess.Popen([sys.executable, "-m", "cdc_daemon", "run"], cwd=DEMO,
-                                  env={**os.environ, "DEMO_TYPESENSE_KEY": API_KEY},
-                                  stderr=open(DEMO / "daemon.log", "w"))  # noqa: SIM115
+    # The key file where `local-typesense --data-dir demo/typesense` looks for it.
+    api_key = api_key_from(demo / "typesense" / "api.key")
+    with LocalTypesense(demo / "typesense", api_key=api_key, port=port) as server:
+        (demo / "cdc.yaml").write_text(CONFIG.format(url=server.url))
+        cdc(demo, "install")
+        daemon = subprocess.Popen([sys.executable, "-m", "cdc_daemon", "run"], cwd=demo,
+                                  stderr=open(demo / "daemon.log", "w"))  # noqa: SIM115
         try:
             print("the app writes 5 rows, updates one, deletes one (stdlib sqlite3)...", flush=True)
             app_writes(db)
-            search = httpx.Client(base_url=server.url, headers={"X-TYPESENSE-API-KEY": API_KEY})
+            search = httpx.Client(base_url=server.url, headers={"X-TYPESENSE-API-KEY": api_key})
             params = {"q": "blueberry", "query_by": "comment"}
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -99,13 +108,34 @@ def main() -> None:
             print(f"search 'blueberry' → {len(hits)} hit(s):")
             for hit in hits:
                 print("  " + json.dumps(hit["document"], ensure_ascii=False))
-            cdc("status")
-            verified = cdc("verify")
+            cdc(demo, "status")
+            verified = cdc(demo, "verify")
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=30)
-    print(f"daemon exited with {daemon.returncode}; its log is in demo/daemon.log")
+    print(f"daemon exited with {daemon.returncode}; its log is in {demo / 'daemon.log'}")
+    print(NEXT_STEPS.format(port=port))
     raise SystemExit(0 if hits and verified.returncode == 0 else 1)
+
+
+NEXT_STEPS = """
+The demo stopped its daemon and Typesense; its files stay in demo/ (app.db, cdc.yaml).
+Try it yourself. The commands are in .venv/bin (`source .venv/bin/activate` puts them on PATH):
+
+  .venv/bin/cdc-daemon local-typesense --data-dir demo/typesense --port {port}   # Typesense again
+
+and in a second terminal:
+
+  cd demo
+  ../.venv/bin/cdc-daemon status        # what is synced, what waits
+  ../.venv/bin/python -c 'import sqlite3; c = sqlite3.connect("app.db"); c.execute("UPDATE elements SET comment = ? WHERE element_id = 1", ["hello world"]); c.commit()'
+  ../.venv/bin/cdc-daemon run --once    # syncs what changed, then exits (without --once it stays)
+  curl -s -H "X-TYPESENSE-API-KEY: $(cat typesense/api.key)" \\
+      "http://127.0.0.1:{port}/collections/service_a_collection/documents/search?q=hello&query_by=comment"
+  ../.venv/bin/cdc-daemon verify        # exit 0: every row has its exact document
+
+Your own app: README.md, "Quick start for your own app". Every command: cdc-daemon --help.
+"""  # noqa: E501
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ it, the seed's elements table installed. What tests share otherwise is in tests/
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.typesense)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """How many workers pyproject's `-n auto` starts: none (tests run in this process) when the
+    command names only files or tests (`pytest tests/unit/test_config.py`, `...::test_x`), as
+    starting workers costs more than such a run takes, or asks for `--trace` (`--pdb` pytest-xdist
+    handles itself); otherwise one per core, at most 4 (each worker that runs a server test
+    starts a Typesense of its own)."""
+    paths = [Path(config.invocation_params.dir, arg.split("::")[0]) for arg in config.args]
+    if config.option.trace or (paths and all(path.is_file() for path in paths)):
+        return 0
+    return min(4, os.cpu_count() or 1)
 
 
 @pytest.fixture(scope="session")

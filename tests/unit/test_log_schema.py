@@ -22,6 +22,7 @@ STORED_STATE_NAMES = {
     "ACKNOWLEDGING": "acknowledging",
     "DELETED_BY_OTHERS": "deleted-by-others",
     "DATABASE_FILE": "database-file",
+    "LAST_SYNCED": "last-synced",
     "BACKFILL_PREFIX": "backfill:",
     "REBUILD_PREFIX": "rebuild:",
     "RETIRE_PREFIX": "retire:",
