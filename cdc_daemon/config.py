@@ -308,7 +308,10 @@ def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(
+            f"{path.absolute()}: config file not found (name one with --config PATH or"
+            " $CDC_CONFIG; `cdc-daemon init` writes one)"
+        ) from None
     except PermissionError:
         raise ConfigError(not_readable(path, "--config")) from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from cdc_daemon.database import Database, TableInfo
-from cdc_daemon.schema import NO_KEY_FIX, derived_type
+from cdc_daemon.schema import NO_KEY_FIX, VIEW_FIX, derived_type
 
 
 def _scalar(value: str) -> str:
@@ -44,6 +44,8 @@ def render_config(database: Path, typesense_url: str, api_key_env: str) -> str:
                 " AND sql NOT LIKE '%cdc-daemon %' ORDER BY name"
             )
         ]
+        views = [row[0] for row in db.query(
+            "SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")]
         infos = [db.table_info(name) for name in names]
     finally:
         db.close()
@@ -73,4 +75,6 @@ def render_config(database: Path, typesense_url: str, api_key_env: str) -> str:
         lines.append("  []  # no table with a PRIMARY KEY: nothing to sync")
     for info in skipped:
         lines.append(f"# skipped {info.name!r}: no PRIMARY KEY; {NO_KEY_FIX}")
+    for view in views:
+        lines.append(f"# skipped {view!r}: {VIEW_FIX}")
     return "\n".join(lines) + "\n"

@@ -72,7 +72,6 @@ class LocalTypesense:
         args = [
             server_binary(),
             f"--data-dir={self.data_dir}",
-            f"--api-key={self.api_key}",
             "--api-address=127.0.0.1",
             f"--api-port={self.port}",
             "--peering-address=127.0.0.1",
@@ -82,7 +81,10 @@ class LocalTypesense:
         if self.nodes_file is not None:
             args.append(f"--nodes={self.nodes_file}")
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115  (owned by the process)
-        self.process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        # The key in the environment, not in argv: `ps` shows every user a command line.
+        env = {**os.environ, "TYPESENSE_API_KEY": self.api_key}
+        self.process = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True,
+                                        env=env)
         log.close()
         if wait:
             self.wait_healthy(wait)

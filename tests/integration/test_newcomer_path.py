@@ -51,6 +51,16 @@ class LocalServer:
         stop_process(self.process, timeout=30)
 
 
+def command_lines() -> list[str]:
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone meanwhile
+            continue
+    return lines
+
+
 @pytest.fixture
 def servers() -> Iterator[list[LocalServer]]:
     started: list[LocalServer] = []
@@ -69,6 +79,9 @@ def test_local_typesense_serves_with_a_key_file_until_ctrl_c(
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert f'export TYPESENSE_API_KEY="$(cat {key_file})"' in server.out.read_text()
     assert server.http().get("/collections").status_code == 200
+    # The key is in no command line (`ps` shows those to every user).
+    lines = [line for line in command_lines() if f"--data-dir={tmp_path / 'ts'}" in line]
+    assert lines and not any(server.key() in line for line in lines), lines
 
     # A second one on the same port: one line, exit 1, nothing started.
     again = run_cdc(["local-typesense", "--data-dir", str(tmp_path / "other"), "--port",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+from pathlib import Path
 
 from support import API_KEY, Env, app_exec, launcher
 
@@ -78,10 +79,12 @@ def test_several_tables_each_into_its_own_collection(env: Env) -> None:
 
 def test_init_output_installs_and_runs_without_edits(env: Env) -> None:
     app_exec(env.db, ITEMS_DDL, "CREATE TABLE no_key (a, b)",
+             "CREATE VIEW live_items AS SELECT * FROM items WHERE status = 'live'",
              "INSERT INTO items (id, name, status) VALUES (1, 'one', 'live')")
     result = launcher.run("init", "--database", str(env.db), "--typesense-url",
                           env.typesense.url, "--api-key-env", "INIT_TEST_KEY", check=True)
     assert "# skipped 'no_key': no PRIMARY KEY" in result.stdout
+    assert "# skipped 'live_items': a view has no triggers" in result.stdout  # before: unsaid
     env.config_path.write_text(result.stdout)
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return launcher.run(*args, config=env.config_path,
@@ -99,3 +102,11 @@ def test_init_output_installs_and_runs_without_edits(env: Env) -> None:
     assert "items: 2 rows, 2 documents" in verify.stdout
     env.http.delete("/collections/items__v1")
     env.http.delete("/aliases/items")
+
+
+def test_a_missing_config_says_where_it_looked_and_how_to_name_one(tmp_path: Path) -> None:
+    result = launcher.run("status", cwd=tmp_path, extra_env={"CDC_CONFIG": ""})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"cdc-daemon: error: {tmp_path / 'cdc.yaml'}: config file not found (name one with"
+        " --config PATH or $CDC_CONFIG; `cdc-daemon init` writes one)")
