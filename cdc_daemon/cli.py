@@ -30,7 +30,13 @@ from cdc_daemon.runtime import Runtime
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.signals import handle_signals
 from cdc_daemon.status import syncing_process
-from cdc_daemon.triggers import install, install_plan, trigger_problems, uninstall
+from cdc_daemon.triggers import (
+    install,
+    install_plan,
+    install_problem,
+    trigger_problems,
+    uninstall,
+)
 from cdc_daemon.verify import EXAMPLES as VERIFY_EXAMPLES
 from cdc_daemon.verify import verify_tables
 from cdc_daemon.wiring import startup_problems
@@ -150,7 +156,7 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
     startup = startup_problems(config)  # what `run` refuses beyond tables, keys and Typesense
     problems: list[str] = [problem.text for problem in startup]
     try:
-        not_installed = wiring.install_problem(runtime.db, runtime.names)
+        not_installed = install_problem(runtime.db, runtime.names)
         if not_installed is not None:  # one line: `install` creates the log and every trigger
             problems.append(not_installed)
         else:

@@ -21,9 +21,8 @@ from typing import Protocol
 
 import structlog
 
-from cdc_daemon.database import Database, ProcessorLock, file_identity
+from cdc_daemon.database import ProcessorLock, file_identity
 from cdc_daemon.errors import CdcError, DatabaseError
-from cdc_daemon.log_schema import LogTables
 from cdc_daemon.metrics import Metrics, error_kind
 from cdc_daemon.notify import Notifier
 from cdc_daemon.replaced_file import ReplacedFile
@@ -32,7 +31,7 @@ from cdc_daemon.retry import backoff_delay, call_with_retry
 from cdc_daemon.runtime import Runtime, Services
 from cdc_daemon.sync import BatchReport
 from cdc_daemon.trigger_watch import TriggerWatch
-from cdc_daemon.triggers import ensure_log_is_ours
+from cdc_daemon.triggers import require_installed
 from cdc_daemon.wake import ChangeWaiter
 
 log = structlog.get_logger("cdc_daemon")
@@ -66,13 +65,6 @@ class Factory(Protocol):
     def keep_running_config(self) -> None:
         """A reload failed: undo what reading the new config changed (the log format)."""
         ...
-
-
-def require_installed(db: Database, names: LogTables) -> None:
-    if not ensure_log_is_ours(db, names):
-        raise DatabaseError(
-            f"{db.path}: log table {names.log!r} is missing: run `cdc-daemon install`"
-        )
 
 
 def log_batch(report: BatchReport) -> None:

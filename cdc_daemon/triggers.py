@@ -8,8 +8,15 @@ from pathlib import Path
 from string import Template
 
 from cdc_daemon.database import Database, TableInfo, quote_ident, quote_literal
-from cdc_daemon.errors import ConfigError
-from cdc_daemon.log_schema import ACKNOWLEDGING, DELETED_BY_OTHERS, LogTables, Op
+from cdc_daemon.errors import ConfigError, DatabaseError
+from cdc_daemon.log_schema import (
+    ACKNOWLEDGING,
+    DELETED_BY_OTHERS,
+    LogTables,
+    Op,
+    missing_log_tables,
+    not_installed_message,
+)
 from cdc_daemon.row_keys import log_key_sql
 
 LOG_MARKER = "cdc-daemon change log"
@@ -147,6 +154,22 @@ def ensure_log_is_ours(db: Database, names: LogTables) -> bool:
             " choose another log_table"
         )
     return True
+
+
+def install_problem(db: Database, names: LogTables) -> str | None:
+    """One line naming `cdc-daemon install` when the log's tables are not (all) there: the check
+    every command, and the daemon after a reopen, makes before it touches them; ConfigError when
+    a table of the log's name was not created by cdc-daemon."""
+    missing = missing_log_tables(db, names)
+    if names.log not in missing:
+        ensure_log_is_ours(db, names)
+    return not_installed_message(db, names, missing) if missing else None
+
+
+def require_installed(db: Database, names: LogTables) -> None:
+    problem = install_problem(db, names)
+    if problem is not None:
+        raise DatabaseError(problem)
 
 
 def installed_triggers(db: Database, names: LogTables) -> dict[str, tuple[str, str]]:

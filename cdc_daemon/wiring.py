@@ -39,11 +39,11 @@ from cdc_daemon.daemon import Daemon, Reload
 from cdc_daemon.database import Database, ProcessorLock, TableInfo
 from cdc_daemon.dead_letters import DeadLetters
 from cdc_daemon.drain import Drainer
-from cdc_daemon.errors import CdcError, ConfigError, DatabaseError
+from cdc_daemon.errors import CdcError, ConfigError
 from cdc_daemon.evolution import CollectionManager
 from cdc_daemon.heartbeat import HeartbeatTransport
 from cdc_daemon.kms import KMS_TIMEOUT, ApiKeys, KmsKey, KmsSource, StaticKey
-from cdc_daemon.log_schema import LogTables, missing_log_tables, not_installed_message
+from cdc_daemon.log_schema import LogTables
 from cdc_daemon.log_status import LogStatus
 from cdc_daemon.logs import configure_logging
 from cdc_daemon.metrics import Metrics
@@ -57,7 +57,7 @@ from cdc_daemon.sink import Sink
 from cdc_daemon.startup_checks import Problem, daemon_running, listen_problem
 from cdc_daemon.status import sync_status
 from cdc_daemon.sync import Syncer
-from cdc_daemon.triggers import ensure_log_is_ours
+from cdc_daemon.triggers import require_installed
 from cdc_daemon.typesense import TypesenseSink
 from cdc_daemon.verify import Verifier, verify_tables
 
@@ -348,22 +348,6 @@ def collection_manager(
         for table, entry in entries.items()
     }
     return CollectionManager(sink, db, names, batch_size, keys)
-
-
-def install_problem(db: Database, names: LogTables) -> str | None:
-    """One line naming `cdc-daemon install` when the log's tables are not (all) there, the one
-    check every command makes before it touches them; ConfigError when a table of the log's
-    name was not created by cdc-daemon."""
-    missing = missing_log_tables(db, names)
-    if names.log not in missing:
-        ensure_log_is_ours(db, names)
-    return not_installed_message(db, names, missing) if missing else None
-
-
-def require_installed(db: Database, names: LogTables) -> None:
-    problem = install_problem(db, names)
-    if problem is not None:
-        raise DatabaseError(problem)
 
 
 @contextmanager

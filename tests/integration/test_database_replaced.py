@@ -221,7 +221,7 @@ def test_restored_backup_from_before_install_waits_for_install(env: Env) -> None
         wait_for(lambda: len(env.documents("elements")) == 20, timeout=60,
                  message="the rows written after install synced")
         os.replace(copy, env.db)
-        wait_for(lambda: "is missing: run `cdc-daemon install`" in read_daemon_log(env),
+        wait_for(lambda: "change log is not installed in" in read_daemon_log(env),
                  timeout=10, message="an error naming the missing log")
         app_exec(env.db, "UPDATE elements SET comment = 'not logged' WHERE id = 3")
         assert daemon.poll() is None, read_daemon_log(env)  # it waits, it does not exit
