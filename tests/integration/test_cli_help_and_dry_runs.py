@@ -1,6 +1,8 @@
 """Dry runs (issue 15 item 7): `install --dry-run` prints the SQL `install` runs and changes
 nothing; `schema` prints the collection schema each table gets without a Typesense or its key.
-The CLI runs as a subprocess on a database the app (stdlib sqlite3, its own process) wrote."""
+The CLI runs on a database the app (stdlib sqlite3, its own process) wrote: in the test's
+process (support.cli_inprocess; nothing here reaches a server), except the dry run whose script
+the app runs, which comes from `python -m cdc_daemon` itself."""
 
 from __future__ import annotations
 
@@ -12,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from support import app_exec
-from support.launcher import run
+from support import app_exec, cli_inprocess, launcher
 
 from cdc_daemon.localserver import free_port
 
@@ -49,7 +50,7 @@ def app_database(tmp: Path) -> Path:
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run(*args, config=config, cwd=config.parent)
+    return cli_inprocess.run(*args, config=config, cwd=config.parent)
 
 
 def run_script_as_the_app(db: Path, script: str) -> None:
@@ -65,7 +66,7 @@ def test_install_dry_run_prints_install_sql_and_changes_nothing(tmp_path: Path) 
     db = app_database(tmp_path)
     config = write_config(tmp_path, [{"table": "books"}, {"table": "loans"}])
     before = fingerprint(db)
-    result = cli(config, "install", "--dry-run")
+    result = launcher.run("install", "--dry-run", config=config, cwd=config.parent)
     assert result.returncode == 0, result.stderr
     assert fingerprint(db) == before
     script = result.stdout

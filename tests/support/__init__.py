@@ -1,7 +1,8 @@
 """What tests share, in one place (tests/conftest.py holds only fixtures and hooks).
 
 - launcher: the one place `python -m cdc_daemon` command lines are built and started
-  (`run`, `start`, `start_logged`, `run_cdc`, `stop_process`).
+  (`run`, `start`, `start_logged`, `run_cdc`, `stop_process`); cli_inprocess: `run`, the same
+  call in the test's own process, for commands that reach no server.
 - poll: `wait_for`, the one poller (a deadline, never a fixed sleep).
 - app_writer: the app, as a separate stdlib-sqlite3 process (`app_write`, `app_exec`).
 - world: `Env`, one test's world (database, config, CLI, collections); the fault suite's

@@ -25,8 +25,11 @@ INHERITED_OUT = (
 
 def command(*args: str, config: Path | None = None) -> list[str]:
     """`python -m cdc_daemon [--config CONFIG] ARGS...`."""
-    options = ["--config", str(config)] if config is not None else []
-    return [sys.executable, "-m", "cdc_daemon", *options, *args]
+    return [sys.executable, "-m", "cdc_daemon", *config_option(config), *args]
+
+
+def config_option(config: Path | None) -> list[str]:
+    return ["--config", str(config)] if config is not None else []
 
 
 def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -44,9 +47,13 @@ def run(*args: str, config: Path | None = None, cwd: Path | None = None, timeout
         cwd=cwd, env=environment(extra_env),
     )
     if check:
-        assert result.returncode == 0, (
-            f"{args}: rc={result.returncode}\n{result.stdout}\n{result.stderr}")
+        assert_succeeded(args, result)
     return result
+
+
+def assert_succeeded(args: tuple[str, ...], result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, (
+        f"{args}: rc={result.returncode}\n{result.stdout}\n{result.stderr}")
 
 
 def start(*args: str, config: Path | None = None, cwd: Path | None = None,

@@ -1,6 +1,6 @@
 """`Env`: one test's world against a real Typesense — a directory, the app's database, a config
-for the CLI, an HTTP client to look at the collections, and the CLI run as a subprocess. The
-fault suite's FaultWorld builds on it."""
+for the CLI, an HTTP client to look at the collections, and the CLI run as a subprocess (or in
+this process for a world that reaches no server). The fault suite's FaultWorld builds on it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import yaml
 
 from cdc_daemon.localserver import LocalTypesense
 
-from . import launcher
+from . import cli_inprocess, launcher
 
 API_KEY = "test-admin-key"
 
@@ -38,10 +38,12 @@ def collection_documents(http: httpx.Client, collection: str) -> dict[str, dict[
 
 class Env:
     """One test's world: a database, a config for it, and helpers to run the CLI. Collections
-    are named `<prefix>_<table>`, so tests sharing the session's server never meet."""
+    are named `<prefix>_<table>`, so tests sharing the session's server never meet.
+    `in_process`: `cli` runs the CLI in the test's process (support.cli_inprocess), for a
+    world no command reaches a server from; otherwise as a subprocess."""
 
     def __init__(self, tmp_path: Path, typesense: LocalTypesense | str, name: str, *,
-                 db: Path | None = None) -> None:
+                 db: Path | None = None, in_process: bool = False) -> None:
         self.tmp = tmp_path
         self.typesense_url = typesense if isinstance(typesense, str) else typesense.url
         self.typesense = typesense
@@ -49,6 +51,7 @@ class Env:
         self.config_path = tmp_path / "cdc.yaml"
         self.prefix = name
         self.http = typesense_client(self.typesense_url)
+        self.in_process = in_process
 
     def collection(self, table: str) -> str:
         return f"{self.prefix}_{table}"
@@ -71,8 +74,10 @@ class Env:
 
     def cli(self, *args: str, timeout: float = 120, check: bool = False,
             config: Path | None = None) -> subprocess.CompletedProcess[str]:
-        return launcher.run(*args, config=config or self.config_path, cwd=self.tmp,
-                            timeout=timeout, check=check)
+        config = config or self.config_path
+        if self.in_process:  # no timeout: pytest's own (pyproject) ends a hung test
+            return cli_inprocess.run(*args, config=config, cwd=self.tmp, check=check)
+        return launcher.run(*args, config=config, cwd=self.tmp, timeout=timeout, check=check)
 
     def start_daemon(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """`run` with its output in pipes (for short runs; see start_daemon_logged)."""
