@@ -19,7 +19,11 @@ from cdc_daemon.log_schema import (
 )
 from cdc_daemon.row_keys import log_key_sql
 
+# The comment each CREATE TABLE of sql/log.sql carries (sqlite_master keeps a statement's text,
+# comments too): how a table of the log's names is known to be cdc-daemon's own.
 LOG_MARKER = "cdc-daemon change log"
+DEAD_MARKER = "cdc-daemon dead letters"
+STATE_MARKER = "cdc-daemon state"
 # The op letters the triggers write (log_schema.Op), as the templates' SQL literals.
 TRIGGER_OPS = {
     "op_insert": quote_literal(Op.INSERT),
@@ -144,25 +148,43 @@ def log_guard_trigger(names: LogTables) -> dict[str, str]:
 
 
 def ensure_log_is_ours(db: Database, names: LogTables) -> bool:
-    """True if the log exists (and is ours); ConfigError if a foreign table has its name."""
-    rows = db.query("SELECT sql FROM sqlite_master WHERE name = ? AND type = 'table'", (names.log,))
-    if not rows:
-        return False
-    if LOG_MARKER not in (rows[0][0] or ""):
-        raise ConfigError(
-            f"log_table: table {names.log!r} exists and was not created by cdc-daemon;"
-            " choose another log_table"
+    """True if the log exists; ConfigError if a table (or view) of one of the log's names (log,
+    dead letters, state) was not created by cdc-daemon: install would adopt it (CREATE TABLE IF
+    NOT EXISTS) and `uninstall --drop-log` drop it with the app's rows."""
+    exists = [
+        _exists_as_ours(db, names, table, marker)
+        for table, marker in (
+            (names.log, LOG_MARKER),
+            (names.dead, DEAD_MARKER),
+            (names.state, STATE_MARKER),
         )
-    return True
+    ]
+    return exists[0]
+
+
+def _exists_as_ours(db: Database, names: LogTables, table: str, marker: str) -> bool:
+    # NOCASE as SQLite compares names: `Change_Log_State` is `change_log_state`.
+    rows = db.query(
+        "SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'view')"
+        " AND name = ? COLLATE NOCASE",
+        (table,),
+    )
+    for name, sql in rows:
+        if marker not in (sql or ""):
+            raise ConfigError(
+                f"log_table: table {name!r} exists and was not created by cdc-daemon;"
+                " choose another log_table (cdc-daemon's tables are named after it:"
+                f" {names.log!r}, {names.dead!r}, {names.state!r})"
+            )
+    return bool(rows)
 
 
 def install_problem(db: Database, names: LogTables) -> str | None:
     """One line naming `cdc-daemon install` when the log's tables are not (all) there: the check
     every command, and the daemon after a reopen, makes before it touches them; ConfigError when
     a table of the log's name was not created by cdc-daemon."""
+    ensure_log_is_ours(db, names)
     missing = missing_log_tables(db, names)
-    if names.log not in missing:
-        ensure_log_is_ours(db, names)
     return not_installed_message(db, names, missing) if missing else None
 
 
@@ -198,9 +220,8 @@ def install_plan(
 ) -> tuple[list[str], list[str]]:
     """The statements `install` runs on this database now, in order, and what they change.
     Only reads: `install --dry-run` prints the statements."""
-    changes: list[str] = []
-    if not ensure_log_is_ours(db, names):
-        changes.append(f"created log table {names.log!r}")
+    ensure_log_is_ours(db, names)
+    changes = [f"created log table {table!r}" for table in missing_log_tables(db, names)]
     statements = [
         template("log").substitute(
             log=quote_ident(names.log), dead=quote_ident(names.dead), state=quote_ident(names.state)

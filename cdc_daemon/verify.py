@@ -325,9 +325,8 @@ class Verifier:
     def _recheck(self, mapping: TableMapping, diff: TableDiff) -> None:
         """Look at each difference again, row and document, to drop the ones a write raced."""
         def raced(difference: Difference) -> bool:
-            key = difference.key or ()
-            if any(isinstance(v, InvalidText) for v in key) or id_problem(difference.doc_id):
-                return False  # never indexable, whatever a second look finds
+            if _never_indexable(difference):
+                return False  # whatever a second look finds
             return self._agrees(mapping, difference)
 
         for found in (diff.missing, diff.stale, diff.extra):
@@ -389,9 +388,17 @@ def _shown_id(mapping: TableMapping, key: Key) -> str:
     return mapping.doc_id(key) + (f" (not UTF-8: {', '.join(raw)})" if raw else "")
 
 
+def _never_indexable(difference: Difference) -> bool:
+    """A key no document can have: text that is not UTF-8, or an id the sync refuses (empty,
+    too long: sink.id_problem)."""
+    key = difference.key or ()
+    return any(isinstance(v, InvalidText) for v in key) or id_problem(difference.doc_id) is not None
+
+
 def _repairable(difference: Difference) -> bool:
-    """Whether repair acts on it: a key that is not UTF-8 text can't be logged to be sent."""
-    return not any(isinstance(v, InvalidText) for v in difference.key or ())
+    """Whether repair acts on it (and names it repaired): sending a key no document can have
+    again changes nothing."""
+    return not _never_indexable(difference)
 
 
 class _Reporter:
@@ -460,8 +467,8 @@ def verify_tables(
         if repair and not diff.in_sync:
             refuse_foreign_repair(collections, mapping)
             seq = verifier.repair(mapping, diff)
-            repaired += len(diff.differences)
             fixed = diff.repairable()
+            repaired += sum(len(ids) for ids in fixed.values())  # not keys it can't repair
             if synced_through is not None:
                 if seq:
                     synced_through(seq)

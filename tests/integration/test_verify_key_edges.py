@@ -88,3 +88,21 @@ def test_deletes_of_keys_that_can_have_no_document_are_done_not_dead_letters(env
     assert env.status()["backlog"] == 0
     assert _dead_letters(env) == []
     assert _verify(env)[0] == 0
+
+
+def test_repair_names_only_keys_it_can_repair(env: Env) -> None:
+    # An empty key and one of 10,000 bytes can have no document: repair leaves them out of
+    # `repaired` (as non-UTF-8 keys) instead of naming them repaired on every run.
+    _table(env, "CREATE TABLE tkey (k TEXT PRIMARY KEY, v TEXT)", table="tkey")
+    app_write(env.db, [[("INSERT INTO tkey VALUES (?, 'x')", [k]) for k in ["", "é" * 5000, "a"]]])
+    _run_once(env)
+    response = env.http.delete(f"/collections/{env.collection('tkey')}/documents/a")
+    assert response.status_code == 200, response.text
+    code, summary = _verify(env, "--repair", "--table", "tkey")
+    assert code == 1 and summary["missing"] == 2, summary
+    assert summary["tables"]["tkey"]["repaired"] == {"missing": ["a"], "stale": [], "extra": []}
+    assert summary["repaired"] == 1  # the count too: before, 3 (the two that stay missing)
+    assert set(env.documents("tkey")) == {"a"}
+    text = env.cli("verify", "--repair", "--table", "tkey", timeout=180)
+    assert "Traceback" not in text.stderr, text.stderr[-3000:]
+    assert not [line for line in text.stdout.splitlines() if "  repaired " in line], text.stdout
