@@ -42,15 +42,6 @@ class LogTables:
         return f"{self.log}:{table}:{kind}"
 
 
-def missing_log_tables(db: Database, names: LogTables) -> list[str]:
-    """The daemon's own tables (log, dead letters, state) that are not in the database: all
-    three before `install` ever ran."""
-    present = {
-        str(row[0]) for row in db.query("SELECT name FROM sqlite_master WHERE type = 'table'")
-    }
-    return [table for table in (names.log, names.dead, names.state) if table not in present]
-
-
 def not_installed_message(db: Database, names: LogTables, missing: list[str]) -> str:
     """The one line every command says instead of SQLite's "no such table"."""
     if len(missing) == len((names.log, names.dead, names.state)):

@@ -44,7 +44,7 @@ def last_synced(db: Database, names: LogTables) -> dict[str, float | None]:
     return {"last_synced_at": at, "last_synced_seconds_ago": round(max(0.0, time.time() - at), 3)}
 
 
-SYNCING_COMMANDS = ("run", "backfill", "verify")  # the commands that take the processor lock
+SYNCING_COMMANDS = ("run", "backfill", "verify")  # hold the processor lock to sync
 
 
 def syncing_process(database: Path) -> dict[str, Any]:

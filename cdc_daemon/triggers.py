@@ -14,7 +14,6 @@ from cdc_daemon.log_schema import (
     DELETED_BY_OTHERS,
     LogTables,
     Op,
-    missing_log_tables,
     not_installed_message,
 )
 from cdc_daemon.row_keys import log_key_sql
@@ -148,18 +147,24 @@ def log_guard_trigger(names: LogTables) -> dict[str, str]:
 
 
 def ensure_log_is_ours(db: Database, names: LogTables) -> bool:
-    """True if the log exists; ConfigError if a table (or view) of one of the log's names (log,
-    dead letters, state) was not created by cdc-daemon: install would adopt it (CREATE TABLE IF
-    NOT EXISTS) and `uninstall --drop-log` drop it with the app's rows."""
-    exists = [
-        _exists_as_ours(db, names, table, marker)
+    """True if the log exists; ConfigError as missing_log_tables."""
+    return names.log not in missing_log_tables(db, names)
+
+
+def missing_log_tables(db: Database, names: LogTables) -> list[str]:
+    """The log's tables (log, dead letters, state) not in the database: all three before
+    `install` ever ran. ConfigError if a table (or view) of one of those names was not created
+    by cdc-daemon: install would adopt it (CREATE TABLE IF NOT EXISTS) and `uninstall
+    --drop-log` drop it with the app's rows."""
+    return [  # each of the three looked at, so a foreign one is refused whichever it is
+        table
         for table, marker in (
             (names.log, LOG_MARKER),
             (names.dead, DEAD_MARKER),
             (names.state, STATE_MARKER),
         )
+        if not _exists_as_ours(db, names, table, marker)
     ]
-    return exists[0]
 
 
 def _exists_as_ours(db: Database, names: LogTables, table: str, marker: str) -> bool:
@@ -183,7 +188,6 @@ def install_problem(db: Database, names: LogTables) -> str | None:
     """One line naming `cdc-daemon install` when the log's tables are not (all) there: the check
     every command, and the daemon after a reopen, makes before it touches them; ConfigError when
     a table of the log's name was not created by cdc-daemon."""
-    ensure_log_is_ours(db, names)
     missing = missing_log_tables(db, names)
     return not_installed_message(db, names, missing) if missing else None
 
@@ -220,7 +224,6 @@ def install_plan(
 ) -> tuple[list[str], list[str]]:
     """The statements `install` runs on this database now, in order, and what they change.
     Only reads: `install --dry-run` prints the statements."""
-    ensure_log_is_ours(db, names)
     changes = [f"created log table {table!r}" for table in missing_log_tables(db, names)]
     statements = [
         template("log").substitute(

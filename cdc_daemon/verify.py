@@ -102,7 +102,10 @@ class TableDiff:
     def repairable(self) -> dict[str, list[str]]:
         """The ids Verifier.repair acts on, by kind (not keys that can't be indexed)."""
         kinds = {"missing": self.missing, "stale": self.stale, "extra": self.extra}
-        return {kind: [d.doc_id for d in found if _repairable(d)] for kind, found in kinds.items()}
+        return {
+            kind: [d.doc_id for d in found if not _never_indexable(d)]
+            for kind, found in kinds.items()
+        }
 
     @property
     def in_sync(self) -> bool:
@@ -353,7 +356,8 @@ class Verifier:
         Those deletes are the one write to documents made beside the loop (an admin request's
         repair runs on its thread): safe, as the sync never upserts an id that no row of the
         table can produce, so nothing the loop sends is undone."""
-        keys = [d.key for d in diff.differences if d.key is not None and _repairable(d)]
+        # A key no document can have is not sent again: that would change nothing.
+        keys = [d.key for d in diff.differences if d.key is not None and not _never_indexable(d)]
         strays = [d.doc_id for d in diff.extra if d.key is None]
         if strays:
             self.sink.delete(mapping.collection, strays)
@@ -393,12 +397,6 @@ def _never_indexable(difference: Difference) -> bool:
     too long: sink.id_problem)."""
     key = difference.key or ()
     return any(isinstance(v, InvalidText) for v in key) or id_problem(difference.doc_id) is not None
-
-
-def _repairable(difference: Difference) -> bool:
-    """Whether repair acts on it (and names it repaired): sending a key no document can have
-    again changes nothing."""
-    return not _never_indexable(difference)
 
 
 class _Reporter:
