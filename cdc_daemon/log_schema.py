@@ -4,7 +4,7 @@ writes those names.
 
 What is stored here must stay byte for byte what earlier versions stored (the letters, the
 state names): a database written by one version is read by the next. The tables themselves are
-created by sql/log.sql (triggers.install); README "The change log" describes them.
+created by sql/log.sql (triggers.install); docs/architecture.md "The change log" describes them.
 """
 
 from __future__ import annotations
