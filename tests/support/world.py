@@ -4,6 +4,7 @@ this process for a world that reaches no server). The fault suite's FaultWorld b
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from pathlib import Path
@@ -50,8 +51,13 @@ class Env:
         self.db = db or tmp_path / "app.db"
         self.config_path = tmp_path / "cdc.yaml"
         self.prefix = name
-        self.http = typesense_client(self.typesense_url)
         self.in_process = in_process
+
+    @functools.cached_property
+    def http(self) -> httpx.Client:
+        """Made on first use: a client costs ~30 ms (its TLS context), and most worlds that
+        reach no server never look at a collection."""
+        return typesense_client(self.typesense_url)
 
     def collection(self, table: str) -> str:
         return f"{self.prefix}_{table}"
@@ -99,7 +105,8 @@ class Env:
         return json.loads(self.cli("status", "--json", check=True).stdout)
 
     def close(self) -> None:
-        self.http.close()
+        if "http" in self.__dict__:
+            self.http.close()
 
 
 def start_daemon_logged(env: Env, *args: str, extra_env: dict[str, str] | None = None,
