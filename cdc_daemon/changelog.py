@@ -116,10 +116,12 @@ class ChangeLog:
         succeeded_keys: Iterable[tuple[str, Any]],
         failures: list[KeyFailure],
         deleted_by_others: int,
+        expansions: Sequence[tuple[str, list[Any]]] = (),
     ) -> list[KeyFailure]:
         """Delete the acknowledged seq ranges, back off or dead-letter failures, clear the dead
-        letters of keys that succeeded (`succeeded_keys` is read only if there are any): one
-        short write.
+        letters of keys that succeeded (`succeeded_keys` is read only if there are any), and run
+        `expansions` first (INSERT ... SELECTs logging the keys a dependency row's change touches,
+        dependencies.py: the J entry goes in the same transaction as they come): one write.
 
         `deleted_by_others` is deleted_by_others() as read with the batch: if it moved, nothing
         is written (the entries are read and sent again: harmless). Returns the failures that
@@ -134,6 +136,8 @@ class ChangeLog:
                     " not acknowledging it, it is read again"
                 )
                 return []
+            for sql, params in expansions:  # before the deletes: new seqs above the acked ones
+                conn.execute(sql, params)
             delete = list(acked)
             retrying = self.retrying_entries(conn, deleted_by_others)
             has_dead = self._dead_letters.any(conn)

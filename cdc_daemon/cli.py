@@ -20,9 +20,10 @@ from cdc_daemon.cli_parser import build_parser
 from cdc_daemon.cli_progress import progress_bar, shown_on, verify_shown_on
 from cdc_daemon.config import Config, default_config_path, init_node_url, load_config
 from cdc_daemon.config_template import render_config
+from cdc_daemon.dependencies import missing_indexes
 from cdc_daemon.drain import Drainer, backfill_table
 from cdc_daemon.errors import CdcError, DatabaseError, GaveUp, KmsUnavailable
-from cdc_daemon.evolution import version_name
+from cdc_daemon.evolution import Group, groups_of, version_name
 from cdc_daemon.localserver import serve as serve_local_typesense
 from cdc_daemon.logs import configure_logging, redact
 from cdc_daemon.preflight import sample_problems
@@ -83,12 +84,13 @@ def _main(args: argparse.Namespace) -> int:
 
 def _cmd_install(config: Config, args: argparse.Namespace) -> int:
     db, infos, _mappings = wiring.open_tables(config)
+    joined = wiring.loop_settings(config).joined  # the dependency tables' join columns
     try:
         if args.dry_run:
-            statements, changes = install_plan(db, wiring.log_tables(config), infos)
+            statements, changes = install_plan(db, wiring.log_tables(config), infos, joined)
             print(_install_script(config.database, statements, changes), end="")
             return 0
-        changes = install(db, wiring.log_tables(config), infos)
+        changes = install(db, wiring.log_tables(config), infos, joined)
     finally:
         db.close()
     for change in changes:
@@ -114,21 +116,34 @@ def _cmd_schema(config: Config, args: argparse.Namespace) -> int:
     chosen = (  # '' is a name like any other (refused), not "every table"
         [mappings[config.table(args.table).table]] if args.table is not None else mappings.values()
     )
-    print(json.dumps({mapping.table: _collection_plan(mapping) for mapping in chosen}, indent=2))
+    groups = groups_of(mappings)
+    plans = {mapping.table: _collection_plan(mapping, groups) for mapping in chosen}
+    print(json.dumps(plans, indent=2))
     return 0
 
 
-def _collection_plan(mapping: TableMapping) -> dict[str, Any]:
+def _collection_plan(mapping: TableMapping, groups: dict[str, Group]) -> dict[str, Any]:
     """What the daemon creates for a table (evolution.py): searches use the alias, which points
     to a versioned collection (a schema change rebuilds into the next version). A host that
     follows a shared collection (manage_collection: false) creates nothing: it needs the
-    collection to fit the schema."""
-    name = version_name(mapping.collection, 1) if mapping.manage_collection else None
-    return {
+    collection to fit the schema. Tables sharing a collection show its one schema (the union
+    of theirs) and, under `shared_with`, the other tables in it."""
+    if not mapping.manage_collection:
+        return {
+            "alias": mapping.collection,
+            "manage_collection": False,
+            "schema": mapping.collection_schema(),
+        }
+    group = groups[mapping.collection]
+    plan: dict[str, Any] = {
         "alias": mapping.collection,
-        "manage_collection": mapping.manage_collection,
-        "schema": mapping.collection_schema(name),
+        "manage_collection": True,
+        "schema": group.collection_schema(version_name(mapping.collection, 1)),
     }
+    if len(group.members) > 1:
+        plan["id_prefix"] = mapping.id_prefix
+        plan["shared_with"] = [t for t in group.tables if t != mapping.table]
+    return plan
 
 
 def _cmd_uninstall(config: Config, args: argparse.Namespace) -> int:
@@ -162,8 +177,10 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
         if not_installed is not None:  # one line: `install` creates the log and every trigger
             problems.append(not_installed)
         else:
-            problems.extend(trigger_problems(runtime.db, runtime.names, runtime.tables))
+            joined = runtime.settings.joined
+            problems.extend(trigger_problems(runtime.db, runtime.names, runtime.tables, joined))
         problems.extend(_sampled_rejections(runtime))
+        problems.extend(missing_indexes(runtime.db, runtime.syncer.dependencies))
         try:
             runtime.services.api_keys.ready()  # a KMS key is fetched now
         except KmsUnavailable as exc:

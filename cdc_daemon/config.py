@@ -50,7 +50,8 @@ class _Strict(BaseModel):
 
 
 class FieldOverride(_Strict):
-    """Per-column overrides of the derived Typesense field."""
+    """Per-column overrides of the derived Typesense field; with `sql`, a computed field: an SQL
+    expression evaluated in each row's query (its key under `fields` is its name)."""
 
     type: FieldType | None = None
     facet: bool | None = None
@@ -58,6 +59,24 @@ class FieldOverride(_Strict):
     optional: bool | None = None
     index: bool | None = None
     locale: str | None = None
+    sql: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _computed_fields_have_a_type(self) -> FieldOverride:
+        # No column to derive it from: what the expression gives is only known row by row.
+        if self.sql is not None and self.type is None:
+            raise ValueError("a field with `sql` needs its `type` (e.g. type: string)")
+        return self
+
+
+class DependencyConfig(_Strict):
+    """A table whose rows a document reads (computed fields): its changes re-send the documents
+    joined to the changed row. `join` maps the parent's columns (the configured table's, or the
+    enclosing dependency's) to this table's; `depends_on` continues the chain."""
+
+    table: str = Field(min_length=1)
+    join: dict[str, str] = Field(min_length=1)
+    depends_on: list[DependencyConfig] = Field(default_factory=list)
 
 
 class TableConfig(_Strict):
@@ -78,6 +97,8 @@ class TableConfig(_Strict):
     # False on every host but one for a shared collection: the others never create, change,
     # rebuild or drop it; they wait for it and follow the managing host's migrations.
     manage_collection: bool = True
+    # Tables the computed fields read: a change there re-sends the documents it joins to.
+    depends_on: list[DependencyConfig] = Field(default_factory=list)
 
     @field_validator("id_prefix")
     @classmethod
@@ -305,13 +326,9 @@ class Config(_Strict):
                     f" (also tables[{seen_tables[table.table]}])"
                 )
             if table.collection_name in seen_collections:
-                key = "collection" if table.collection else "table"
-                raise ValueError(
-                    f"tables[{i}].{key}: collection {table.collection_name!r} is used by two"
-                    f" tables (also tables[{seen_collections[table.collection_name]}])"
-                )
+                _refuse_unprefixed_sharing(self.tables, seen_collections[table.collection_name], i)
             seen_tables[table.table] = i
-            seen_collections[table.collection_name] = i
+            seen_collections.setdefault(table.collection_name, i)
         return self
 
     def table(self, name: str) -> TableConfig:
@@ -319,6 +336,37 @@ class Config(_Strict):
             if table.table == name:
                 return table
         raise ConfigError(f"--table {name or repr(name)}: not a configured table")
+
+
+def _refuse_unprefixed_sharing(tables: list[TableConfig], first: int, i: int) -> None:
+    """Entry `i` names the collection of entry `first` (and maybe others before it): allowed
+    when every entry sharing it has its own id_prefix, none starting another's (verify and the
+    sweep tell a table's documents by prefix: with `a:` and `a:b:`, `a:b:1` would be both
+    tables'), and all of them manage it (or all follow another host)."""
+    table = tables[i]
+    name = table.collection_name
+    key = "collection" if table.collection else "table"
+    members = [j for j in range(i) if tables[j].collection_name == name]
+    if any(tables[j].id_prefix is None for j in [*members, i]):
+        raise ValueError(
+            f"tables[{i}].{key}: collection {name!r} is used by two tables (also tables[{first}]):"
+            " tables sharing a collection each need their own id_prefix, e.g. 'b:' and 'a:'"
+        )
+    prefix = table.id_prefix or ""
+    for j in members:
+        other = tables[j].id_prefix or ""
+        if prefix.startswith(other) or other.startswith(prefix):
+            raise ValueError(
+                f"tables[{i}].id_prefix: {prefix!r} and tables[{j}]'s {other!r} in shared"
+                f" collection {name!r}: no prefix may start another (an id would be both"
+                " tables'); choose e.g. 'b:' and 'a:'"
+            )
+        if tables[j].manage_collection != table.manage_collection:
+            raise ValueError(
+                f"tables[{i}].manage_collection: differs from tables[{j}]'s in shared collection"
+                f" {name!r}: the tables of one config that share a collection all manage it or"
+                " all follow another host"
+            )
 
 
 def default_config_path(cli_value: str | None) -> Path:

@@ -19,7 +19,46 @@ def _in_comment(text: str) -> str:
     return text if text.isprintable() else _scalar(text)
 
 
-def _table_entry(info: TableInfo) -> list[str]:
+Join = tuple[str, dict[str, str]]  # (the other table, {this table's column: the other's})
+
+
+def _foreign_keys(db: Database, infos: list[TableInfo]) -> dict[str, list[Join]]:
+    """Table → the joins its foreign keys give, both ways: to the tables it references (a
+    parent's name on its children) and from the tables referencing it (a child table's values
+    as an array)."""
+    keys = {info.name: info.key for info in infos}
+    joins: dict[str, list[Join]] = {info.name: [] for info in infos}
+    for info in infos:
+        found: dict[int, tuple[str, dict[str, str]]] = {}
+        rows = db.query(
+            'SELECT id, "table", "from", "to" FROM pragma_foreign_key_list(?) ORDER BY id, seq',
+            (info.name,),
+        )
+        for fk_id, parent, column, target in rows:
+            found.setdefault(fk_id, (parent, {}))[1][column] = target
+        for parent, columns in found.values():
+            if parent not in joins:
+                continue  # a table without a key, or none at all
+            if None in columns.values():  # REFERENCES parent: its primary key, in order
+                columns = dict(zip(columns, keys[parent], strict=False))
+            joins[info.name].append((parent, columns))
+            joins[parent].append((info.name, {t: c for c, t in columns.items()}))
+    return joins
+
+
+def _depends_on_hint(info: TableInfo, joins: list[Join]) -> list[str]:
+    """Commented-out depends_on entries from the foreign keys, with a computed field showing
+    how a document reads such a table."""
+    if not joins:
+        return []
+    lines = ["    # depends_on:   # from foreign keys: changes there re-send these documents"]
+    for other, columns in joins:
+        join = ", ".join(f"{_scalar(a)}: {_scalar(b)}" for a, b in columns.items())
+        lines.append(f"    #   - {{table: {_scalar(other)}, join: {{{join}}}}}")
+    return lines
+
+
+def _table_entry(info: TableInfo, joins: list[Join]) -> list[str]:
     lines = [f"  - table: {_scalar(info.name)}", f"    collection: {_scalar(info.name)}"]
     lines.append(
         f"    # key: {', '.join(map(_in_comment, info.key))} → document id"
@@ -37,6 +76,8 @@ def _table_entry(info: TableInfo) -> list[str]:
         "    # include: [columns]  exclude: [columns]  rename: {column: field}",
         '    # where: "SQL filter"  soft_delete: column',
         "    # default_sorting_field: a required numeric column",
+        '    # computed field: {name: {type: string, optional: true, sql: "SQL expression"}}',
+        *_depends_on_hint(info, joins),
     ]
     return lines
 
@@ -54,6 +95,7 @@ def render_config(database: Path, typesense_url: str, api_key_env: str) -> str:
         views = [row[0] for row in db.query(
             "SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")]
         infos = [db.table_info(name) for name in names]
+        joins = _foreign_keys(db, [info for info in infos if info.key])
     finally:
         db.close()
     usable = [info for info in infos if info.key]
@@ -77,7 +119,7 @@ def render_config(database: Path, typesense_url: str, api_key_env: str) -> str:
         "tables:",
     ]
     for info in usable:
-        lines += _table_entry(info)
+        lines += _table_entry(info, joins[info.name])
     if not usable:
         lines.append("  []  # no table with a PRIMARY KEY: nothing to sync")
     for info in skipped:

@@ -22,6 +22,7 @@ from typing import Protocol
 import structlog
 
 from cdc_daemon.database import ProcessorLock, file_identity
+from cdc_daemon.dependencies import roots_reading
 from cdc_daemon.errors import CdcError, DatabaseError
 from cdc_daemon.metrics import Metrics, error_kind
 from cdc_daemon.notify import Notifier
@@ -321,9 +322,10 @@ class Daemon:
         runtime = self.runtime
         settings = runtime.settings
         back = self.triggers.look(
-            runtime.db, runtime.names, settings.tables, settings.reinstall_triggers
+            runtime.db, runtime.names, settings.tables, settings.reinstall_triggers, settings.joined
         )
         if back:
+            back = roots_reading(back, runtime.syncer.dependencies, settings.tables)
             self.resync.begin(runtime, back)
             self.triggers.forget(runtime.db, runtime.names, back)
             self.resync.reread(runtime)

@@ -136,14 +136,21 @@ def select_rows(
     not UTF-8 (UnicodeDecodeError), which would fail the whole read. Then the read is done again
     with such columns read as bytes, and each invalid byte becomes U+FFFD (an InvalidText, which
     keeps the original bytes)."""
-    quoted = [quote_ident(c) for c in columns]
+    return select_values(conn, [quote_ident(c) for c in columns], rest, params)
+
+
+def select_values(
+    conn: apsw.Connection, expressions: Sequence[str], rest: str, params: Any = None
+) -> list[tuple[Any, ...]]:
+    """select_rows for SQL expressions (a quoted column, or `(<expression>)`). On the rare
+    second read, for invalid UTF-8, each expression is evaluated up to three times per row."""
     try:
-        return conn.execute(f"SELECT {', '.join(quoted)} {rest}", params).fetchall()
+        return conn.execute(f"SELECT {', '.join(expressions)} {rest}", params).fetchall()
     except UnicodeDecodeError:
         pass
     pairs = ", ".join(
         f"CASE typeof({q}) WHEN 'text' THEN CAST({q} AS BLOB) ELSE {q} END, typeof({q}) = 'text'"
-        for q in quoted
+        for q in expressions
     )
     return [
         tuple(_decoded(row[i], row[i + 1]) for i in range(0, len(row), 2))

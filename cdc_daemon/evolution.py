@@ -11,6 +11,14 @@ A collection that is not ours (a plain collection with the configured name, or a
 collection not named `<name>__v<N>`) is never rebuilt: a difference is reported (SchemaMismatch).
 The rebuild's state lives in the `<log>_state` table, so a restart continues it.
 
+Several tables of the config may share one collection (each with its own `id_prefix`,
+config.py): they are one `Group`, evolved as one. Its schema is the union of theirs
+(schema.union_schema); a rebuild creates one new collection, backfills every member into it, and
+switches the alias once every member's backfill is done and its log drained. The group's state
+(`rebuild:`, `retire:`, `created:`) is kept under its first member's table name: a collection of
+one table keeps the keys it always had, and one found under another member's name (the config's
+order changed) is still the group's.
+
 Shared collections (several hosts, `id_prefix`): one host manages the collection; the others
 (`manage_collection: false`) never create, change, rebuild or drop it. They follow: they write to
 the alias while their documents fit the collection behind it, follow the managing host's rebuild
@@ -55,6 +63,7 @@ from cdc_daemon.schema import (
     added_optional_fields,
     fit_problems,
     schema_differences,
+    union_schema,
 )
 from cdc_daemon.sink import Sink
 from cdc_daemon.table_rows import RowQueryFailed
@@ -70,6 +79,46 @@ class Target:
 
     primary: str
     mirror: str | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """The tables of this config whose documents go to one collection (one, unless several
+    share it with their own id_prefix): created, extended and rebuilt together."""
+
+    members: tuple[TableMapping, ...]
+
+    @property
+    def table(self) -> str:
+        """The name its state and ownership claims go by: the first member's (module doc)."""
+        return self.members[0].table
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(member.table for member in self.members)
+
+    @property
+    def collection(self) -> str:
+        return self.members[0].collection
+
+    @property
+    def label(self) -> str:
+        """How messages name its tables: `table 'books'`, `tables 'books', 'authors'`."""
+        names = ", ".join(repr(t) for t in self.tables)
+        return f"table{'s' if len(self.members) > 1 else ''} {names}"
+
+    def collection_schema(self, name: str | None = None) -> dict[str, Any]:
+        return union_schema(self.members, name)
+
+
+def groups_of(mappings: Mapping[str, TableMapping]) -> dict[str, Group]:
+    """The managed collections' groups, by collection, members in config order; tables that
+    follow another host's collection (manage_collection: false) are followed one by one."""
+    members: dict[str, list[TableMapping]] = {}
+    for mapping in mappings.values():
+        if mapping.manage_collection:
+            members.setdefault(mapping.collection, []).append(mapping)
+    return {collection: Group(tuple(found)) for collection, found in members.items()}
 
 
 def version_name(alias: str, version: int) -> str:
@@ -104,36 +153,65 @@ class CollectionManager:
         self._follow_due = time.monotonic() + FOLLOW_INTERVAL
         self.owners = Ownership(sink, REGISTRY, database_identity(db.path))
         self.keys = keys  # table → the config keys naming its collection (the root's, for messages)
+        # Every table's mapping (the last ensure's; the root sets them for a checker): which
+        # tables share a collection.
+        self.mappings: Mapping[str, TableMapping] = {}
 
     # -- state ----------------------------------------------------------------------------------
 
     def rebuilds(self) -> dict[str, str]:
         return rebuilds_in_progress(self.db, self.names)
 
-    def _end_rebuild(self, table: str) -> None:
+    def _group_state(self, prefix: str, group: Group) -> str | None:
+        """The group's state row: under its first member's name, else another member's."""
+        return next(
+            (value for t in group.tables if (value := self._state.get(prefix + t)) is not None),
+            None,
+        )
+
+    def _rebuilding(self, group: Group) -> str | None:
+        return self._group_state(REBUILD_PREFIX, group)
+
+    def _end_rebuild(self, group: Group) -> None:
         """Forget a rebuild (finished or abandoned) and the collection it retired."""
-        self._state.delete(REBUILD_PREFIX + table, RETIRE_PREFIX + table)
+        self._state.delete(
+            *(prefix + t for t in group.tables for prefix in (REBUILD_PREFIX, RETIRE_PREFIX))
+        )
 
-    def _set_retired(self, table: str, collection: str) -> None:
+    def _set_retired(self, group: Group, collection: str) -> None:
         """Before an alias switch: the collection it leaves, to drop even after a crash."""
-        self._state.set(RETIRE_PREFIX + table, collection)
+        self._state.set(RETIRE_PREFIX + group.table, collection)
 
-    def _retired(self, table: str) -> str | None:
-        return self._state.get(RETIRE_PREFIX + table)
+    def _retired(self, group: Group) -> str | None:
+        return self._group_state(RETIRE_PREFIX, group)
+
+    def _backfill_all(self, group: Group, conn: Any = None) -> None:
+        """Every row of every member again (a new or rebuilt collection, added fields)."""
+        for table in group.tables:
+            self.backfill.start(table, conn)
+
+    def _group_for(self, mapping: TableMapping) -> Group:
+        """The group `mapping` belongs to among the known mappings (the last ensure's)."""
+        group = groups_of(self.mappings).get(mapping.collection)
+        return group if group is not None and mapping.table in group.tables else Group((mapping,))
 
     # -- planning at start, reload and schema change ----------------------------------------------
 
     def ensure(self, mappings: dict[str, TableMapping]) -> dict[str, Target]:
+        """Each table's target; the members of a shared collection all get the same one."""
         self._follow_due = time.monotonic() + self.follow_interval
+        self.mappings = dict(mappings)
         for mapping in mappings.values():
             self._refuse_registry_name(mapping)
+        groups = {group.collection: self._ensure(group) for group in groups_of(mappings).values()}
         return {
-            table: self._ensure(mapping) if mapping.manage_collection else self._follow(mapping)
-            for table, mapping in mappings.items()
+            table: groups[m.collection] if m.manage_collection else self._follow(m)
+            for table, m in mappings.items()
         }
 
-    def _claim(self, mapping: TableMapping, physical: str) -> Claim:
-        return Claim(mapping.collection, physical, mapping.table, self.keys[mapping.table])
+    def _claim(self, group: Group | TableMapping, physical: str) -> Claim:
+        """A shared collection is claimed once, for the group, by its first member's name."""
+        return Claim(group.collection, physical, group.table, self.keys[group.table])
 
     def _refuse_registry_name(self, mapping: TableMapping) -> None:
         registry = self.owners.registry
@@ -144,7 +222,7 @@ class CollectionManager:
                 key=self.keys[mapping.table].collection,
             )
 
-    def _create(self, mapping: TableMapping, physical: str, fresh: bool = False) -> None:
+    def _create(self, mapping: Group, physical: str, fresh: bool = False) -> None:
         """Create `physical` from the table, registered to this database first (ownership.py).
         One that exists already (left over by a crash, a create that timed out but was applied)
         is adopted when its schema matches, else dropped and created again; `fresh` (a rebuild)
@@ -164,7 +242,7 @@ class CollectionManager:
                     " schema: is a second host managing it? (manage_collection)"
                 )
 
-    def _ensure(self, mapping: TableMapping) -> Target:
+    def _ensure(self, mapping: Group) -> Target:
         alias = mapping.collection
         schema = mapping.collection_schema()
         current = self.sink.get_alias(alias)
@@ -172,10 +250,10 @@ class CollectionManager:
             existing = self.sink.get_collection(alias)
             if existing is None:
                 created = CREATED_PREFIX + mapping.table
-                if self._state.get(created):
+                if self._group_state(CREATED_PREFIX, mapping):
                     # Its alias and collection were deleted by hand: every row again (recorded
                     # first: a crash after creating must still fill it).
-                    self.backfill.start(mapping.table)
+                    self._backfill_all(mapping)
                     log.warning("collection was missing; recreated and backfilling", alias=alias)
                 self._create(mapping, version_name(alias, 1))
                 self.sink.set_alias(alias, version_name(alias, 1))
@@ -190,14 +268,14 @@ class CollectionManager:
                 raise SchemaMismatch(f"alias {alias!r} points to {current!r}, which does not exist")
             return self._foreign(mapping, current, existing)
         if existing is None:  # deleted by hand: build it again, with every row
-            self.backfill.start(mapping.table)  # first: a crash after creating must still fill it
+            self._backfill_all(mapping)  # first: a crash after creating must still fill it
             self._create(mapping, current)
             log.warning("collection was missing; recreated and backfilling", collection=current)
             return Target(alias)
         self.owners.require(self._claim(mapping, current))  # before any write, PATCH or drop
-        rebuilding = self.rebuilds().get(mapping.table)
+        rebuilding = self._rebuilding(mapping)
         if rebuilding == current:  # a crash came after the alias switch: the rebuild is done
-            self._finish(mapping.table, alias, rebuilding)
+            self._finish(mapping, alias, rebuilding)
             rebuilding = None
         if not schema_differences(schema, existing):
             if rebuilding:
@@ -212,7 +290,7 @@ class CollectionManager:
             self._abandon(mapping, rebuilding)
         added = added_optional_fields(schema, existing)
         if added:  # the re-send is recorded first: a crash after the PATCH must still send it
-            self.backfill.start(mapping.table)
+            self._backfill_all(mapping)
         if added and self.sink.add_fields(current, added) is None:
             log.info(
                 "fields added; re-sending every row",
@@ -224,7 +302,7 @@ class CollectionManager:
             mapping, alias, current, version, schema_differences(schema, existing)
         )
 
-    def _foreign(self, mapping: TableMapping, name: str, existing: dict[str, Any]) -> Target:
+    def _foreign(self, mapping: Group, name: str, existing: dict[str, Any]) -> Target:
         """A collection cdc-daemon did not create: used as it is, or only given new fields.
         One another database created (configured by its real name, `books__v1`) is refused."""
         self.owners.refuse_if_other(self._claim(mapping, name))
@@ -234,47 +312,48 @@ class CollectionManager:
             return Target(mapping.collection)
         added = added_optional_fields(schema, existing)
         if added:  # recorded first, as in _ensure
-            self.backfill.start(mapping.table)
+            self._backfill_all(mapping)
         if added and self.sink.add_fields(name, added) is None:
             return Target(mapping.collection)
         raise SchemaMismatch(
-            f"collection {name!r} does not match table {mapping.table!r}: "
+            f"collection {name!r} does not match {mapping.label}: "
             + "; ".join(problems)
             + ". It was not created by cdc-daemon, so it is never rebuilt: drop it (cdc-daemon"
             " then creates it behind an alias and backfills) or change the config to match"
         )
 
     def _start_rebuild(
-        self, mapping: TableMapping, alias: str, current: str, version: int, reasons: list[str]
+        self, mapping: Group, alias: str, current: str, version: int, reasons: list[str]
     ) -> Target:
         new = version_name(alias, version + 1)
         self._create(mapping, new, fresh=True)
-        with self.db.write() as conn:  # together: a rebuild never goes on without its backfill
+        with self.db.write() as conn:  # together: a rebuild never goes on without its backfills
             self._state.set(REBUILD_PREFIX + mapping.table, new, conn)
-            self.backfill.start(mapping.table, conn)
+            self._backfill_all(mapping, conn)
         log.warning(
             "schema changed: rebuilding collection",
             table=mapping.table,
+            tables=list(mapping.tables),
             old=current,
             new=new,
             reasons=reasons,
         )
         return Target(new, mirror=alias)
 
-    def _abandon(self, mapping: TableMapping, rebuilding: str) -> None:
+    def _abandon(self, mapping: Group, rebuilding: str) -> None:
         """Drop a rebuild that is no longer wanted; its collection only while nothing uses it
         (delete_collection refuses one an alias points to) and only when it is ours."""
         self._drop(rebuilding, idle=True)
-        self._end_rebuild(mapping.table)
+        self._end_rebuild(mapping)
         log.info("rebuild abandoned", table=mapping.table, collection=rebuilding)
 
-    def _finish(self, table: str, alias: str, collection: str) -> None:
+    def _finish(self, group: Group, alias: str, collection: str) -> None:
         """The alias points at the rebuilt collection: drop the one it left (recorded before
         the switch; also after a crash between any two of these steps) and forget the rebuild."""
-        old = self._retired(table)
+        old = self._retired(group)
         if old is not None and old != collection:
             self._drop(old)
-        self._end_rebuild(table)
+        self._end_rebuild(group)
         log.info(
             "rebuild finished: alias switched", alias=alias, collection=collection, dropped=old
         )
@@ -373,19 +452,20 @@ class CollectionManager:
             return self._owner_problem(mapping, version_name(alias, 1))
         if existing is None:
             return f"alias {alias!r} points to {name!r}, which does not exist"
+        group = self._group_for(mapping)
         try:  # a collection configured by its real name: refused if another database made it
-            self.owners.refuse_if_other(self._claim(mapping, name))
+            self.owners.refuse_if_other(self._claim(group, name))
         except ConfigError as exc:
             return str(exc)
-        schema = mapping.collection_schema(name)
+        schema = group.collection_schema(name)
         problems = schema_differences(schema, existing)
         if not problems or added_optional_fields(schema, existing):
             return None
-        return f"collection {name!r} does not match table {mapping.table!r}: " + "; ".join(problems)
+        return f"collection {name!r} does not match {group.label}: " + "; ".join(problems)
 
     def _owner_problem(self, mapping: TableMapping, physical: str) -> str | None:
         exists = self.sink.get_collection(physical) is not None
-        return self.owners.problem(self._claim(mapping, physical), exists)
+        return self.owners.problem(self._claim(self._group_for(mapping), physical), exists)
 
     # -- between batches ------------------------------------------------------------------------
 
@@ -416,32 +496,44 @@ class CollectionManager:
                         )
                         busy = True
         active = self.backfill.active()
-        for table, target in list(targets.items()):
-            mapping = mappings[table]
-            if table in active:
-                if table in skip:
-                    continue
-                if self.log_status.unsynced_for_table(table, self.batch_size) < self.batch_size:
-                    try:
-                        self.backfill.log_next_page(mapping)
-                    except RowQueryFailed as exc:
-                        if unreadable is None:
-                            raise
-                        unreadable[table] = exc.error
-                        continue
-                    busy = True
-                continue
-            if not mapping.manage_collection:
-                continue  # the managing host switches the alias; we notice in _follow
-            if target.mirror is not None and not self.log_status.unsynced_for_table(table, 1):
-                old = self.sink.get_alias(target.mirror)
-                if old is not None and old != target.primary:
-                    self._set_retired(table, old)
-                self.sink.set_alias(target.mirror, target.primary)
-                self._finish(table, target.mirror, target.primary)
-                targets[table] = Target(target.mirror)
-                busy = True
+        for table in list(targets):
+            if table in active and table not in skip:
+                busy = self._feed(mappings[table], unreadable) or busy
+        for group in groups_of({t: mappings[t] for t in targets}).values():
+            busy = self._switch_when_filled(group, targets, active) or busy
         return busy
+
+    def _feed(self, mapping: TableMapping, unreadable: dict[str, str] | None) -> bool:
+        """Log a backfill page of the table unless a batch of its changes is still waiting."""
+        if self.log_status.unsynced_for_table(mapping.table, self.batch_size) >= self.batch_size:
+            return False
+        try:
+            self.backfill.log_next_page(mapping)
+        except RowQueryFailed as exc:
+            if unreadable is None:
+                raise
+            unreadable[mapping.table] = exc.error
+            return False
+        return True
+
+    def _switch_when_filled(
+        self, group: Group, targets: dict[str, Target], active: Collection[str]
+    ) -> bool:
+        """A rebuild's alias switch, once EVERY member's backfill is done and its log drained
+        (a shared collection is switched whole: no member's documents may go missing)."""
+        target = targets[group.table]
+        if target.mirror is None or any(
+            t in active or self.log_status.unsynced_for_table(t, 1) for t in group.tables
+        ):
+            return False
+        old = self.sink.get_alias(target.mirror)
+        if old is not None and old != target.primary:
+            self._set_retired(group, old)
+        self.sink.set_alias(target.mirror, target.primary)
+        self._finish(group, target.mirror, target.primary)
+        for table in group.tables:
+            targets[table] = Target(target.mirror)
+        return True
 
 
 def rebuilds_in_progress(db: Database, names: LogTables) -> dict[str, str]:

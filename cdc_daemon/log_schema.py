@@ -78,6 +78,13 @@ class Op(StrEnum):
     REPAIR = "V"
     """A key whose document differs from its row: `verify --repair` (verify.py) and the sweep
     after a replaced file (sweep.py)."""
+    JOINED = "J"
+    """A row of a dependency table (`depends_on`) changed: the entry's `tbl` is that table, its
+    `pk` the old and then the new values of its join columns (dependencies.py). Not a key: the
+    daemon turns it into EXPANDED entries of the documents joined to either version of the row."""
+    EXPANDED = "E"
+    """A key whose document reads a dependency row that changed (a JOINED entry, expanded by the
+    daemon in the transaction that acknowledges it: changelog.py)."""
 
 
 # -- names in the state table (`<log>_state`: name TEXT PRIMARY KEY, value TEXT) ------------------

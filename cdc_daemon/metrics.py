@@ -4,7 +4,7 @@ at scrape time, on a connection of their own, so a hung or dead loop still shows
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -26,7 +26,7 @@ from cdc_daemon.kms import KeyStats
 from cdc_daemon.log_schema import LogTables
 from cdc_daemon.log_status import LogStatus
 from cdc_daemon.sync import BatchReport
-from cdc_daemon.triggers import expected_triggers, installed_triggers
+from cdc_daemon.triggers import installed_triggers, wanted_triggers
 
 # No *_created series: they double the output and nobody alerts on them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -48,10 +48,17 @@ BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 class _LogCollector(Collector):
     """Reads the change log and the triggers when Prometheus scrapes, on its own connection."""
 
-    def __init__(self, database: Path, names: LogTables, tables: Callable[[], list[TableInfo]]):
+    def __init__(
+        self,
+        database: Path,
+        names: LogTables,
+        tables: Callable[[], list[TableInfo]],
+        joined: Callable[[], Mapping[str, Sequence[str]]],
+    ):
         self._path = database
         self._names = names
         self._tables = tables
+        self._joined = joined  # the dependency tables (depends_on): their triggers too
         self._db: Database | None = None
         # Scrapes run on the HTTP server's threads, maybe two at once (two Prometheus servers):
         # one read transaction at a time on the shared connection.
@@ -96,13 +103,17 @@ class _LogCollector(Collector):
             "1 when every trigger of the table is present and current",
             labels=["table"],
         )
-        for info in self._tables():
+        tables, joined = self._tables(), self._joined()
+        for info in tables:
             entry = per_table.get(info.name, {})
             table_backlog.add_metric([info.name], entry.get("backlog", 0))
             table_dead.add_metric([info.name], entry.get("dead_letters", 0))
-            wanted = expected_triggers(self._names, info)
+        for table in joined:  # a dependency table's backlog: its rows' changes not expanded yet
+            if table not in {info.name for info in tables}:
+                table_backlog.add_metric([table], per_table.get(table, {}).get("backlog", 0))
+        for table, wanted in wanted_triggers(self._names, tables, joined):
             ok = all(present.get(name, ("", ""))[1] == sql for name, sql in wanted.items())
-            triggers.add_metric([info.name], 1 if ok else 0)
+            triggers.add_metric([table], 1 if ok else 0)
         yield from (up, lag, backlog, table_backlog, dead, table_dead, triggers)
 
 
@@ -158,8 +169,14 @@ class Metrics:
     """The daemon's metrics; `record_*` methods are called by the loop."""
 
     def __init__(
-        self, database: Path, names: LogTables, tables: Callable[[], list[TableInfo]]
+        self,
+        database: Path,
+        names: LogTables,
+        tables: Callable[[], list[TableInfo]],
+        joined: Callable[[], Mapping[str, Sequence[str]]] = dict,
     ) -> None:
+        """`tables`: the configured tables now; `joined`: the dependency tables now, with the
+        join columns their triggers log (LoopSettings.joined)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.synced = Counter(
@@ -199,7 +216,7 @@ class Metrics:
             self.dead_lettered.labels(info.name)
             for op in ("upsert", "delete"):
                 self.synced.labels(info.name, op)
-        r.register(_LogCollector(database, names, tables))
+        r.register(_LogCollector(database, names, tables, joined))
         self._server: WSGIServer | None = None
         self.port = 0
 

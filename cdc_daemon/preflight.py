@@ -16,8 +16,14 @@ from typing import Any
 import apsw
 import apsw.ext
 
-from cdc_daemon.database import Database
-from cdc_daemon.documents import build_document, row_is_live, row_key, size_problem
+from cdc_daemon.database import Database, quote_ident
+from cdc_daemon.documents import (
+    build_document,
+    field_value,
+    row_is_live,
+    row_key,
+    size_problem,
+)
 from cdc_daemon.errors import DocumentError
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.sink import encode_document
@@ -41,11 +47,55 @@ def _compile_problem(db: Database, sql: str) -> str | None:
     return None
 
 
+def expression_problem(conn: apsw.Connection, table: str, sql: str) -> str | None:
+    """Why a computed field's expression can't be one in `table`'s row query (None: it can):
+    it does not compile, could write, or is not exactly one expression (`1), (2` or a comment
+    that hides the rest of the query). Nothing is run."""
+    try:
+        details = apsw.ext.query_info(conn, f"SELECT ({sql}), NULL FROM {quote_ident(table)}")
+    except apsw.Error as exc:
+        return str(exc)
+    if (details.query_remaining or "").strip():
+        return "it ends the expression and starts another statement"
+    if not details.is_readonly:
+        return "it could write to the database"
+    if len(details.description or ()) != 2:
+        return "it is not exactly one expression (a comma, or a comment hiding the rest)"
+    return None
+
+
+def tables_read(conn: apsw.Connection, table: str, sql: str) -> set[str]:
+    """The tables (views: the tables they read) a computed field's expression in `table`'s row
+    query reads, but `table` itself: those whose changes can change the field's value. Table-
+    valued functions (json_each) and SQLite's own tables are left out. The expression must
+    compile (expression_problem)."""
+    details = apsw.ext.query_info(
+        conn, f"SELECT ({sql}) FROM {quote_ident(table)}", actions=True
+    )
+    read = {
+        action.table_name
+        for action in details.actions or ()
+        if action.action_name == "SQLITE_READ" and action.table_name
+    }
+    real = {
+        name
+        for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        if not name.startswith("sqlite_")
+    }
+    return (read & real) - {table}
+
+
 def row_query_problem(db: Database, mapping: TableMapping, entry: str) -> str | None:
-    """Why the query that reads this table's rows (its columns, `where` and `soft_delete`, as
-    sync, backfill and verify use them) does not compile, naming the config key under `entry`
-    (the table's `tables[N]`, as the root numbers them: wiring.table_entries); None when it
-    does."""
+    """Why the query that reads this table's rows (its columns, computed fields, `where` and
+    `soft_delete`, as sync, backfill and verify use them) does not compile, naming the config
+    key under `entry` (the table's `tables[N]`, as the root numbers them:
+    wiring.table_entries); None when it does."""
+    for field in mapping.computed_fields:
+        assert field.sql is not None
+        problem = expression_problem(db.conn, mapping.table, field.sql)
+        if problem is not None:
+            usable = f"is not a usable expression for {mapping.table!r}"
+            return f"{entry}.fields.{field.name}.sql: {field.sql!r} {usable}: {problem}"
     problem = _compile_problem(db, f"{row_query(mapping, filtered=False)} LIMIT 0")
     if problem is not None:
         return f"{entry}.table: cannot read table {mapping.table!r}: {problem}"
@@ -132,6 +182,8 @@ def _document_findings(
     """Add what is wrong with one row's document to `findings` (key: the config key path's
     tail, `fields.<column>` or the row-level problem)."""
     shown_key = _shown(key[0] if len(key) == 1 else key)
+    if _field_findings(mapping, shown_key, row, findings):
+        return  # the row's document can't be built: nothing more to say about it
     try:
         document = build_document(mapping, row)
         oversize = size_problem(encode_document(document))
@@ -140,19 +192,27 @@ def _document_findings(
         return
     if oversize is not None:
         _add(findings, ":size", f"key {shown_key}: {oversize}")
+
+
+def _field_findings(
+    mapping: TableMapping, shown_key: str, row: Sequence[Any], findings: dict[str, _Finding]
+) -> bool:
+    """Add each field of the row that documents.py refuses (a value that doesn't fit, a NULL
+    that is not optional, a computed field's failing expression) or Typesense would reject, at
+    its own key; whether documents.py refused one (then the row has no document)."""
+    refused = False
     for field, value in zip(mapping.fields, row[len(mapping.key) :], strict=False):
         where = f"fields.{field.column}"
-        if field.name not in document:
-            if not field.optional:
-                reason = (
-                    f"Field `{field.name}` has been declared in the schema, but is not found in"
-                    " the document."
-                )
-                _add(findings, where, f"key {shown_key}: NULL ({reason})")
+        try:
+            sent = field_value(field, value)
+        except DocumentError as exc:
+            _add(findings, where, f"key {shown_key}: {exc}")
+            refused = True
             continue
-        problem = value_problem(field.name, field.type, document[field.name])
+        problem = None if sent is None else value_problem(field.name, field.type, sent)
         if problem is not None:
             _add(findings, where, f"key {shown_key}: {_shown(value)} ({problem})")
+    return refused
 
 
 def _add(findings: dict[str, _Finding], where: str, example: str) -> None:

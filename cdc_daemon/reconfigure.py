@@ -70,8 +70,12 @@ def describe(mapping: TableMapping) -> dict[str, Any]:
         "key_affinities": list(mapping.key_affinities),
         "where": mapping.where,
         "soft_delete": mapping.soft_delete,
-        "fields": [[f.column, f.name, f.type] for f in mapping.fields],
+        # A computed field's expression too (an edited one re-sends every document); a
+        # column's entry stays as it was, so older records still match.
+        "fields": [[f.column, f.name, f.type, *([f.sql] if f.sql else [])] for f in mapping.fields],
         "manage_collection": mapping.manage_collection,
+        # Only when there are some, so that older records still match.
+        **({"depends_on": list(mapping.reads)} if mapping.reads else {}),
     }
 
 
@@ -124,7 +128,7 @@ class Reconfiguration:
             plan.reasons[table] = changed
             if any(k in MEMBERSHIP for k in changed):
                 plan.resync.append(table)
-            elif "fields" in changed:
+            elif "fields" in changed or "depends_on" in changed:
                 plan.resend.append(table)
             if before["collection"] != now["collection"] or before["id_prefix"] != now["id_prefix"]:
                 plan.leftovers[table] = before

@@ -67,9 +67,10 @@ def _text_from_hex(hex_text: str) -> str:
         raise ValueError(NOT_UTF8) from None
 
 
-def parse_quoted_key(text: str) -> Key:
-    """Parse `quote(a)||','||quote(b)` (log_key_sql's text) back into values."""
-    values: list[KeyValue] = []
+def parse_quoted_key(text: str, nulls: bool = False) -> Key:
+    """Parse `quote(a)||','||quote(b)` (log_key_sql's text) back into values; a NULL part is
+    an error unless `nulls` (a dependency entry's join values may be NULL)."""
+    values: list[Any] = []
     pos = 0
     while pos < len(text):
         match = _LITERAL.match(text, pos)
@@ -85,6 +86,8 @@ def parse_quoted_key(text: str) -> Key:
             number = match["number"]
             is_int = re.fullmatch(r"[-+]?[0-9]+", number) is not None
             values.append(int(number) if is_int else float(number))
+        elif nulls:
+            values.append(None)
         else:
             raise ValueError(f"NULL in composite key {text!r}")
         pos = match.end()

@@ -9,6 +9,7 @@ importing each other.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -46,6 +47,8 @@ class LoopSettings:
     """The config values the loop reads itself (wiring.py fills them in)."""
 
     tables: tuple[str, ...] = ()  # the configured table names, in config order
+    # The dependency tables (depends_on) → the join columns their triggers log.
+    joined: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     poll_interval: float = 1.0
     reinstall_triggers: bool = False
     max_attempts: int = 10  # an admin request's change log counts failures like the loop's

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
 
-from cdc_daemon.database import TableInfo
+from cdc_daemon.database import TableInfo, quote_ident
 from cdc_daemon.errors import ConfigError
 from cdc_daemon.row_keys import Key, affinity, document_id, key_from_document_id
 
@@ -48,7 +48,9 @@ class MappingOptions:
     config). `include` None: every column; `rename` and `fields` are keyed by column. A column's
     `fields` entry overrides properties of its derived Typesense field (`type`, `facet`, `sort`,
     `optional`, `index`, `locale`, as in a collection schema); an entry, even empty, also takes
-    in a BLOB column, which is otherwise left out."""
+    in a BLOB column, which is otherwise left out. An entry with `sql` is a computed field
+    named by its key (its `type` required, `optional` false by default): an SQL expression
+    evaluated in each row's query; it replaces the field of a column of the same name."""
 
     collection: str  # the full name, any collection prefix included
     include: tuple[str, ...] | None = None
@@ -72,6 +74,12 @@ class FieldMap:
     sort: bool | None = None
     index: bool = True
     locale: str | None = None
+    sql: str | None = None  # a computed field's expression (`column` is then its name)
+
+    @property
+    def selected(self) -> str:
+        """The SQL the row query selects for this field: the column, or `(<expression>)`."""
+        return f"({self.sql})" if self.sql is not None else quote_ident(self.column)
 
     def schema(self) -> dict[str, Any]:
         field: dict[str, Any] = {"name": self.name, "type": self.type}
@@ -102,6 +110,8 @@ class TableMapping:
     soft_delete: str | None
     id_prefix: str = ""  # documents' ids are `id_prefix + document_id(key)`
     manage_collection: bool = True  # False: a shared collection another host manages
+    # The tables its documents read (depends_on), one text per path: a new one re-sends them.
+    reads: tuple[str, ...] = ()
 
     def doc_id(self, key: Key) -> str:
         return self.id_prefix + document_id(key)
@@ -119,11 +129,16 @@ class TableMapping:
         kept = all(_stored_as_is(v, a) for v, a in zip(key, self.key_affinities, strict=True))
         return key if kept and self.doc_id(key) == doc_id else None
 
+    def select_list(self) -> tuple[str, ...]:
+        """What the row query SELECTs, as SQL, in order: the key columns, each field (its
+        column, or its expression in parentheses), then the soft-delete flag (read last)."""
+        key = tuple(quote_ident(c) for c in self.key)
+        flag = (quote_ident(self.soft_delete),) if self.soft_delete else ()
+        return key + tuple(f.selected for f in self.fields) + flag
+
     @property
-    def columns(self) -> tuple[str, ...]:
-        """The columns to SELECT, in order: key, fields, then the soft-delete flag."""
-        extra = (self.soft_delete,) if self.soft_delete else ()
-        return self.key + tuple(f.column for f in self.fields) + extra
+    def computed_fields(self) -> tuple[FieldMap, ...]:
+        return tuple(f for f in self.fields if f.sql is not None)
 
     def collection_schema(self, name: str | None = None) -> dict[str, Any]:
         schema: dict[str, Any] = {
@@ -190,7 +205,7 @@ def build_mapping(info: TableInfo, options: MappingOptions) -> TableMapping:
         ("include", options.include or []),
         ("exclude", options.exclude),
         ("rename", list(options.rename)),
-        ("fields", list(options.fields)),
+        ("fields", [c for c, props in options.fields.items() if props.get("sql") is None]),
     ):
         for name in columns:
             if name not in names:
@@ -199,8 +214,16 @@ def build_mapping(info: TableInfo, options: MappingOptions) -> TableMapping:
         raise ConfigError(f"no column {options.soft_delete!r} in {info.name!r}", key="soft_delete")
 
     single_id_key = len(info.key) == 1 and info.key[0] == "id"
+    computed = {
+        name: _computed_field(name, props)
+        for name, props in options.fields.items()
+        if props.get("sql") is not None
+    }
     fields: list[FieldMap] = []
     for column in info.columns:
+        if column.name in computed:
+            fields.append(computed.pop(column.name))  # in the column's place
+            continue
         override = options.fields.get(column.name)
         if options.include is not None and column.name not in options.include:
             continue
@@ -241,9 +264,15 @@ def build_mapping(info: TableInfo, options: MappingOptions) -> TableMapping:
                 locale=props.get("locale"),
             )
         )
+    fields.extend(computed.values())
     seen: set[str] = set()
     for f in fields:
         if f.name in seen:
+            if any(c.name == f.name for c in fields if c.sql is not None):
+                raise ConfigError(
+                    f"a column is renamed to {f.name!r}, the name of a computed field",
+                    key=f"fields.{f.name}",
+                )
             raise ConfigError(f"two columns map to field {f.name!r}", key="rename")
         seen.add(f.name)
     _refuse_names_inside_objects(fields, info.name, options)
@@ -271,6 +300,31 @@ def build_mapping(info: TableInfo, options: MappingOptions) -> TableMapping:
         soft_delete=options.soft_delete,
         id_prefix=options.id_prefix,
         manage_collection=options.manage_collection,
+    )
+
+
+def _computed_field(name: str, props: Mapping[str, Any]) -> FieldMap:
+    """A `fields.<name>` entry with `sql`: its name is its key, its type the configured one."""
+    if name == "id":
+        raise ConfigError(
+            "a computed field can't be named 'id', which is the document id", key=f"fields.{name}"
+        )
+    problem = field_name_problem(name)
+    if problem is not None:
+        raise ConfigError(
+            f"{name!r} cannot be a Typesense field name ({problem}): choose another name",
+            key=f"fields.{name}",
+        )
+    return FieldMap(
+        column=name,
+        name=name,
+        type=props["type"],
+        optional=bool(props.get("optional", False)),
+        facet=bool(props.get("facet")),
+        sort=props.get("sort"),
+        index=props.get("index") is not False,
+        locale=props.get("locale"),
+        sql=props["sql"],
     )
 
 
@@ -419,3 +473,74 @@ def fit_problems(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
     if nested_problem is not None:
         problems.append(nested_problem)
     return problems
+
+
+# -- several tables in one collection (each with its own id_prefix) ------------------------------
+
+SHARED_PROPERTIES = ("facet", "sort", "index", "locale")  # must agree, as the type must
+
+
+def union_schema(members: Sequence[TableMapping], name: str | None = None) -> dict[str, Any]:
+    """The schema of a collection that several tables share: the union of their fields, in
+    the order they first appear; a field some member lacks (or leaves optional) is optional.
+    `default_sorting_field` only when every member names it (shared_field_conflict refuses the
+    rest). One member: its own schema."""
+    schemas = [member.collection_schema(name) for member in members]
+    union = dict(schemas[0])
+    fields: dict[str, dict[str, Any]] = {}
+    for schema in schemas:
+        for field in schema["fields"]:
+            seen = fields.setdefault(field["name"], dict(field))
+            if field.get("optional"):
+                seen["optional"] = True
+    for field_name, field in fields.items():
+        if not all(any(f["name"] == field_name for f in s["fields"]) for s in schemas):
+            field["optional"] = True
+    union["fields"] = list(fields.values())
+    sorting = {s.get("default_sorting_field") for s in schemas}
+    union.pop("default_sorting_field", None)
+    if len(sorting) == 1 and None not in sorting:
+        union["default_sorting_field"] = sorting.pop()
+    if any(s.get("enable_nested_fields") for s in schemas):
+        union["enable_nested_fields"] = True
+    return union
+
+
+def shared_field_conflict(
+    mapping: TableMapping, earlier: Mapping[str, TableMapping]
+) -> ConfigError | None:
+    """Why `mapping` can't share its collection with the `earlier` members (label → mapping,
+    labelled as messages name their entries: `tables[0]`), or None. A field of the same name
+    must have the same type and properties; `default_sorting_field` must be the same for all.
+    The key is relative to `mapping`'s entry (the root adds `tables[N]`)."""
+    shared = f"in shared collection {mapping.collection!r}"
+    for label, other in earlier.items():
+        theirs = {f.name: f for f in other.fields}
+        for field in mapping.fields:
+            their = theirs.get(field.name)
+            if their is None:
+                continue
+            if field.type != their.type:
+                return ConfigError(
+                    f"type {field.type} differs from {label}'s {their.type} {shared}",
+                    key=f"fields.{field.column}",
+                )
+            for prop in SHARED_PROPERTIES:
+                ours_value = _effective(field.schema(), prop)
+                their_value = _effective(their.schema(), prop)
+                if ours_value != their_value:
+                    return ConfigError(
+                        f"{prop} {ours_value} differs from {label}'s {their_value} {shared}",
+                        key=f"fields.{field.column}",
+                    )
+        if mapping.default_sorting_field != other.default_sorting_field:
+            ours, theirs_sorting = (
+                repr(m.default_sorting_field) if m.default_sorting_field else "none"
+                for m in (mapping, other)
+            )
+            return ConfigError(
+                f"{ours} differs from {label}'s {theirs_sorting} {shared}: every table in it must"
+                " name the same default_sorting_field (a required numeric field in each), or none",
+                key="default_sorting_field",
+            )
+    return None

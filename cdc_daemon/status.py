@@ -4,7 +4,9 @@ resyncs, missing triggers and what a reload left to clear."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from cdc_daemon.backfill import backfills_in_progress
@@ -15,10 +17,16 @@ from cdc_daemon.log_schema import LAST_SYNCED, LogTables, StateStore
 from cdc_daemon.log_status import LogStatus
 from cdc_daemon.reconfigure import leftover_summary
 from cdc_daemon.sweep import owed_resyncs
-from cdc_daemon.trigger_watch import missing_since, problems_by_table
+from cdc_daemon.trigger_watch import missing_since
+from cdc_daemon.triggers import problems_by_table
 
 
-def sync_status(db: Database, names: LogTables, tables: list[str]) -> dict[str, Any]:
+def sync_status(
+    db: Database,
+    names: LogTables,
+    tables: list[str],
+    joined: Mapping[str, Sequence[str]] = MappingProxyType({}),
+) -> dict[str, Any]:
     """`{"backlog", "oldest_age_seconds", "dead_letters", "tables": {...}}` (README, Commands)."""
     status = LogStatus(db, names).summary(tables)
     for table, logged in backfills_in_progress(db, names).items():
@@ -29,7 +37,7 @@ def sync_status(db: Database, names: LogTables, tables: list[str]) -> dict[str, 
         status["tables"].setdefault(table, {})["resync"] = phase
     for table, leftovers in leftover_summary(db, names).items():  # a reload's old documents
         status["tables"].setdefault(table, {})["leftovers"] = leftovers
-    _add_trigger_problems(status, db, names, tables)
+    _add_trigger_problems(status, db, names, tables, joined)
     status.update(last_synced(db, names))
     return status
 
@@ -89,7 +97,11 @@ def _command_of(pid: int) -> str | None:
 
 
 def _add_trigger_problems(
-    status: dict[str, Any], db: Database, names: LogTables, tables: list[str]
+    status: dict[str, Any],
+    db: Database,
+    names: LogTables,
+    tables: list[str],
+    joined: Mapping[str, Sequence[str]],
 ) -> None:
     """Per table: its missing or outdated triggers (read now) and since when the daemon has
     seen them missing; `trigger_problems` on top lists every line (the log's guard too). A
@@ -102,13 +114,14 @@ def _add_trigger_problems(
             continue
         if info.key:  # without a key there are no triggers to expect (status says why)
             infos.append(info)
-    problems = problems_by_table(db, names, infos)
+    joined = {table: columns for table, columns in joined.items() if db.table_exists(table)}
+    problems = problems_by_table(db, names, infos, joined)
     status["trigger_problems"] = [
         f"table {table!r}: {line}" for table, lines in problems.items() for line in lines
     ]
     for table, lines in problems.items():
-        if table in tables:
+        if table in tables or table in joined:
             status["tables"].setdefault(table, {})["trigger_problems"] = lines
     for table, since in missing_since(db, names).items():
-        if table in tables:
+        if table in tables or table in joined:
             status["tables"].setdefault(table, {})["triggers_missing_since"] = since

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +13,7 @@ import structlog
 
 from cdc_daemon.changelog import MAX_DELAY, ChangeLog, KeyFailure, LogEntry, contiguous_ranges
 from cdc_daemon.database import Database, InvalidText
+from cdc_daemon.dependencies import DependencyPath, expansion, parse_payload
 from cdc_daemon.document_sql import document_sql, fetch_documents
 from cdc_daemon.documents import build_document, row_is_live, size_problem
 from cdc_daemon.errors import CdcError, CollectionMissing, DocumentError, TargetError
@@ -104,6 +105,8 @@ class _Change:
     line: str | None = None  # the document as JSON (built while reading): upsert; None: delete
     error: str | None = None
     settled: bool = False  # a delete of a document that can't exist: done without a request
+    # A dependency row's change (op J): settled, its acknowledgement logs these E entries.
+    expansions: list[tuple[str, list[Any]]] = field(default_factory=list)
 
 
 @dataclass
@@ -140,6 +143,7 @@ class _Ack:
     succeeded: Iterable[tuple[str, Any]]
     failures: list[KeyFailure]
     deleted_by_others: int
+    expansions: list[tuple[str, list[Any]]]
 
 
 class Syncer:
@@ -177,6 +181,9 @@ class Syncer:
         self._retry_at: dict[str, float] = {}
         self._reported_at: dict[str, float] = {}
         self.rejections = Rejections()  # over this syncer's batches (backfill, run --once)
+        self.dependencies: Sequence[DependencyPath] = ()  # of the mapped tables (depends_on)
+        # Every dependency table → the join columns its triggers log (all of the config's paths).
+        self.joined: Mapping[str, tuple[str, ...]] = {}
 
     def skip_tables(self, broken: dict[str, str]) -> None:
         """Leave out these configured tables (open_tables could not use them): table → why."""
@@ -254,7 +261,8 @@ class Syncer:
         self._withdraw_dead(changes, failed, results)
         # Only read when there are dead letters to clear: a generator costs nothing otherwise.
         succeeded = ((c.table, c.log_key) for c, r in zip(changes, results, strict=True) if r.ok)
-        self._pending = _Ack(acked, succeeded, failures, batch.deleted_by_others)
+        expansions = [statement for c in changes for statement in c.expansions]
+        self._pending = _Ack(acked, succeeded, failures, batch.deleted_by_others, expansions)
         if ahead is not None and ahead.changes:
             # More follows at once: this acknowledgement is written while the next batch is
             # imported (by the next sync_once's helper thread), not between the two imports.
@@ -281,7 +289,9 @@ class Syncer:
         ack, self._pending = self._pending, None
         if ack is None:
             return
-        dead = self.changelog.commit(ack.acked, ack.succeeded, ack.failures, ack.deleted_by_others)
+        dead = self.changelog.commit(
+            ack.acked, ack.succeeded, ack.failures, ack.deleted_by_others, ack.expansions
+        )
         for failure in dead:
             report.dead_by_table[failure.table] = report.dead_by_table.get(failure.table, 0) + 1
 
@@ -334,15 +344,18 @@ class Syncer:
             deleted_by_others = self.changelog.deleted_by_others(conn) if entries else 0
             if entries:  # read here, in a read transaction, when not known yet: not in the ack
                 self.changelog.retrying_entries(conn, deleted_by_others)
-            changes: dict[tuple[str, Any], _Change] = {}
+            changes: dict[tuple[str, Any, bool], _Change] = {}
             for entry in entries:
-                ident = (entry.table, entry.log_key)
+                ident = (entry.table, entry.log_key, entry.op == Op.JOINED)
                 if ident not in changes:
                     changes[ident] = _Change(entry.table, entry.log_key, [])
                 changes[ident].entries.append(entry)
             by_table: dict[str, list[_Change]] = {}
-            for change in changes.values():
-                by_table.setdefault(change.table, []).append(change)
+            for (_table, _key, joined), change in changes.items():
+                if joined:
+                    self._expand(change)
+                else:
+                    by_table.setdefault(change.table, []).append(change)
             unreadable: set[str] = set()
             for table, table_changes in by_table.items():
                 if not self._resolve_or_skip(conn, table, table_changes):
@@ -351,6 +364,32 @@ class Syncer:
         # A skipped table's entries are neither sent nor acknowledged: they wait in the log.
         kept = [c for c in changes.values() if c.table not in unreadable]
         return self._plan(kept, deleted_by_others)
+
+    def _expand(self, change: _Change) -> None:
+        """A dependency row's change: settled here, and its acknowledgement logs the keys of
+        the documents joined to the old or the new row (dependencies.py). An entry that can't be
+        read (logged by triggers of another config's join columns) is dropped with a warning:
+        a changed depends_on re-sends every document anyway (reconfigure.py)."""
+        change.settled = True
+        paths = [p for p in self.dependencies if p.table == change.table]
+        if not paths:
+            return  # no configured document reads this table (any more)
+        columns = self.joined[change.table]
+        try:
+            sides = parse_payload(change.log_key, len(columns))
+        except ValueError as exc:
+            log.warning(
+                "dependency change unreadable; dropped",
+                table=change.table,
+                entry=repr(change.log_key),
+                error=str(exc),
+            )
+            return
+        if not sides:
+            return
+        for path in paths:
+            key = self.mappings[path.root].key
+            change.expansions.append(expansion(path, key, columns, sides, self.changelog.names))
 
     def _skipped_tables(self) -> list[str]:
         """The broken tables whose log entries are not read now; one whose retry time came is

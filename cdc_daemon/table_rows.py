@@ -3,10 +3,17 @@ order, rows by keys.
 
 Every read of a mapped table's rows builds its SQL here (sync, backfill, verify, the sweep, a
 leftover's clean-up, `check`), so they all read the same rows: those the mapping's `where` keeps,
-as `mapping.columns` (key, fields, then the soft-delete flag), a text that is not UTF-8 as an
-InvalidText (select_rows). Pages follow the primary key, `(key) > (last key)` rather than OFFSET:
+as `mapping.select_list()` (key, fields, then the soft-delete flag; a computed field's
+expression is evaluated in that same query), a text that is not UTF-8 as an InvalidText
+(select_values). Pages follow the primary key, `(key) > (last key)` rather than OFFSET:
 a page costs the same wherever it starts, and rows the app adds or removes meanwhile never make
 a page skip or repeat a row.
+
+A computed field's expression that fails on one row (json_extract of text that is not JSON, a
+function raising an error) fails that row alone: the read is done again key by key, and the
+failing expression's value is an ExpressionFailed, which build_document turns into that row's
+DocumentError naming the field.
+Without computed fields a failing row query is the table's trouble (RowQueryFailed), as before.
 """
 
 from __future__ import annotations
@@ -16,8 +23,8 @@ from typing import Any
 
 import apsw
 
-from cdc_daemon.database import Database, bind, quote_ident, scalar, select_rows
-from cdc_daemon.documents import row_key
+from cdc_daemon.database import Database, bind, quote_ident, scalar, select_values
+from cdc_daemon.documents import ExpressionFailed, row_key
 from cdc_daemon.errors import DatabaseError
 from cdc_daemon.row_keys import Key
 from cdc_daemon.schema import TableMapping
@@ -57,8 +64,8 @@ def from_clause(mapping: TableMapping, *conditions: str, filtered: bool = True) 
 
 
 def row_query(mapping: TableMapping, filtered: bool = True) -> str:
-    """`SELECT <mapping.columns> FROM <table> WHERE (<where>)`: what every row read runs."""
-    columns = ", ".join(quote_ident(c) for c in mapping.columns)
+    """`SELECT <mapping.select_list()> FROM <table> WHERE (<where>)`: what every row read runs."""
+    columns = ", ".join(mapping.select_list())
     return f"SELECT {columns} {from_clause(mapping, filtered=filtered)}"
 
 
@@ -124,9 +131,18 @@ def in_key_order(mapping: TableMapping, after: Key | None) -> tuple[str, list[An
 def page_after(
     conn: apsw.Connection, mapping: TableMapping, after: Key | None, limit: int
 ) -> list[Row]:
-    """The next `limit` rows (as `mapping.columns`) after the key `after`, in key order."""
+    """The next `limit` rows (as `mapping.select_list()`) after the key `after`, in key order;
+    a row whose computed field fails holds an ExpressionFailed there (rows_by_keys)."""
     rest, params = in_key_order(mapping, after)
-    return select_rows(conn, mapping.columns, f"{rest} LIMIT {int(limit)}", params)
+    rest = f"{rest} LIMIT {int(limit)}"
+    try:
+        return select_values(conn, mapping.select_list(), rest, params)
+    except ROW_QUERY_ERRORS:
+        if not mapping.computed_fields:
+            raise
+    keys = [row_key(mapping, r) for r in select_values(conn, _key_list(mapping), rest, params)]
+    found = rows_by_keys(conn, mapping, keys)  # same snapshot: the same rows
+    return [found[key] for key in keys if key in found]
 
 
 def every_row(db: Database, mapping: TableMapping, page_size: int) -> Iterator[Row]:
@@ -167,12 +183,50 @@ def rows_by_keys(
     conn: apsw.Connection, mapping: TableMapping, keys: Sequence[Key], filtered: bool = True
 ) -> dict[Key, Row]:
     """The current rows for `keys` that exist and match `where` (any row when not `filtered`),
-    keyed by their primary key."""
+    keyed by their primary key. A row on which a computed field's expression fails holds an
+    ExpressionFailed in that field's place (build_document makes it the row's DocumentError)."""
     found: dict[Key, Row] = {}
-    for rest, params in key_chunks(mapping, keys, KEYS_PER_SELECT, filtered):
-        for row in select_rows(conn, mapping.columns, rest, params):  # invalid UTF-8: U+FFFD
+    for start in range(0, len(keys), KEYS_PER_SELECT):
+        part = keys[start : start + KEYS_PER_SELECT]
+        rest, params = next(key_chunks(mapping, part, len(part), filtered))
+        try:
+            rows = select_values(conn, mapping.select_list(), rest, params)  # invalid UTF-8: U+FFFD
+        except ROW_QUERY_ERRORS:
+            if not mapping.computed_fields:
+                raise
+            rows = [r for key in part for r in _row_field_by_field(conn, mapping, key, filtered)]
+        for row in rows:
             found[row_key(mapping, row)] = row
     return found
+
+
+def _key_list(mapping: TableMapping) -> list[str]:
+    return [quote_ident(c) for c in mapping.key]
+
+
+def _row_field_by_field(
+    conn: apsw.Connection, mapping: TableMapping, key: Key, filtered: bool
+) -> list[Row]:
+    """The row of `key` ([] when none), read with its computed fields left NULL and then each
+    evaluated alone: one that fails is an ExpressionFailed with SQLite's message. When the
+    row can't be read even so (its `where` fails), that is the table's error: raised."""
+    rest, params = next(key_chunks(mapping, [key], 1, filtered))
+    flag = mapping.select_list()[len(mapping.key) + len(mapping.fields) :]
+    plain = [f.selected if f.sql is None else "NULL" for f in mapping.fields]
+    rows = select_values(conn, [*_key_list(mapping), *plain, *flag], rest, params)
+    if not rows:
+        return []
+    row = list(rows[0])
+    for i, field in enumerate(mapping.fields, start=len(mapping.key)):
+        if field.sql is None:
+            continue
+        try:
+            values = select_values(conn, [field.selected], rest, params)
+        except ROW_QUERY_ERRORS as exc:
+            row[i] = ExpressionFailed(str(exc))
+            continue
+        row[i] = values[0][0] if values else None  # the row is gone only in another snapshot
+    return [tuple(row)]
 
 
 def has_row(conn: apsw.Connection, mapping: TableMapping, key: Key) -> bool:

@@ -16,41 +16,18 @@ resynced: the changes made meanwhile were never logged.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 
 import structlog
 
 from cdc_daemon.database import Database, TableInfo
 from cdc_daemon.log_schema import TRIGGERS_MISSING_PREFIX, LogTables, StateStore
-from cdc_daemon.triggers import (
-    ensure_log_is_ours,
-    expected_triggers,
-    install,
-    installed_triggers,
-    log_guard_trigger,
-)
+from cdc_daemon.triggers import ensure_log_is_ours, install, problems_by_table
 
 REPORT_INTERVAL = 60.0  # seconds between repeats of the error while triggers stay missing
 MISSING_EVENT = "triggers missing or outdated: changes to these tables are not logged"
 log = structlog.get_logger("cdc_daemon.triggers")
-
-
-def problems_by_table(
-    db: Database, names: LogTables, tables: Iterable[TableInfo]
-) -> dict[str, list[str]]:
-    """Table → one line per missing or outdated trigger; the log's own guard under the log's
-    name. Empty when every trigger is current."""
-    present = installed_triggers(db, names)
-    wanted = [(names.log, log_guard_trigger(names))]
-    wanted += [(info.name, expected_triggers(names, info)) for info in tables]
-    problems: dict[str, list[str]] = {}
-    for table, triggers in wanted:
-        for name, sql in triggers.items():
-            if name not in present:
-                problems.setdefault(table, []).append(f"trigger {name!r} is missing")
-            elif present[name][1] != sql:
-                problems.setdefault(table, []).append(f"trigger {name!r} is outdated")
-    return problems
 
 
 def missing_since(db: Database, names: LogTables) -> dict[str, float]:
@@ -87,16 +64,23 @@ class TriggerWatch:
         self.problems: dict[str, list[str]] = {}
         self._next_report = 0.0
 
-    def check(self, db: Database, names: LogTables, tables: list[TableInfo]) -> list[str]:
-        """Look at the triggers again (at start, after a schema change). Records the tables
-        found without them; returns the recorded ones whose triggers are current again (to be
-        resynced; their records are removed by `forget` once that resync is recorded)."""
-        problems = problems_by_table(db, names, tables)
+    def check(
+        self,
+        db: Database,
+        names: LogTables,
+        tables: list[TableInfo],
+        joined: Mapping[str, Sequence[str]] = MappingProxyType({}),
+    ) -> list[str]:
+        """Look at the triggers again (at start, after a schema change) of the configured
+        `tables` and the dependency tables (`joined`). Records the tables found without them;
+        returns the recorded ones whose triggers are current again (to be resynced; their
+        records are removed by `forget` once that resync is recorded)."""
+        problems = problems_by_table(db, names, tables, joined)
         if not ensure_log_is_ours(db, names):  # nothing can be recorded without the log
             problems.setdefault(names.log, []).insert(0, f"log table {names.log!r} is missing")
             self._set(problems)
             return []
-        configured = {info.name for info in tables}
+        configured = {info.name for info in tables} | set(joined)
         recorded = missing_since(db, names)
         new = [t for t in problems if t in configured and t not in recorded]
         if new:
@@ -109,22 +93,35 @@ class TriggerWatch:
         return [t for t in recorded if t in configured and t not in problems]
 
     def look(
-        self, db: Database, names: LogTables, tables: Iterable[str], reinstall: bool
+        self,
+        db: Database,
+        names: LogTables,
+        tables: Iterable[str],
+        reinstall: bool,
+        joined: Mapping[str, Sequence[str]] = MappingProxyType({}),
     ) -> list[str]:
         """The daemon's check (at start, after a schema change): `check` on the configured
         `tables` as the schema is now (not the runtime's infos: a rebuild may fail), putting the
-        triggers back first when `reinstall` (sync.reinstall_triggers). The tables to resync."""
+        triggers back first when `reinstall` (sync.reinstall_triggers). The tables to resync
+        (a dependency table among them: the tables whose documents read it)."""
         infos = configured_tables(db, tables)
-        back = self.check(db, names, infos)
+        joined = {table: columns for table, columns in joined.items() if db.table_exists(table)}
+        back = self.check(db, names, infos, joined)
         if self.problems and reinstall:
-            self._reinstall(db, names, infos)
-            back = self.check(db, names, infos)
+            self._reinstall(db, names, infos, joined)
+            back = self.check(db, names, infos, joined)
         return back
 
-    def _reinstall(self, db: Database, names: LogTables, infos: list[TableInfo]) -> None:
+    def _reinstall(
+        self,
+        db: Database,
+        names: LogTables,
+        infos: list[TableInfo],
+        joined: Mapping[str, Sequence[str]],
+    ) -> None:
         """What `cdc-daemon install` does (one transaction, idempotent), with the clear line."""
         missing = sorted(self.problems)
-        changes = install(db, names, infos)
+        changes = install(db, names, infos, joined)
         log.warning(
             "triggers reinstalled",
             tables=missing,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from string import Template
+from types import MappingProxyType
 
 from cdc_daemon.database import Database, TableInfo, quote_ident, quote_literal
+from cdc_daemon.dependencies import payload_sql
 from cdc_daemon.errors import ConfigError, DatabaseError
 from cdc_daemon.log_schema import (
     ACKNOWLEDGING,
@@ -28,6 +30,13 @@ TRIGGER_OPS = {
     "op_insert": quote_literal(Op.INSERT),
     "op_update": quote_literal(Op.UPDATE),
     "op_delete": quote_literal(Op.DELETE),
+    "op_joined": quote_literal(Op.JOINED),
+}
+# A dependency table's triggers (depends_on): kind → (event, logs the old row, logs the new row).
+DEPENDENCY_EVENTS = {
+    "joined_insert": ("INSERT", False, True),
+    "joined_update": ("UPDATE", True, True),
+    "joined_delete": ("DELETE", True, False),
 }
 
 
@@ -198,6 +207,35 @@ def require_installed(db: Database, names: LogTables) -> None:
         raise DatabaseError(problem)
 
 
+def dependency_triggers(names: LogTables, table: str, columns: Sequence[str]) -> dict[str, str]:
+    """Trigger name → CREATE TRIGGER text for a dependency table: one J entry per row change,
+    whatever number of documents read the row (the daemon finds them: dependencies.py)."""
+    result = {}
+    for kind, (event, old, new) in DEPENDENCY_EVENTS.items():
+        name = names.trigger_name(table, kind)
+        sql = template("trigger_dependency").substitute(
+            TRIGGER_OPS,
+            name=quote_ident(name),
+            event=event,
+            table=quote_ident(table),
+            log=quote_ident(names.log),
+            table_literal=quote_literal(table),
+            payload=payload_sql(columns, old, new),
+        )
+        result[name] = sql.strip()
+    return result
+
+
+def wanted_triggers(
+    names: LogTables, tables: Sequence[TableInfo], joined: Mapping[str, Sequence[str]]
+) -> list[tuple[str, dict[str, str]]]:
+    """(table, its triggers by name) for the configured tables, then the dependency tables
+    (`joined`: table → the join columns its entries log, dependencies.join_columns)."""
+    wanted = [(info.name, expected_triggers(names, info)) for info in tables]
+    wanted += [(table, dependency_triggers(names, table, cols)) for table, cols in joined.items()]
+    return wanted
+
+
 def installed_triggers(db: Database, names: LogTables) -> dict[str, tuple[str, str]]:
     """Our triggers in the database: name → (table, sql)."""
     prefix = names.trigger_prefix()
@@ -210,17 +248,25 @@ def installed_triggers(db: Database, names: LogTables) -> dict[str, tuple[str, s
     }
 
 
-def install(db: Database, names: LogTables, tables: list[TableInfo]) -> list[str]:
+def install(
+    db: Database,
+    names: LogTables,
+    tables: Sequence[TableInfo],
+    joined: Mapping[str, Sequence[str]] = MappingProxyType({}),
+) -> list[str]:
     """Create the log and every trigger in one transaction; idempotent. Returns what changed."""
     with db.write() as conn:
-        statements, changes = install_plan(db, names, tables)
+        statements, changes = install_plan(db, names, tables, joined)
         for sql in statements:
             conn.execute(sql)
     return changes
 
 
 def install_plan(
-    db: Database, names: LogTables, tables: list[TableInfo]
+    db: Database,
+    names: LogTables,
+    tables: Sequence[TableInfo],
+    joined: Mapping[str, Sequence[str]] = MappingProxyType({}),
 ) -> tuple[list[str], list[str]]:
     """The statements `install` runs on this database now, in order, and what they change.
     Only reads: `install --dry-run` prints the statements."""
@@ -232,8 +278,8 @@ def install_plan(
     ]
     present = installed_triggers(db, names)
     wanted = log_guard_trigger(names)
-    for info in tables:
-        wanted.update(expected_triggers(names, info))
+    for _table, triggers in wanted_triggers(names, tables, joined):
+        wanted.update(triggers)
     for name, (table, sql) in present.items():
         if wanted.get(name) != sql:
             statements.append(f"DROP TRIGGER {quote_ident(name)}")
@@ -259,18 +305,36 @@ def uninstall(db: Database, names: LogTables, drop_log: bool) -> list[str]:
     return changes
 
 
-def trigger_problems(db: Database, names: LogTables, tables: list[TableInfo]) -> list[str]:
+def trigger_problems(
+    db: Database,
+    names: LogTables,
+    tables: Sequence[TableInfo],
+    joined: Mapping[str, Sequence[str]] = MappingProxyType({}),
+) -> list[str]:
     """One line per missing or outdated trigger (empty when everything is current)."""
     problems = []
     if not ensure_log_is_ours(db, names):
         problems.append(f"log table {names.log!r} is missing: run `cdc-daemon install`")
+    for table, lines in problems_by_table(db, names, tables, joined).items():
+        problems.extend(f"table {table!r}: {line}" for line in lines)
+    return problems
+
+
+def problems_by_table(
+    db: Database,
+    names: LogTables,
+    tables: Sequence[TableInfo],
+    joined: Mapping[str, Sequence[str]] = MappingProxyType({}),
+) -> dict[str, list[str]]:
+    """Table → one line per missing or outdated trigger; the log's own guard under the log's
+    name. Empty when every trigger is current."""
     present = installed_triggers(db, names)
-    wanted = [(names.log, log_guard_trigger(names))]
-    wanted += [(info.name, expected_triggers(names, info)) for info in tables]
+    wanted = [(names.log, log_guard_trigger(names)), *wanted_triggers(names, tables, joined)]
+    problems: dict[str, list[str]] = {}
     for table, triggers in wanted:
         for name, sql in triggers.items():
             if name not in present:
-                problems.append(f"table {table!r}: trigger {name!r} is missing")
+                problems.setdefault(table, []).append(f"trigger {name!r} is missing")
             elif present[name][1] != sql:
-                problems.append(f"table {table!r}: trigger {name!r} is outdated")
+                problems.setdefault(table, []).append(f"trigger {name!r} is outdated")
     return problems

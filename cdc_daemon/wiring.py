@@ -15,6 +15,7 @@ raises), and everything the commands and the daemon run is built and wired here:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -27,6 +28,7 @@ from cdc_daemon.backfill import Backfill
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.config import (
     Config,
+    DependencyConfig,
     JwtConfig,
     KmsConfig,
     TableConfig,
@@ -38,6 +40,7 @@ from cdc_daemon.config import config_changes as changed_keys
 from cdc_daemon.daemon import Daemon, Reload
 from cdc_daemon.database import Database, ProcessorLock, TableInfo
 from cdc_daemon.dead_letters import DeadLetters
+from cdc_daemon.dependencies import DependencyPath, Hop, join_columns, path_problem, path_text
 from cdc_daemon.drain import Drainer
 from cdc_daemon.errors import CdcError, ConfigError
 from cdc_daemon.evolution import CollectionManager
@@ -51,7 +54,13 @@ from cdc_daemon.notify import Notifier
 from cdc_daemon.ownership import NameKeys
 from cdc_daemon.preflight import row_query_problem
 from cdc_daemon.runtime import LoopSettings, Runtime, Services
-from cdc_daemon.schema import VIEW_FIX, MappingOptions, TableMapping, build_mapping
+from cdc_daemon.schema import (
+    VIEW_FIX,
+    MappingOptions,
+    TableMapping,
+    build_mapping,
+    shared_field_conflict,
+)
 from cdc_daemon.signals import handle_signals
 from cdc_daemon.sink import Sink
 from cdc_daemon.startup_checks import Problem, daemon_running, listen_problem
@@ -187,9 +196,30 @@ def table_entries(config: Config) -> dict[str, str]:
     return {table.table: f"tables[{i}]" for i, table in enumerate(config.tables)}
 
 
+def dependency_paths(config: Config) -> tuple[DependencyPath, ...]:
+    """Every `depends_on` chain of the configured tables, one path per dependency entry (from
+    the configured table down to it), in config order."""
+    paths: list[DependencyPath] = []
+
+    def walk(
+        root: str, parent: str, hops: tuple[Hop, ...], entries: list[DependencyConfig], key: str
+    ) -> None:
+        for j, dependency in enumerate(entries):
+            hop = Hop(parent, tuple(dependency.join), dependency.table,
+                      tuple(dependency.join.values()))
+            path = DependencyPath(root, (*hops, hop), f"{key}.depends_on[{j}]")
+            paths.append(path)
+            walk(root, dependency.table, path.hops, dependency.depends_on, path.entry)
+
+    for entry, table in zip(table_entries(config).values(), config.tables, strict=True):
+        walk(table.table, table.table, (), table.depends_on, entry)
+    return tuple(paths)
+
+
 def loop_settings(config: Config) -> LoopSettings:
     return LoopSettings(
         tables=tuple(table.table for table in config.tables),
+        joined=join_columns(dependency_paths(config)),
         poll_interval=config.sync.poll_interval,
         reinstall_triggers=config.sync.reinstall_triggers,
         max_attempts=config.sync.max_attempts,
@@ -262,6 +292,13 @@ def _usable_mappings(
             problem = row_query_problem(db, mapping, entry)
             if problem is not None:
                 raise ConfigError(problem)
+            paths = paths_from(config, table.table)
+            for path in paths:
+                unusable = path_problem(db, path)
+                if unusable is not None:
+                    raise unusable.within(path.entry)
+            mapping = dataclasses.replace(mapping, reads=tuple(map(path_text, paths)))
+            _refuse_shared_conflict(mapping, mappings, entry, table_entries(config))
         except ConfigError as exc:
             if broken is None:
                 raise
@@ -269,6 +306,22 @@ def _usable_mappings(
             continue
         mappings[table.table] = mapping
     return mappings
+
+
+def _refuse_shared_conflict(
+    mapping: TableMapping, earlier: dict[str, TableMapping], entry: str, entries: dict[str, str]
+) -> None:
+    """A table whose fields disagree with those of the tables before it in the same collection
+    (schema.shared_field_conflict): a ConfigError at its own entry, naming the other's."""
+    members = {entries[t]: m for t, m in earlier.items() if m.collection == mapping.collection}
+    conflict = shared_field_conflict(mapping, members) if members else None
+    if conflict is not None:
+        raise conflict.within(entry) from None
+
+
+def paths_from(config: Config, table: str) -> list[DependencyPath]:
+    """The dependency paths of one configured table."""
+    return [path for path in dependency_paths(config) if path.root == table]
 
 
 # -- the two halves of a runtime -----------------------------------------------------------------
@@ -320,7 +373,11 @@ def build_runtime(
     changelog = ChangeLog(db, names, config.sync.max_attempts)
     entries = table_entries(config)
     collections = collection_manager(services.sink, db, names, config.sync.batch_size, entries)
+    collections.mappings = mappings  # which tables share a collection, before any ensure
     syncer = Syncer(db, changelog, services.sink, mappings, config.sync.batch_size, collections)
+    paths = dependency_paths(config)
+    syncer.dependencies = [path for path in paths if path.root in mappings]
+    syncer.joined = join_columns(paths)
     syncer.resend_delay = 2 * config.typesense.timeout + 5
     syncer.skip_tables(broken or {})
     syncer.entries = entries
@@ -468,7 +525,9 @@ class DaemonControls:
 
     def status(self) -> dict[str, Any]:
         with self._database() as (runtime, db):
-            status = sync_status(db, runtime.names, list(runtime.mappings))
+            status = sync_status(
+                db, runtime.names, list(runtime.mappings), runtime.settings.joined
+            )
         for table, problem in list(runtime.syncer.broken.items()):  # skipped: changes wait
             status["tables"].setdefault(table, {})["problem"] = problem
         keys = runtime.services.api_keys.stats()
@@ -495,6 +554,7 @@ class DaemonControls:
             checker = collection_manager(
                 runtime.sink, db, runtime.names, runtime.syncer.batch_size, runtime.syncer.entries
             )
+            checker.mappings = runtime.mappings
             tables = list(runtime.mappings)
             summary, queued = verify_tables(
                 verifier,
@@ -574,7 +634,12 @@ def _start_admin(daemon: Daemon, config: Config, listen: str) -> AdminServer:
 
 def _serve_metrics(daemon: Daemon, listen: str) -> Metrics:
     """Each scrape reads the daemon's current runtime (a rebuild replaces it)."""
-    metrics = Metrics(daemon.runtime.db.path, daemon.runtime.names, lambda: daemon.runtime.tables)
+    metrics = Metrics(
+        daemon.runtime.db.path,
+        daemon.runtime.names,
+        lambda: daemon.runtime.tables,
+        lambda: daemon.runtime.settings.joined,
+    )
     metrics.watch_nodes(lambda: daemon.runtime.sink.node_health())
     metrics.watch_keys(lambda: daemon.runtime.services.api_keys.stats())
     metrics.serve(listen)
@@ -594,7 +659,9 @@ def read_status(config: Config) -> dict[str, Any]:
     try:
         names = log_tables(config)
         require_installed(db, names)
-        status = sync_status(db, names, [t.table for t in config.tables])
+        status = sync_status(
+            db, names, [t.table for t in config.tables], loop_settings(config).joined
+        )
     finally:
         db.close()
     for table, problem in broken.items():

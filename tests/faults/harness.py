@@ -281,7 +281,7 @@ class FaultWorld(Env):
 
     def expected(self, table: str) -> dict[str, dict[str, Any]]:
         mapping = self.mappings()[table]
-        columns = ", ".join('"' + c.replace('"', '""') + '"' for c in mapping.columns)
+        columns = ", ".join(mapping.select_list())
         conn = sqlite3.connect(self.db, timeout=30)
         try:
             rows = conn.execute(f'SELECT {columns} FROM "{table}"').fetchall()

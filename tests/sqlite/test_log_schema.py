@@ -8,17 +8,21 @@ import pytest
 from cdc_daemon.backfill import Backfill
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.dead_letters import DeadLetters
+from cdc_daemon.dependencies import DependencyPath, Hop, expansion
 from cdc_daemon.log_schema import BACKFILL_PREFIX, SWEEP_PREFIX, Op, StateStore
 from cdc_daemon.log_status import LogStatus
+from cdc_daemon.triggers import install
 
 from .helpers import World
 
 
 def test_every_op_any_writer_logs_is_an_op_and_every_op_is_logged(world: World) -> None:
     world.sql(
-        "CREATE TABLE t (id TEXT COLLATE NOCASE PRIMARY KEY, email TEXT UNIQUE, n INTEGER)"
+        "CREATE TABLE t (id TEXT COLLATE NOCASE PRIMARY KEY, email TEXT UNIQUE, n INTEGER)",
+        "CREATE TABLE d (id INTEGER PRIMARY KEY, t_id TEXT)",  # read by t's documents
     )
     world.install("t")
+    install(world.open(), world.names, [world.info("t")], {"d": ("t_id",)})
     world.sql(
         "INSERT INTO t VALUES ('a', 'a@x', 1), ('b', 'b@x', 2)",
         "UPDATE t SET n = 3 WHERE id = 'a'",
@@ -28,8 +32,12 @@ def test_every_op_any_writer_logs_is_an_op_and_every_op_is_logged(world: World) 
     )
     by_triggers = {op for _, _, op in world.raw_log()}
     assert by_triggers == {Op.INSERT, Op.UPDATE, Op.DELETE}
+    world.sql("INSERT INTO d VALUES (1, 'A')")
     db = world.open()
     changelog = ChangeLog(db, world.names, max_attempts=3)
+    path = DependencyPath("t", (Hop("t", ("id",), "d", ("t_id",)),))
+    joined = expansion(path, ("id",), ("t_id",), [("A",)], world.names)
+    changelog.commit([], [], [], 0, [joined])  # the sync acknowledging the J entry
     backfill = Backfill(db, world.names)
     backfill.start("t")
     assert backfill.log_next_page(world.mapping("t")) is not None

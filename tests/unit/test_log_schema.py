@@ -18,7 +18,7 @@ from .helpers import table
 ROOT = Path(__file__).resolve().parents[2]
 # What earlier versions stored: changing any of these strands an existing database.
 STORED_OPS = {"INSERT": "I", "UPDATE": "U", "DELETE": "D", "BACKFILL": "B", "RETRY": "R",
-              "RESEND": "T", "REPAIR": "V"}
+              "RESEND": "T", "REPAIR": "V", "JOINED": "J", "EXPANDED": "E"}
 STORED_STATE_NAMES = {
     "ACKNOWLEDGING": "acknowledging",
     "DELETED_BY_OTHERS": "deleted-by-others",

@@ -75,15 +75,15 @@ def test_seed_elements_table_gives_exactly_the_seed_collection_schema() -> None:
     assert result.collection_schema() == SERVICE_A_COLLECTION_SCHEMA
     assert result.key == ("id",)
     assert result.key_affinities == ("INTEGER",)
-    assert result.columns == (
-        "id",
-        "element_type",
-        "element_id",
-        "sequence_number",
-        "version_number",
-        "comment",
-        "created_at",
-        "updated_at",
+    assert result.select_list() == (
+        '"id"',
+        '"element_type"',
+        '"element_id"',
+        '"sequence_number"',
+        '"version_number"',
+        '"comment"',
+        '"created_at"',
+        '"updated_at"',
     )
 
 
@@ -141,7 +141,7 @@ def test_composite_key_columns_are_fields_and_required_even_without_not_null() -
 def test_single_column_key_named_id_is_the_document_id_not_a_field() -> None:
     m = mapping(table("t", [("id", "TEXT"), ("name", "TEXT")], key=("id",)))
     assert field_names(m) == ["name"]
-    assert m.columns == ("id", "name")
+    assert m.select_list() == ('"id"', '"name"')
 
 
 def test_single_column_key_not_named_id_is_a_field() -> None:
@@ -191,7 +191,7 @@ def test_include_limits_fields_but_the_key_still_identifies_rows() -> None:
     m = mapping(ITEMS, include=["price", "note"])
     assert field_names(m) == ["price", "note"]
     assert m.key == ("sku", "region")
-    assert m.columns == ("sku", "region", "price", "note")
+    assert m.select_list() == ('"sku"', '"region"', '"price"', '"note"')
 
 
 def test_exclude_and_rename() -> None:
@@ -221,7 +221,7 @@ def test_where_soft_delete_and_collection_name_are_carried() -> None:
     m = mapping(ITEMS, where="qty > 0", soft_delete="deleted", collection="shop_items")
     assert m.where == "qty > 0" and m.soft_delete == "deleted"
     assert m.collection == "shop_items" and m.table == "items"
-    assert m.columns[-1] == "deleted"  # the flag is read last
+    assert m.select_list()[-1] == '"deleted"'  # the flag is read last
     assert mapping(ITEMS).collection == "items"
 
 
