@@ -26,7 +26,7 @@ from cdc_daemon.errors import CdcError, DatabaseError, GaveUp, KmsUnavailable
 from cdc_daemon.evolution import Group, groups_of, version_name
 from cdc_daemon.localserver import serve as serve_local_typesense
 from cdc_daemon.logs import configure_logging, redact
-from cdc_daemon.preflight import sample_problems
+from cdc_daemon.preflight import sample_problems, unwatched_reads
 from cdc_daemon.runtime import Runtime
 from cdc_daemon.schema import TableMapping
 from cdc_daemon.signals import handle_signals
@@ -181,6 +181,10 @@ def _cmd_check(config: Config, _args: argparse.Namespace) -> int:
             problems.extend(trigger_problems(runtime.db, runtime.names, runtime.tables, joined))
         problems.extend(_sampled_rejections(runtime))
         problems.extend(missing_indexes(runtime.db, runtime.syncer.dependencies))
+        for table, mapping in runtime.mappings.items():
+            watched = {p.table for p in runtime.syncer.dependencies if p.root == table}
+            entry = runtime.syncer.entries[table]
+            problems.extend(unwatched_reads(runtime.db, mapping, entry, watched))
         try:
             runtime.services.api_keys.ready()  # a KMS key is fetched now
         except KmsUnavailable as exc:

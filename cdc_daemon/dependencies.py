@@ -16,6 +16,7 @@ the parent rows whose join columns hold the child's values, then their parents, 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,9 @@ class Hop:
     parent_columns: tuple[str, ...]
     child: str
     child_columns: tuple[str, ...]
+    # Per column pair: the child column's collation where it differs from the parent's (None
+    # where they agree): a computed field may compare either way, so both are looked up.
+    collations: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,26 +101,56 @@ def expansion(
 ) -> tuple[str, list[Any]]:
     """The INSERT ... SELECT that logs an E entry for each root key (`root_key`: its columns)
     joined through `path` to a row whose join columns (`columns`, as logged) held one of
-    `sides`."""
-    last = path.hops[-1]
-    picked = [columns.index(c) for c in last.child_columns]
+    `sides`. One common table expression per hop, from the changed row up to the root's child:
+    `hN` the changed row's values, `hK` the join values of the rows of hop K's parent joined to
+    `hK+1`."""
+    hops = path.hops
+    picked = [columns.index(c) for c in hops[-1].child_columns]
     params = [side[i] for side in sides for i in picked]
     row = "(" + ", ".join("?" * len(picked)) + ")"
-    rows = f"VALUES {', '.join([row] * len(sides))}"
-    for k in range(len(path.hops) - 1, 0, -1):  # up from the changed row to the root's child:
-        hop, above = path.hops[k], path.hops[k - 1]  # the parent rows joined to those rows, as
-        rows = (  # the columns the hop above joins them on
-            f"SELECT {_columns(hop.parent, above.child_columns)} FROM {quote_ident(hop.parent)}"
-            f" WHERE {_tuple(hop.parent, hop.parent_columns)} IN ({rows})"
+    ctes = [f"h{len(hops)} AS (VALUES {', '.join([row] * len(sides))})"]
+    for k in range(len(hops) - 1, 0, -1):
+        hop, above = hops[k], hops[k - 1]
+        ctes.append(
+            f"h{k} AS (SELECT {_columns(hop.parent, above.child_columns)}"
+            f" FROM {quote_ident(hop.parent)} WHERE {_joined(hop, f'h{k + 1}')})"
         )
     key = log_key_sql([f"{quote_ident(path.root)}.{quote_ident(c)}" for c in root_key])
     sql = (
-        f"INSERT INTO {quote_ident(names.log)} (tbl, pk, op)"
+        f"WITH {', '.join(ctes)} INSERT INTO {quote_ident(names.log)} (tbl, pk, op)"
         f" SELECT {quote_literal(path.root)}, {key}, {quote_literal(Op.EXPANDED)}"
-        f" FROM {quote_ident(path.root)}"
-        f" WHERE {_tuple(path.root, path.hops[0].parent_columns)} IN ({rows})"
+        f" FROM {quote_ident(path.root)} WHERE {_joined(hops[0], 'h1')}"
     )
     return sql, params
+
+
+def _joined(hop: Hop, rows: str) -> str:
+    """The hop's parent rows whose join columns hold one of `rows`' values: as the parent's
+    columns compare them, and as the child's do where their collations differ."""
+    match = f"{_tuple(hop.parent, hop.parent_columns)} IN {rows}"
+    if not any(hop.collations):
+        return match
+    collated = [
+        f"{quote_ident(hop.parent)}.{quote_ident(c)}"
+        + (f" COLLATE {quote_ident(collation)}" if collation else "")
+        for c, collation in zip(hop.parent_columns, hop.collations, strict=True)
+    ]
+    other = collated[0] if len(collated) == 1 else f"({', '.join(collated)})"
+    return f"({match} OR {other} IN {rows})"
+
+
+def with_collations(db: Database, path: DependencyPath) -> DependencyPath:
+    """The path with each hop's differing collations (Hop.collations) read from the schema."""
+    hops = []
+    for hop in path.hops:
+        pairs = zip(hop.parent_columns, hop.child_columns, strict=True)
+        differing = []
+        for parent, child in pairs:
+            theirs = db.conn.column_metadata("main", hop.child, child)[1]
+            ours = db.conn.column_metadata("main", hop.parent, parent)[1]
+            differing.append(theirs if theirs.upper() != ours.upper() else None)
+        hops.append(dataclasses.replace(hop, collations=tuple(differing)))
+    return dataclasses.replace(path, hops=tuple(hops))
 
 
 def _columns(table: str, columns: Sequence[str]) -> str:

@@ -49,10 +49,26 @@ def _sqlite_writes_exact_reals() -> bool:
         conn.close()
 
 
+# Array type → the condition each element (json_each's `type` and `value`) meets as it is.
+ARRAY_ELEMENTS = {
+    "string[]": "type = 'text'",
+    # `true` is an integer value too; a literal beyond int64 is read as a REAL.
+    "int64[]": "type = 'integer' AND typeof(value) = 'integer'",
+    "int32[]": f"type = 'integer' AND typeof(value) = 'integer' AND value {INT32}",
+    "bool[]": "type IN ('true', 'false')",
+}
+
+
 def _value_sql(field: FieldMap, c: str) -> tuple[str, str] | None:
     """(condition under which the value `c` (SQL) needs no conversion, its JSON text), or
     None."""
     kind = field.type
+    if kind in ARRAY_ELEMENTS:  # JSON array text whose elements all fit: sent as it is
+        when = (
+            f"typeof({c}) = 'text' AND json_valid({c}) AND json_type({c}) = 'array'"
+            f" AND NOT EXISTS (SELECT 1 FROM json_each({c}) WHERE NOT ({ARRAY_ELEMENTS[kind]}))"
+        )
+        return when, f"json({c})"
     if kind == "string":
         return f"typeof({c}) = 'text'", f"json_quote({c})"
     if kind == "int64":

@@ -9,7 +9,7 @@ and value kind with it); the reasons are its own words.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,22 @@ def tables_read(conn: apsw.Connection, table: str, sql: str) -> set[str]:
         if not name.startswith("sqlite_")
     }
     return (read & real) - {table}
+
+
+def unwatched_reads(
+    db: Database, mapping: TableMapping, entry: str, watched: Collection[str]
+) -> list[str]:
+    """One line per computed field that reads a table outside `watched` (the table's
+    depends_on): a change there would leave its documents stale."""
+    problems = []
+    for field in mapping.computed_fields:
+        assert field.sql is not None
+        for other in sorted(tables_read(db.conn, mapping.table, field.sql) - set(watched)):
+            problems.append(
+                f"{entry}.fields.{field.name}.sql reads {other!r}, which is not in"
+                f" {entry}.depends_on: its changes will not re-send these documents"
+            )
+    return problems
 
 
 def row_query_problem(db: Database, mapping: TableMapping, entry: str) -> str | None:

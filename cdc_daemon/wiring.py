@@ -40,7 +40,14 @@ from cdc_daemon.config import config_changes as changed_keys
 from cdc_daemon.daemon import Daemon, Reload
 from cdc_daemon.database import Database, ProcessorLock, TableInfo
 from cdc_daemon.dead_letters import DeadLetters
-from cdc_daemon.dependencies import DependencyPath, Hop, join_columns, path_problem, path_text
+from cdc_daemon.dependencies import (
+    DependencyPath,
+    Hop,
+    join_columns,
+    path_problem,
+    path_text,
+    with_collations,
+)
 from cdc_daemon.drain import Drainer
 from cdc_daemon.errors import CdcError, ConfigError
 from cdc_daemon.evolution import CollectionManager
@@ -376,7 +383,7 @@ def build_runtime(
     collections.mappings = mappings  # which tables share a collection, before any ensure
     syncer = Syncer(db, changelog, services.sink, mappings, config.sync.batch_size, collections)
     paths = dependency_paths(config)
-    syncer.dependencies = [path for path in paths if path.root in mappings]
+    syncer.dependencies = [with_collations(db, path) for path in paths if path.root in mappings]
     syncer.joined = join_columns(paths)
     syncer.resend_delay = 2 * config.typesense.timeout + 5
     syncer.skip_tables(broken or {})

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import app_write
+from prometheus_client import generate_latest
+from support import app_write, cli_inprocess
 from support.fake_sink import FakeSink
 
 from cdc_daemon import wiring
@@ -21,7 +22,9 @@ from cdc_daemon.database import Database
 from cdc_daemon.dependencies import missing_indexes, roots_reading
 from cdc_daemon.errors import ConfigError
 from cdc_daemon.log_schema import Op
+from cdc_daemon.metrics import Metrics
 from cdc_daemon.runtime import Runtime
+from cdc_daemon.status import sync_status
 from cdc_daemon.triggers import install, trigger_problems, uninstall
 
 SCHEMA = [
@@ -88,18 +91,38 @@ def _config(tmp_path: Path, tables: list[dict[str, object]]) -> Path:
     return path
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def _make_world(tmp_path: Path, schema: list[str], tables: list[dict[str, object]]) -> World:
     path = tmp_path / "app.db"
-    app_write(path, [[(sql, [])] for sql in SCHEMA])
-    config = load_config(_config(tmp_path, [BOOKS]))
+    app_write(path, [[(sql, [])] for sql in schema])
+    config = load_config(_config(tmp_path, tables))
     sink = FakeSink()
     runtime = wiring.build_runtime(config, wiring.Services(_Keys(), sink))  # type: ignore[arg-type]
     install(runtime.db, runtime.names, runtime.tables, runtime.settings.joined)
     world = World(path, runtime, sink)
     world.sync()  # the collection exists
-    yield world
-    runtime.close()
+    return world
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    made = _make_world(tmp_path, SCHEMA, [BOOKS])
+    yield made
+    made.runtime.close()
+
+
+def test_a_join_compared_by_either_sides_collation_resends_every_match(tmp_path: Path) -> None:
+    # books.author_code compares byte for byte, authors.code ignoring case: a computed field
+    # `authors.code = books.author_code` matches 'abc' to 'ABC', so both must be re-sent.
+    made = _make_world(tmp_path, [
+        "CREATE TABLE authors (code TEXT COLLATE NOCASE PRIMARY KEY, name TEXT)",
+        "CREATE TABLE books (id INTEGER PRIMARY KEY, author_code TEXT)",
+        "INSERT INTO authors VALUES ('ABC', 'Hugo')",
+        "INSERT INTO books VALUES (1, 'abc'), (2, 'ABC'), (3, 'x')",
+    ], [{"table": "books", "depends_on": [{"table": "authors", "join": {"author_code": "code"}}]}])
+    try:
+        assert made.resent("UPDATE authors SET name = 'V. Hugo'") == {"1", "2"}
+    finally:
+        made.runtime.close()
 
 
 class _Keys:
@@ -202,3 +225,59 @@ def test_a_bad_dependency_is_named_by_its_key(
     with pytest.raises(ConfigError) as raised:
         wiring.open_tables(config)
     assert str(raised.value) == message
+
+
+def test_check_names_a_computed_field_reading_a_table_outside_depends_on(tmp_path: Path) -> None:
+    app_write(tmp_path / "app.db", [[(sql, [])] for sql in SCHEMA])
+    name = {"type": "string", "optional": True,
+            "sql": "SELECT name FROM authors WHERE authors.id = books.author_id"}
+    tags = {"type": "string[]",
+            "sql": "SELECT json_group_array(tag) FROM book_tags WHERE book_id = books.id"}
+    books = {"table": "books", "fields": {"author_name": name, "tags": tags},
+             "depends_on": [{"table": "book_tags", "join": {"id": "book_id"}}]}
+    config = _config(tmp_path, [books])
+    assert cli_inprocess.run("install", config=config).returncode == 0
+    result = cli_inprocess.run("check", config=config)
+    lines = [line for line in result.stdout.splitlines() if "depends_on" in line]
+    assert lines == [
+        "tables[0].fields.author_name.sql reads 'authors', which is not in"
+        " tables[0].depends_on: its changes will not re-send these documents"
+    ]
+
+
+def test_status_and_metrics_show_a_dependency_tables_triggers(world: World) -> None:
+    runtime = world.runtime
+    joined = runtime.settings.joined
+    metrics = Metrics(runtime.db.path, runtime.names, lambda: runtime.tables, lambda: joined)
+    world.app('DROP TRIGGER "change_log:authors:joined_delete"')
+    scraped = generate_latest(metrics.registry).decode()
+    assert 'cdc_triggers_installed{table="authors"} 0.0' in scraped
+    assert 'cdc_triggers_installed{table="countries"} 1.0' in scraped
+    assert 'cdc_triggers_installed{table="books"} 1.0' in scraped
+    runtime.db.close()
+    fresh = Database(world.path)
+    try:
+        status = sync_status(fresh, runtime.names, ["books"], joined)
+    finally:
+        fresh.close()
+    assert status["tables"]["authors"]["trigger_problems"] == [
+        "trigger 'change_log:authors:joined_delete' is missing"]
+
+
+def test_init_suggests_depends_on_from_foreign_keys(tmp_path: Path) -> None:
+    app_write(tmp_path / "app.db", [[(sql, [])] for sql in (
+        "CREATE TABLE authors (id INTEGER PRIMARY KEY, name TEXT)",
+        "CREATE TABLE books (id INTEGER PRIMARY KEY, author_id INTEGER REFERENCES authors)",
+    )])
+    result = cli_inprocess.run("init", "--database", str(tmp_path / "app.db"),
+                               "--typesense-url", "http://127.0.0.1:1", check=True)
+    text = result.stdout
+    books = text[text.index('- table: "books"'):]
+    assert '    #   - {table: "authors", join: {"author_id": "id"}}' in books
+    authors = text[text.index('- table: "authors"'):text.index('- table: "books"')]
+    assert '    #   - {table: "books", join: {"id": "author_id"}}' in authors
+    uncommented = "\n".join(  # the suggestion is valid YAML once uncommented
+        line.replace("# ", "", 1) for line in books.splitlines() if "depends_on" in line
+        or "{table:" in line)
+    assert yaml.safe_load(uncommented) == {
+        "depends_on": [{"table": "authors", "join": {"author_id": "id"}}]}
