@@ -24,7 +24,7 @@ from typing import Any
 from cdc_daemon.database import Database, quote_ident, quote_literal
 from cdc_daemon.errors import ConfigError
 from cdc_daemon.log_schema import LogTables, Op
-from cdc_daemon.row_keys import log_key_sql, parse_quoted_key
+from cdc_daemon.row_keys import affinity, log_key_sql, parse_quoted_key
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,11 @@ class Hop:
     parent_columns: tuple[str, ...]
     child: str
     child_columns: tuple[str, ...]
-    # Per column pair: the child column's collation where it differs from the parent's (None
-    # where they agree): a computed field may compare either way, so both are looked up.
-    collations: tuple[str | None, ...] = ()
+    # Per column pair, where the two columns compare values differently (None where they
+    # agree): the parent column as the child's would compare it (`{}` is the column), a second
+    # lookup. A computed field's `=` may compare either way: a NOCASE child column, or a number
+    # in the child and its text ('01', ' 1') in the parent (SQLite converts the text first).
+    compare: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,12 +74,13 @@ def join_columns(paths: Iterable[DependencyPath]) -> dict[str, tuple[str, ...]]:
     return {table: tuple(sorted(names)) for table, names in sorted(columns.items())}
 
 
-def payload_sql(columns: Sequence[str], old: bool, new: bool) -> str:
-    """SQL for a J entry's `pk`, in a trigger: the old, then the new values of `columns` (NULL
-    for the side an insert or a delete has not). Always two or more parts: the composite key
-    text, which keeps every value's type exactly (row_keys.log_key_sql)."""
-    olds = [f"OLD.{quote_ident(c)}" if old else "NULL" for c in columns]
-    news = [f"NEW.{quote_ident(c)}" if new else "NULL" for c in columns]
+def payload_sql(columns: Sequence[str], old: str | None, new: str | None) -> str:
+    """SQL for a J entry's `pk`, in a trigger: the old, then the new values of `columns`, each
+    side read with its prefix (`OLD.`, `NEW.`, `` for the row a SELECT reads), NULL for a side
+    the change has not (None). Always two or more parts: the composite key text, which keeps
+    every value's type exactly (row_keys.log_key_sql)."""
+    olds = [f"{old}{quote_ident(c)}" if old is not None else "NULL" for c in columns]
+    news = [f"{new}{quote_ident(c)}" if new is not None else "NULL" for c in columns]
     return log_key_sql([*olds, *news])
 
 
@@ -126,31 +129,37 @@ def expansion(
 
 def _joined(hop: Hop, rows: str) -> str:
     """The hop's parent rows whose join columns hold one of `rows`' values: as the parent's
-    columns compare them, and as the child's do where their collations differ."""
+    columns compare them, and as the child's do where they differ (Hop.compare)."""
     match = f"{_tuple(hop.parent, hop.parent_columns)} IN {rows}"
-    if not any(hop.collations):
+    if not any(hop.compare):
         return match
-    collated = [
-        f"{quote_ident(hop.parent)}.{quote_ident(c)}"
-        + (f" COLLATE {quote_ident(collation)}" if collation else "")
-        for c, collation in zip(hop.parent_columns, hop.collations, strict=True)
+    columns = [
+        (how or "{}").format(f"{quote_ident(hop.parent)}.{quote_ident(c)}")
+        for c, how in zip(hop.parent_columns, hop.compare, strict=True)
     ]
-    other = collated[0] if len(collated) == 1 else f"({', '.join(collated)})"
+    other = columns[0] if len(columns) == 1 else f"({', '.join(columns)})"
     return f"({match} OR {other} IN {rows})"
 
 
-def with_collations(db: Database, path: DependencyPath) -> DependencyPath:
-    """The path with each hop's differing collations (Hop.collations) read from the schema."""
+def with_comparisons(db: Database, path: DependencyPath) -> DependencyPath:
+    """The path with each hop's Hop.compare, from the columns' declared types and collations."""
     hops = []
     for hop in path.hops:
         pairs = zip(hop.parent_columns, hop.child_columns, strict=True)
-        differing = []
-        for parent, child in pairs:
-            theirs = db.conn.column_metadata("main", hop.child, child)[1]
-            ours = db.conn.column_metadata("main", hop.parent, parent)[1]
-            differing.append(theirs if theirs.upper() != ours.upper() else None)
-        hops.append(dataclasses.replace(hop, collations=tuple(differing)))
+        compare = [_second_lookup(db, hop.parent, p, hop.child, c) for p, c in pairs]
+        hops.append(dataclasses.replace(hop, compare=tuple(compare)))
     return dataclasses.replace(path, hops=tuple(hops))
+
+
+def _second_lookup(db: Database, parent: str, ours: str, child: str, theirs: str) -> str | None:
+    our_type, our_collation = db.conn.column_metadata("main", parent, ours)[:2]
+    their_type, their_collation = db.conn.column_metadata("main", child, theirs)[:2]
+    numeric = ("INTEGER", "REAL", "NUMERIC")
+    if affinity(their_type or "") in numeric and affinity(our_type or "") not in numeric:
+        return "CAST({} AS NUMERIC)"
+    if their_collation.upper() != our_collation.upper():
+        return "{} COLLATE " + quote_ident(their_collation).replace("{", "{{").replace("}", "}}")
+    return None
 
 
 def _columns(table: str, columns: Sequence[str]) -> str:
@@ -179,19 +188,35 @@ def roots_reading(
 
 def path_problem(db: Database, path: DependencyPath) -> ConfigError | None:
     """Why the path's last hop can't be followed (its table or a join column is missing), with
-    the key relative to the path's entry; None when it can."""
+    the key relative to the path's entry; None when it can. Names are matched exactly, as for
+    configured tables; one that differs only in ASCII case is named in the message."""
     hop = path.hops[-1]
     if not db.table_exists(hop.child):
-        return ConfigError(f"table {hop.child!r} does not exist (or is not a table)", key="table")
+        tables = [
+            name for (name,) in db.query("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+        return ConfigError(
+            f"table {hop.child!r} does not exist (or is not a table){_spelled(hop.child, tables)}",
+            key="table",
+        )
     sides = ((hop.parent, hop.parent_columns, "a parent"), (hop.child, hop.child_columns, "its"))
     for table, columns, side in sides:
-        names = {c.name for c in db.table_info(table).columns}
+        names = [c.name for c in db.table_info(table).columns]
         for column, mapped in zip(columns, hop.parent_columns, strict=True):
             if column not in names:
                 return ConfigError(
-                    f"no column {column!r} in {table!r} ({side} join column)", key=f"join.{mapped}"
+                    f"no column {column!r} in {table!r} ({side} join column)"
+                    + _spelled(column, names),
+                    key=f"join.{mapped}",
                 )
     return None
+
+
+def _spelled(name: str, names: Iterable[str]) -> str:
+    """`; it is spelled 'x'` when a name differs from `name` only in ASCII case."""
+    fold = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+    same = [other for other in names if other.translate(fold) == name.translate(fold)]
+    return f"; it is spelled {same[0]!r} (names are matched exactly)" if same else ""
 
 
 def missing_indexes(db: Database, paths: Iterable[DependencyPath]) -> list[str]:

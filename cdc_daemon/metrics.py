@@ -64,17 +64,26 @@ class _LogCollector(Collector):
         # one read transaction at a time on the shared connection.
         self._lock = threading.Lock()
 
-    def _read(self) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
+    def _read(
+        self, tables: list[TableInfo], joined: Mapping[str, Sequence[str]]
+    ) -> tuple[dict[str, Any], dict[str, bool]]:
+        """The log's summary, and per table whether its triggers are all present and current."""
         if self._db is None:
             self._db = Database(self._path)
         status = LogStatus(self._db, self._names).summary([])
-        return status, installed_triggers(self._db, self._names)
+        present = installed_triggers(self._db, self._names)
+        current = {
+            table: all(present.get(name, ("", ""))[1] == sql for name, sql in wanted.items())
+            for table, wanted in wanted_triggers(self._db, self._names, tables, joined)
+        }
+        return status, current
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("cdc_database_up", "1 when the log could be read at scrape")
+        tables, joined = self._tables(), self._joined()
         with self._lock:
             try:
-                status, present = self._read()
+                status, current = self._read(tables, joined)
             except CdcError:
                 if self._db is not None:
                     self._db.close()
@@ -103,7 +112,6 @@ class _LogCollector(Collector):
             "1 when every trigger of the table is present and current",
             labels=["table"],
         )
-        tables, joined = self._tables(), self._joined()
         for info in tables:
             entry = per_table.get(info.name, {})
             table_backlog.add_metric([info.name], entry.get("backlog", 0))
@@ -111,8 +119,7 @@ class _LogCollector(Collector):
         for table in joined:  # a dependency table's backlog: its rows' changes not expanded yet
             if table not in {info.name for info in tables}:
                 table_backlog.add_metric([table], per_table.get(table, {}).get("backlog", 0))
-        for table, wanted in wanted_triggers(self._names, tables, joined):
-            ok = all(present.get(name, ("", ""))[1] == sql for name, sql in wanted.items())
+        for table, ok in current.items():
             triggers.add_metric([table], 1 if ok else 0)
         yield from (up, lag, backlog, table_backlog, dead, table_dead, triggers)
 

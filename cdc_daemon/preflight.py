@@ -25,7 +25,7 @@ from cdc_daemon.documents import (
     size_problem,
 )
 from cdc_daemon.errors import DocumentError
-from cdc_daemon.schema import TableMapping
+from cdc_daemon.schema import TableMapping, in_parentheses
 from cdc_daemon.sink import encode_document
 from cdc_daemon.table_rows import ROW_QUERY_ERRORS, page_after, row_query
 
@@ -52,7 +52,8 @@ def expression_problem(conn: apsw.Connection, table: str, sql: str) -> str | Non
     it does not compile, could write, or is not exactly one expression (`1), (2` or a comment
     that hides the rest of the query). Nothing is run."""
     try:
-        details = apsw.ext.query_info(conn, f"SELECT ({sql}), NULL FROM {quote_ident(table)}")
+        query = f"SELECT {in_parentheses(sql)}, NULL FROM {quote_ident(table)}"
+        details = apsw.ext.query_info(conn, query)
     except apsw.Error as exc:
         return str(exc)
     if (details.query_remaining or "").strip():
@@ -70,7 +71,7 @@ def tables_read(conn: apsw.Connection, table: str, sql: str) -> set[str]:
     valued functions (json_each) and SQLite's own tables are left out. The expression must
     compile (expression_problem)."""
     details = apsw.ext.query_info(
-        conn, f"SELECT ({sql}) FROM {quote_ident(table)}", actions=True
+        conn, f"SELECT {in_parentheses(sql)} FROM {quote_ident(table)}", actions=True
     )
     read = {
         action.table_name

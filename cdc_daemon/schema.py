@@ -79,7 +79,7 @@ class FieldMap:
     @property
     def selected(self) -> str:
         """The SQL the row query selects for this field: the column, or `(<expression>)`."""
-        return f"({self.sql})" if self.sql is not None else quote_ident(self.column)
+        return in_parentheses(self.sql) if self.sql is not None else quote_ident(self.column)
 
     def schema(self) -> dict[str, Any]:
         field: dict[str, Any] = {"name": self.name, "type": self.type}
@@ -94,6 +94,11 @@ class FieldMap:
         if self.locale:
             field["locale"] = self.locale
         return field
+
+
+def in_parentheses(sql: str) -> str:
+    """An expression as one value in a query: the line break ends a trailing `--` comment."""
+    return f"({sql}\n)"
 
 
 @dataclass(frozen=True)

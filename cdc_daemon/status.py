@@ -114,7 +114,6 @@ def _add_trigger_problems(
             continue
         if info.key:  # without a key there are no triggers to expect (status says why)
             infos.append(info)
-    joined = {table: columns for table, columns in joined.items() if db.table_exists(table)}
     problems = problems_by_table(db, names, infos, joined)
     status["trigger_problems"] = [
         f"table {table!r}: {line}" for table, lines in problems.items() for line in lines

@@ -181,7 +181,7 @@ class Syncer:
         self._retry_at: dict[str, float] = {}
         self._reported_at: dict[str, float] = {}
         self.rejections = Rejections()  # over this syncer's batches (backfill, run --once)
-        self.dependencies: Sequence[DependencyPath] = ()  # of the mapped tables (depends_on)
+        self.dependencies: Sequence[DependencyPath] = ()  # of the configured tables (depends_on)
         # Every dependency table → the join columns its triggers log (all of the config's paths).
         self.joined: Mapping[str, tuple[str, ...]] = {}
 
@@ -388,6 +388,8 @@ class Syncer:
         if not sides:
             return
         for path in paths:
+            if path.root not in self.mappings:
+                continue  # its table is left out of this runtime (not readable when built)
             key = self.mappings[path.root].key
             change.expansions.append(expansion(path, key, columns, sides, self.changelog.names))
 
@@ -398,7 +400,10 @@ class Syncer:
         for table, due in list(self._retry_at.items()):
             if now >= due:
                 del self._retry_at[table], self.broken[table]
-        return sorted(self.broken)
+        # A dependency table's changes wait too while a table reading it is skipped: expanded
+        # now, they would find no documents to re-send.
+        waiting = {p.table for p in self.dependencies if p.root in self.broken}
+        return sorted(set(self.broken) | waiting)
 
     def _resolve_or_skip(self, conn: apsw.Connection, table: str, changes: list[_Change]) -> bool:
         """_resolve and _check_ids, unless the table's rows can't be read (dropped or renamed

@@ -105,7 +105,6 @@ class TriggerWatch:
         triggers back first when `reinstall` (sync.reinstall_triggers). The tables to resync
         (a dependency table among them: the tables whose documents read it)."""
         infos = configured_tables(db, tables)
-        joined = {table: columns for table, columns in joined.items() if db.table_exists(table)}
         back = self.check(db, names, infos, joined)
         if self.problems and reinstall:
             self._reinstall(db, names, infos, joined)

@@ -207,32 +207,75 @@ def require_installed(db: Database, names: LogTables) -> None:
         raise DatabaseError(problem)
 
 
-def dependency_triggers(names: LogTables, table: str, columns: Sequence[str]) -> dict[str, str]:
+def dependency_triggers(
+    names: LogTables, info: TableInfo, columns: Sequence[str]
+) -> dict[str, str]:
     """Trigger name → CREATE TRIGGER text for a dependency table: one J entry per row change,
-    whatever number of documents read the row (the daemon finds them: dependencies.py)."""
+    whatever number of documents read the row (the daemon finds them: dependencies.py), and one
+    per row a REPLACE evicts without firing the delete trigger."""
+    common = {
+        **TRIGGER_OPS,
+        "table": quote_ident(info.name),
+        "log": quote_ident(names.log),
+        "table_literal": quote_literal(info.name),
+    }
     result = {}
     for kind, (event, old, new) in DEPENDENCY_EVENTS.items():
-        name = names.trigger_name(table, kind)
+        name = names.trigger_name(info.name, kind)
+        payload = payload_sql(columns, "OLD." if old else None, "NEW." if new else None)
         sql = template("trigger_dependency").substitute(
-            TRIGGER_OPS,
-            name=quote_ident(name),
-            event=event,
-            table=quote_ident(table),
-            log=quote_ident(names.log),
-            table_literal=quote_literal(table),
-            payload=payload_sql(columns, old, new),
+            common, name=quote_ident(name), event=event, payload=payload
+        )
+        result[name] = sql.strip()
+    evicted = payload_sql(columns, "", None)  # the evicted row's values, as the SELECT reads it
+    for kind, event, match in _dependency_evictions(info, columns):
+        name = names.trigger_name(info.name, kind)
+        sql = template("trigger_dependency_evict").substitute(
+            common, name=quote_ident(name), event=event, payload=evicted, match=match
         )
         result[name] = sql.strip()
     return result
 
 
+def _dependency_evictions(info: TableInfo, columns: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(kind, event, the evicted rows) for each way a REPLACE can delete another row of a
+    dependency table: through a UNIQUE index, or through the primary key when the join columns
+    are not all in it (a row replaced by its key may join other documents than the new one)."""
+    uniques = list(
+        zip(
+            info.unique_indexes,
+            info.unique_collations or [()] * len(info.unique_indexes),
+            strict=True,
+        )
+    )
+    if info.key and not set(columns) <= set(info.key):
+        uniques.append((info.key, info.key_collations))
+    same_row = _same_key(info.key, "OLD.") if info.key else "rowid = OLD.rowid"
+    found = []
+    for i, (unique, collations) in enumerate(uniques, start=1):
+        match = _match(unique, collations or ("BINARY",) * len(unique))
+        listed = ", ".join(quote_ident(c) for c in unique)
+        found.append((f"joined_evict{i}_insert", "INSERT", match))
+        found.append(
+            (f"joined_evict{i}_update", f"UPDATE OF {listed}", f"{match} AND NOT ({same_row})")
+        )
+    return found
+
+
 def wanted_triggers(
-    names: LogTables, tables: Sequence[TableInfo], joined: Mapping[str, Sequence[str]]
+    db: Database,
+    names: LogTables,
+    tables: Sequence[TableInfo],
+    joined: Mapping[str, Sequence[str]],
 ) -> list[tuple[str, dict[str, str]]]:
     """(table, its triggers by name) for the configured tables, then the dependency tables
     (`joined`: table → the join columns its entries log, dependencies.join_columns)."""
     wanted = [(info.name, expected_triggers(names, info)) for info in tables]
-    wanted += [(table, dependency_triggers(names, table, cols)) for table, cols in joined.items()]
+    wanted += [  # a dependency table that is gone has no triggers (its readers are skipped)
+        (table, dependency_triggers(names, db.table_info(table), cols))
+        for table, cols in joined.items()
+        if db.table_exists(table)
+    ]
     return wanted
 
 
@@ -278,7 +321,7 @@ def install_plan(
     ]
     present = installed_triggers(db, names)
     wanted = log_guard_trigger(names)
-    for _table, triggers in wanted_triggers(names, tables, joined):
+    for _table, triggers in wanted_triggers(db, names, tables, joined):
         wanted.update(triggers)
     for name, (table, sql) in present.items():
         if wanted.get(name) != sql:
@@ -329,7 +372,7 @@ def problems_by_table(
     """Table → one line per missing or outdated trigger; the log's own guard under the log's
     name. Empty when every trigger is current."""
     present = installed_triggers(db, names)
-    wanted = [(names.log, log_guard_trigger(names)), *wanted_triggers(names, tables, joined)]
+    wanted = [(names.log, log_guard_trigger(names)), *wanted_triggers(db, names, tables, joined)]
     problems: dict[str, list[str]] = {}
     for table, triggers in wanted:
         for name, sql in triggers.items():

@@ -46,7 +46,7 @@ from cdc_daemon.dependencies import (
     join_columns,
     path_problem,
     path_text,
-    with_collations,
+    with_comparisons,
 )
 from cdc_daemon.drain import Drainer
 from cdc_daemon.errors import CdcError, ConfigError
@@ -383,7 +383,10 @@ def build_runtime(
     collections.mappings = mappings  # which tables share a collection, before any ensure
     syncer = Syncer(db, changelog, services.sink, mappings, config.sync.batch_size, collections)
     paths = dependency_paths(config)
-    syncer.dependencies = [with_collations(db, path) for path in paths if path.root in mappings]
+    # Also the paths of tables skipped as broken: their dependency tables' changes wait.
+    syncer.dependencies = [
+        with_comparisons(db, path) if path.root in mappings else path for path in paths
+    ]
     syncer.joined = join_columns(paths)
     syncer.resend_delay = 2 * config.typesense.timeout + 5
     syncer.skip_tables(broken or {})

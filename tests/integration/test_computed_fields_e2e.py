@@ -123,6 +123,26 @@ def test_edited_and_added_expressions_reach_every_document(env: Env) -> None:
     assert env.verify()["in_sync"] is True
 
 
+def test_a_computed_fields_new_type_rebuilds_the_collection_behind_its_alias(env: Env) -> None:
+    setup(env)
+    app_exec(env.db, *(
+        f"INSERT INTO books (id, title, published_at) VALUES ({i}, 't{i}', '2020-01-0{i}')"
+        for i in range(1, 4)))
+    env.cli("run", "--once", check=True)
+    before = env.http.get(f"/aliases/{env.collection('books')}").json()["collection_name"]
+    retyped = {**FIELDS, "published_ts": {"type": "string", "sql": "published_at"}}
+    env.write_config([{**BOOKS, "fields": retyped}], sync={"max_attempts": 1})
+    env.cli("run", "--once", check=True)
+    after = env.http.get(f"/aliases/{env.collection('books')}").json()["collection_name"]
+    assert after != before  # a new collection behind the alias, the old one dropped
+    assert env.http.get(f"/collections/{before}").status_code == 404
+    schema = env.http.get(f"/collections/{after}").json()
+    assert {f["name"]: f["type"] for f in schema["fields"]}["published_ts"] == "string"
+    assert {d["published_ts"] for d in env.documents("books").values()} == {
+        "2020-01-01", "2020-01-02", "2020-01-03"}
+    assert env.verify()["in_sync"] is True
+
+
 def test_check_and_every_command_refuse_a_bad_expression(env: Env) -> None:
     bad = {**FIELDS, "kind": {"type": "string", "sql": "upperr(title)"}}
     setup(env)

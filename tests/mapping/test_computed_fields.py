@@ -85,7 +85,7 @@ def test_computed_fields_follow_the_columns_and_are_selected_as_expressions(db: 
     assert names[-5:] == list(FIELDS)  # after the columns, in config order
     tags = next(f for f in m.fields if f.name == "tags")
     assert tags == FieldMap("tags", "tags", "string[]", optional=False, sql=FIELDS["tags"]["sql"])
-    assert f"({FIELDS['tags']['sql']})" in m.select_list()
+    assert f"({FIELDS['tags']['sql']}\n)" in m.select_list()
     kind = next(f for f in m.collection_schema()["fields"] if f["name"] == "kind")
     assert kind == {"name": "kind", "type": "string", "facet": True}  # not optional by default
 
@@ -93,7 +93,7 @@ def test_computed_fields_follow_the_columns_and_are_selected_as_expressions(db: 
 def test_a_computed_field_replaces_the_column_of_its_name_in_place(db: Database) -> None:
     m = books(db, fields={"title": {"type": "string", "sql": "upper(title)"}})
     assert [f.name for f in m.fields].index("title") == 0
-    assert m.select_list()[1] == "(upper(title))"
+    assert m.select_list()[1] == "(upper(title)\n)"
     assert build_document(m, read(db, m, [1])[(1,)])["title"] == "ONE"
 
 
@@ -244,6 +244,12 @@ def test_check_names_the_expressions_key_and_sqlites_message(
     assert found is not None and found.startswith(f"tables[0].fields.x.sql: {sql!r} is not a")
     assert problem in found
     assert expression_problem(db.conn, "books", FIELDS["tags"]["sql"]) is None
+
+
+def test_an_expression_may_end_with_a_line_comment(db: Database) -> None:
+    m = books(db, fields={"x": {"type": "string", "sql": "upper(title) -- shouted"}})
+    assert row_query_problem(db, m, "tables[0]") is None
+    assert build_document(m, read(db, m, [1])[(1,)])["x"] == "ONE"
 
 
 def test_tables_read_lists_the_other_tables_an_expression_reads(db: Database) -> None:
