@@ -41,7 +41,6 @@ from benchlib import (
 )
 
 from cdc_daemon.config import load_config
-from cdc_daemon.database import quote_ident
 from cdc_daemon.documents import build_document
 from cdc_daemon.wiring import open_tables
 
@@ -57,7 +56,7 @@ def source_documents(world: World, rows: int) -> tuple[dict[str, Any], list[str]
     database, _infos, mappings = open_tables(config)
     try:
         mapping = mappings["elements"]
-        columns = ", ".join(quote_ident(c) for c in mapping.columns)
+        columns = ", ".join(mapping.select_list())
         lines = [
             json.dumps(build_document(mapping, row), ensure_ascii=False, allow_nan=False)
             for row in database.query(f"SELECT {columns} FROM elements ORDER BY id")
