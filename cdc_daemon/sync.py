@@ -105,8 +105,9 @@ class _Change:
     line: str | None = None  # the document as JSON (built while reading): upsert; None: delete
     error: str | None = None
     settled: bool = False  # a delete of a document that can't exist: done without a request
-    # A dependency row's change (op J): settled, its acknowledgement logs these E entries.
-    expansions: list[tuple[str, list[Any]]] = field(default_factory=list)
+    # A dependency row's change (op J): settled, its acknowledgement logs these E entries. A
+    # tuple: no list allocated per change (GC work on every batch).
+    expansions: tuple[tuple[str, list[Any]], ...] = ()
 
 
 @dataclass
@@ -387,11 +388,11 @@ class Syncer:
             return
         if not sides:
             return
-        for path in paths:
-            if path.root not in self.mappings:
-                continue  # its table is left out of this runtime (not readable when built)
-            key = self.mappings[path.root].key
-            change.expansions.append(expansion(path, key, columns, sides, self.changelog.names))
+        change.expansions = tuple(  # a root left out of this runtime is skipped (_skipped_tables)
+            expansion(path, self.mappings[path.root].key, columns, sides, self.changelog.names)
+            for path in paths
+            if path.root in self.mappings
+        )
 
     def _skipped_tables(self) -> list[str]:
         """The broken tables whose log entries are not read now; one whose retry time came is
