@@ -178,13 +178,17 @@ class World(contextlib.ExitStack):
         return path
 
     def config(
-        self, db: Path, collection: str, batch_size: int = 1000, poll_interval: float = 0.5
+        self, db: Path, collection: str, batch_size: int | None = None, poll_interval: float = 0.5
     ) -> Path:
+        """`batch_size` None: the default (adaptive batches below its default bound)."""
         assert self.typesense is not None
+        sync: dict[str, Any] = {"poll_interval": poll_interval}
+        if batch_size is not None:
+            sync["batch_size"] = batch_size
         config = {
             "database": str(db),
             "typesense": {"nodes": [self.typesense.url], "api_key": API_KEY, "timeout": 60},
-            "sync": {"batch_size": batch_size, "poll_interval": poll_interval},
+            "sync": sync,
             "logging": {"format": "json", "level": "warning"},
             "tables": [{**ELEMENTS_TABLE, "collection": collection}],
         }

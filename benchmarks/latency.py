@@ -2,14 +2,15 @@
 
     .venv/bin/python benchmarks/latency.py [--quick] [--rates 50,200,1000] [--seconds 30]
 
-One app database with the triggers, one `cdc-daemon run` subprocess (batch_size 1000,
-poll_interval 0.5, the defaults). For each rate R (and each repeat) the app process commits one
-row per transaction at R commits/s for the given seconds (stdlib sqlite3, WAL,
-synchronous=NORMAL) and records when each COMMIT returned (CLOCK_MONOTONIC). Meanwhile a
-watcher searches the collection every 10 ms for documents with `sequence_number >=` the lowest
-one not yet seen, and records when each first appears (the time the answer arrived). Latency =
-first seen - committed: an upper bound, coarse by up to one poll interval plus a search round
-trip (both reported). The first second of each phase is left out as warm-up.
+One app database with the triggers, one `cdc-daemon run` subprocess with the default sync
+settings (adaptive batches up to batch_size 5,000, poll_interval 0.5). For each rate R (and each
+repeat) the app process commits one row per transaction at R commits/s for the given seconds
+(stdlib sqlite3, WAL, synchronous=NORMAL) and records when each COMMIT returned
+(CLOCK_MONOTONIC). Meanwhile a watcher searches the collection every 10 ms for documents with
+`sequence_number >=` the lowest one not yet seen, and records when each first appears (the time
+the answer arrived). Latency = first seen - committed: an upper bound, coarse by up to one poll
+interval plus a search round trip (both reported). The first second of each phase is left out as
+warm-up.
 """
 
 from __future__ import annotations
@@ -148,13 +149,13 @@ def main() -> None:
         "seconds_per_phase": seconds,
         "poll_interval_s": POLL_INTERVAL,
         "warmup_s": WARMUP,
-        "daemon": {"batch_size": 1000, "poll_interval": 0.5},
+        "daemon": {"batch_size": "default", "poll_interval": 0.5},
         "rates": {},
     }
     with World("latency") as world:
         server = world.start_typesense()
         db = world.app_db("latency")
-        config = world.config(db, "latency", batch_size=1000, poll_interval=0.5)
+        config = world.config(db, "latency")
         cdc(config, "install")
         daemon = world.daemon(config)
         wait_until(lambda: world.ts.get("/aliases/latency").status_code == 200, 60,

@@ -5,8 +5,9 @@
 - idle CPU: `cdc-daemon run` (poll_interval 0.5, inotify) on a synced database nobody writes;
   utime + stime from /proc/PID/stat over the window, as a share of one core.
 - backfill memory: N rows written by the app before `install`, then `cdc-daemon backfill`
-  (batch_size 1000, pages of 2,000 keys); peak RSS = VmHWM from /proc/PID/status (sampled every
-  0.1 s) and ru_maxrss from wait4() (exact, after exit).
+  (the default sync settings: adaptive batches up to 5,000; pages of 2,000 keys); peak RSS =
+  VmHWM from /proc/PID/status (sampled every 0.1 s) and ru_maxrss from wait4() (exact, after
+  exit).
 - outage: the daemon runs, Typesense is killed (kill -9), the app commits one row per
   transaction at R commits/s for S seconds; the log's rows and the database's files (db + -wal)
   are sampled every second. Then Typesense is started again (same data, same port) and the time

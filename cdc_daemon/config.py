@@ -210,7 +210,9 @@ class TypesenseConfig(_Strict):
 
 
 class SyncConfig(_Strict):
-    batch_size: int = Field(default=1000, ge=1, le=50_000)
+    # The most log entries one batch reads: the daemon sizes each batch below it (batching.py),
+    # large while a backlog waits, small when caught up.
+    batch_size: int = Field(default=5000, ge=1, le=50_000)
     poll_interval: float = Field(default=0.5, gt=0, le=60)
     max_attempts: int = Field(default=10, ge=1)
     # The running daemon puts back triggers a migration dropped (what `install` does), then

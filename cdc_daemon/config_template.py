@@ -110,7 +110,7 @@ def render_config(database: Path, typesense_url: str, api_key_env: str) -> str:
         f"  api_key_env: {api_key_env}      # or api_key, api_key_file, kms",
         "  timeout: 30                     # seconds per request",
         "sync:",
-        "  batch_size: 1000                # log entries per batch",
+        "  batch_size: 5000                # the most log entries per batch (sized below it)",
         "  poll_interval: 0.5              # longest sleep when idle, seconds",
         "  max_attempts: 10                # rejected documents are then dead-lettered",
         "logging:",

@@ -11,6 +11,7 @@ from typing import Any
 import apsw
 import structlog
 
+from cdc_daemon.batching import BatchSize
 from cdc_daemon.changelog import MAX_DELAY, ChangeLog, KeyFailure, LogEntry, contiguous_ranges
 from cdc_daemon.database import Database, InvalidText
 from cdc_daemon.dependencies import DependencyPath, expansion, parse_payload
@@ -134,6 +135,11 @@ class _Batch:
     writes: list[_TableWrite]
     refused: list[int]  # changes that failed before sending (change.error)
     settled: list[int]  # changes done without sending (change.settled)
+    limit: int = 0  # the batch size it was read with: as many entries means more may wait
+
+    @property
+    def document_bytes(self) -> int:
+        return sum(len(line) for write in self.writes for line in write.lines)
 
 
 @dataclass
@@ -163,7 +169,8 @@ class Syncer:
         self.changelog = changelog
         self.sink = sink
         self.mappings = mappings
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # the upper bound; each batch reads `sizes.current`
+        self.sizes = BatchSize(batch_size)
         self.collections = collections
         self.targets: dict[str, Target] = {}
         self.resend_delay = 30.0  # after a timeout; the daemon sets it from typesense.timeout
@@ -225,11 +232,12 @@ class Syncer:
             self._commit_pending(report)
             return report
         report.entries, report.keys = len(batch.seqs), len(changes)
+        self.sizes.read(report.entries, batch.limit)  # before reading ahead: with the new size
         report.first_seq, report.last_seq = batch.seqs[0], batch.seqs[-1]
         uncertain = self.sink.uncertain_writes
         ahead = None
         try:
-            if self.read_ahead and report.entries >= self.batch_size:  # more is likely waiting
+            if self.read_ahead and report.entries >= batch.limit:  # more is likely waiting
                 results, ahead = self._send_reading_ahead(batch, report, report.last_seq)
             else:
                 self._commit_pending(report)
@@ -278,6 +286,7 @@ class Syncer:
                 report.first_rejection.setdefault(f.table, f"key {f.log_key!r}: {f.error}")
         self.rejections.add(report)
         report.duration = time.monotonic() - started
+        self.sizes.sent(report.duration, batch.document_bytes)
         return report
 
     def commit_pending(self) -> None:
@@ -339,8 +348,9 @@ class Syncer:
         transaction."""
         skipped = self._skipped_tables()
         with self.db.read() as conn:
+            limit = self.sizes.current
             entries = self.changelog.read_batch(
-                conn, self.batch_size, time.time(), after, skip_tables=skipped
+                conn, limit, time.time(), after, skip_tables=skipped
             )
             deleted_by_others = self.changelog.deleted_by_others(conn) if entries else 0
             if entries:  # read here, in a read transaction, when not known yet: not in the ack
@@ -364,7 +374,9 @@ class Syncer:
         self._report_broken()
         # A skipped table's entries are neither sent nor acknowledged: they wait in the log.
         kept = [c for c in changes.values() if c.table not in unreadable]
-        return self._plan(kept, deleted_by_others)
+        batch = self._plan(kept, deleted_by_others)
+        batch.limit = limit
+        return batch
 
     def _expand(self, change: _Change) -> None:
         """A dependency row's change: settled here, and its acknowledgement logs the keys of

@@ -114,7 +114,7 @@ LAYERS = {
         "sync", "changelog", "dead_letters", "log_status", "log_schema", "triggers",
         "trigger_watch", "database", "table_rows", "row_keys", "schema", "documents",
         "document_sql", "evolution", "ownership", "backfill", "sweep", "reconfigure", "verify",
-        "preflight", "kms", "auth", "dependencies",
+        "preflight", "kms", "auth", "dependencies", "batching",
     },
     "base": {"errors", "logs", "retry", "sink", "secret_files", "permissions"},
 }

@@ -50,7 +50,7 @@ def test_minimal_config_and_defaults(tmp_path: Path) -> None:
     assert config.typesense.nodes == ["http://127.0.0.1:8108"]
     assert config.typesense.timeout == 30
     assert (config.sync.batch_size, config.sync.poll_interval, config.sync.max_attempts) == (
-        1000,
+        5000,  # the upper bound: batches are sized below it (batching.py)
         0.5,
         10,
     )
