@@ -106,12 +106,16 @@ def test_an_expression_failing_on_a_row_is_verifys_difference_not_a_crash(env: E
     assert "field 'pages': its sql failed on this row: malformed JSON" in reason, report
 
 
-def test_edited_and_added_expressions_reach_every_document(env: Env) -> None:
+def three_books_synced(env: Env) -> None:
     setup(env)
     app_exec(env.db, *(
         f"INSERT INTO books (id, title, published_at) VALUES ({i}, 't{i}', '2020-01-0{i}')"
         for i in range(1, 4)))
     env.cli("run", "--once", check=True)
+
+
+def test_edited_and_added_expressions_reach_every_document(env: Env) -> None:
+    three_books_synced(env)
     # An edited expression (same type) re-sends every document; a new optional one is added.
     edited = {**FIELDS, "kind": {**FIELDS["kind"], "sql": "'novel'"},
               "shout": {"type": "string", "optional": True, "sql": "upper(title)"}}
@@ -124,11 +128,7 @@ def test_edited_and_added_expressions_reach_every_document(env: Env) -> None:
 
 
 def test_a_computed_fields_new_type_rebuilds_the_collection_behind_its_alias(env: Env) -> None:
-    setup(env)
-    app_exec(env.db, *(
-        f"INSERT INTO books (id, title, published_at) VALUES ({i}, 't{i}', '2020-01-0{i}')"
-        for i in range(1, 4)))
-    env.cli("run", "--once", check=True)
+    three_books_synced(env)
     before = env.http.get(f"/aliases/{env.collection('books')}").json()["collection_name"]
     retyped = {**FIELDS, "published_ts": {"type": "string", "sql": "published_at"}}
     env.write_config([{**BOOKS, "fields": retyped}], sync={"max_attempts": 1})
