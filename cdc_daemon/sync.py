@@ -14,7 +14,7 @@ import structlog
 from cdc_daemon.batching import BatchSize
 from cdc_daemon.changelog import MAX_DELAY, ChangeLog, KeyFailure, LogEntry, contiguous_ranges
 from cdc_daemon.database import Database, InvalidText
-from cdc_daemon.dependencies import DependencyPath, expansion, parse_payload
+from cdc_daemon.dependencies import DependencyPath, expansion, join_columns, parse_payload
 from cdc_daemon.document_sql import document_sql, fetch_documents
 from cdc_daemon.documents import build_document, row_is_live, size_problem
 from cdc_daemon.errors import CdcError, CollectionMissing, DocumentError, TargetError
@@ -189,9 +189,15 @@ class Syncer:
         self._retry_at: dict[str, float] = {}
         self._reported_at: dict[str, float] = {}
         self.rejections = Rejections()  # over this syncer's batches (backfill, run --once)
-        self.dependencies: Sequence[DependencyPath] = ()  # of the configured tables (depends_on)
-        # Every dependency table → the join columns its triggers log (all of the config's paths).
-        self.joined: Mapping[str, tuple[str, ...]] = {}
+        self.dependencies: Sequence[DependencyPath] = ()  # use_dependencies
+        self._joined: Mapping[str, tuple[str, ...]] = {}
+
+    def use_dependencies(self, paths: Iterable[DependencyPath]) -> None:
+        """Every depends_on path of the configured tables (also of those skipped as broken: their
+        dependency tables' changes wait), and so the join columns each dependency table's
+        triggers log."""
+        self.dependencies = tuple(paths)
+        self._joined = join_columns(self.dependencies)
 
     def skip_tables(self, broken: dict[str, str]) -> None:
         """Leave out these configured tables (open_tables could not use them): table → why."""
@@ -387,7 +393,7 @@ class Syncer:
         paths = [p for p in self.dependencies if p.table == change.table]
         if not paths:
             return  # no configured document reads this table (any more)
-        columns = self.joined[change.table]
+        columns = self._joined[change.table]
         try:
             sides = parse_payload(change.log_key, len(columns))
         except ValueError as exc:

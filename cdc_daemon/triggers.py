@@ -72,18 +72,26 @@ def _same_key(key: Sequence[str], other: str) -> str:
     return " AND ".join(f"{quote_ident(c)} IS {other}{quote_ident(c)} COLLATE BINARY" for c in key)
 
 
+def _unique_indexes(info: TableInfo) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Each UNIQUE index's columns and their collations (BINARY where none is known)."""
+    return [
+        (
+            columns,
+            info.unique_collations[i]
+            if i < len(info.unique_collations)
+            else ("BINARY",) * len(columns),
+        )
+        for i, columns in enumerate(info.unique_indexes)
+    ]
+
+
 def _eviction_triggers(info: TableInfo) -> dict[str, tuple[str, dict[str, str]]]:
     """BEFORE triggers that log the rows a REPLACE evicts without firing their delete trigger:
     through each UNIQUE index, and through the primary key itself when it compares other than
     byte for byte (`COLLATE NOCASE`: 'alice@x' replaces 'Alice@x', another document id). A
     BINARY key needs none: the evicted row's document is the new row's, upserted anyway."""
     wanted: dict[str, tuple[str, dict[str, str]]] = {}
-    for i, columns in enumerate(info.unique_indexes, start=1):
-        collations = (
-            info.unique_collations[i - 1]
-            if i <= len(info.unique_collations)
-            else ("BINARY",) * len(columns)
-        )
+    for i, (columns, collations) in enumerate(_unique_indexes(info), start=1):
         unique = {
             "unique_columns": ", ".join(quote_ident(c) for c in columns),
             # Match the way the index compares (e.g. an index on `email COLLATE NOCASE`).
@@ -241,19 +249,13 @@ def _dependency_evictions(info: TableInfo, columns: Sequence[str]) -> list[tuple
     """(kind, event, the evicted rows) for each way a REPLACE can delete another row of a
     dependency table: through a UNIQUE index, or through the primary key when the join columns
     are not all in it (a row replaced by its key may join other documents than the new one)."""
-    uniques = list(
-        zip(
-            info.unique_indexes,
-            info.unique_collations or [()] * len(info.unique_indexes),
-            strict=True,
-        )
-    )
+    uniques = _unique_indexes(info)
     if info.key and not set(columns) <= set(info.key):
-        uniques.append((info.key, info.key_collations))
+        uniques.append((info.key, info.key_collations or ("BINARY",) * len(info.key)))
     same_row = _same_key(info.key, "OLD.") if info.key else "rowid = OLD.rowid"
     found = []
     for i, (unique, collations) in enumerate(uniques, start=1):
-        match = _match(unique, collations or ("BINARY",) * len(unique))
+        match = _match(unique, collations)
         listed = ", ".join(quote_ident(c) for c in unique)
         found.append((f"joined_evict{i}_insert", "INSERT", match))
         found.append(

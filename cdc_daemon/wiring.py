@@ -291,7 +291,9 @@ def _usable_mappings(
 ) -> dict[str, TableMapping]:
     mappings: dict[str, TableMapping] = {}
     prefix = config.typesense.collection_prefix
-    for entry, table in zip(table_entries(config).values(), config.tables, strict=True):
+    entries = table_entries(config)
+    every_path = dependency_paths(config)
+    for entry, table in zip(entries.values(), config.tables, strict=True):
         if table.table not in infos:
             continue
         try:
@@ -299,13 +301,13 @@ def _usable_mappings(
             problem = row_query_problem(db, mapping, entry)
             if problem is not None:
                 raise ConfigError(problem)
-            paths = paths_from(config, table.table)
+            paths = [path for path in every_path if path.root == table.table]
             for path in paths:
                 unusable = path_problem(db, path)
                 if unusable is not None:
                     raise unusable.within(path.entry)
             mapping = dataclasses.replace(mapping, reads=tuple(map(path_text, paths)))
-            _refuse_shared_conflict(mapping, mappings, entry, table_entries(config))
+            _refuse_shared_conflict(mapping, mappings, entry, entries)
         except ConfigError as exc:
             if broken is None:
                 raise
@@ -324,11 +326,6 @@ def _refuse_shared_conflict(
     conflict = shared_field_conflict(mapping, members) if members else None
     if conflict is not None:
         raise conflict.within(entry) from None
-
-
-def paths_from(config: Config, table: str) -> list[DependencyPath]:
-    """The dependency paths of one configured table."""
-    return [path for path in dependency_paths(config) if path.root == table]
 
 
 # -- the two halves of a runtime -----------------------------------------------------------------
@@ -382,12 +379,11 @@ def build_runtime(
     collections = collection_manager(services.sink, db, names, config.sync.batch_size, entries)
     collections.mappings = mappings  # which tables share a collection, before any ensure
     syncer = Syncer(db, changelog, services.sink, mappings, config.sync.batch_size, collections)
-    paths = dependency_paths(config)
     # Also the paths of tables skipped as broken: their dependency tables' changes wait.
-    syncer.dependencies = [
-        with_comparisons(db, path) if path.root in mappings else path for path in paths
-    ]
-    syncer.joined = join_columns(paths)
+    syncer.use_dependencies(
+        with_comparisons(db, path) if path.root in mappings else path
+        for path in dependency_paths(config)
+    )
     syncer.resend_delay = 2 * config.typesense.timeout + 5
     syncer.skip_tables(broken or {})
     syncer.entries = entries

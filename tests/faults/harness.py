@@ -144,9 +144,7 @@ class FaultWorld(Env):
 
     def _drop_collections(self) -> None:
         for table in TABLES:
-            # The configured name is an alias: deleting through it drops the collection behind it.
-            self.http.delete(f"/collections/{self.collection(table)}")
-            self.http.delete(f"/aliases/{self.collection(table)}")
+            self.drop_collection(table)
 
     def on_close(self, cleanup: Callable[[], None]) -> None:
         self._cleanups.append(cleanup)

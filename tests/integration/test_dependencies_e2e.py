@@ -161,8 +161,7 @@ def test_documents_equal_the_query_after_random_changes_anywhere(
         assert report["in_sync"] is True, report
         assert log_backlog(env.db) == 0
     finally:
-        env.http.delete(f"/collections/{env.collection('books')}")
-        env.http.delete(f"/aliases/{env.collection('books')}")
+        env.drop_collection("books")
         env.close()
 
 

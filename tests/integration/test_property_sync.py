@@ -115,7 +115,5 @@ def test_documents_equal_rows_after_random_writes(
         with sqlite3.connect(env.db) as conn:
             assert conn.execute("SELECT COUNT(*) FROM change_log").fetchone()[0] == 0
     finally:
-        # The configured name is an alias: deleting through it drops the collection behind it.
-        env.http.delete(f"/collections/{env.collection('items')}")
-        env.http.delete(f"/aliases/{env.collection('items')}")
-        env.http.close()
+        env.drop_collection("items")
+        env.close()

@@ -92,6 +92,12 @@ class Env:
     def documents(self, table: str) -> dict[str, dict[str, Any]]:
         return collection_documents(self.http, self.collection(table))
 
+    def drop_collection(self, table: str) -> None:
+        """The table's collection and its alias gone (the server is shared by the session).
+        The configured name is an alias: deleting through it drops the collection behind it."""
+        self.http.delete(f"/collections/{self.collection(table)}")
+        self.http.delete(f"/aliases/{self.collection(table)}")
+
     def verify_report(self, *args: str) -> tuple[int, dict[str, Any]]:
         """`verify --json`: its exit code (0 in sync, 1 not) and its report."""
         result = self.cli("verify", "--json", *args)
