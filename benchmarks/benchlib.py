@@ -277,6 +277,27 @@ def app_result(process: subprocess.Popen[str], timeout: float = 3600) -> dict[st
     return result
 
 
+def documents_of(config: Path, table: str = "elements") -> tuple[dict[str, Any], list[str]]:
+    """A table's rows as the daemon's documents (JSON lines, key order) and its collection
+    schema, built by cdc_daemon itself: what a raw import of the same documents sends."""
+    from cdc_daemon.config import load_config
+    from cdc_daemon.documents import build_document
+    from cdc_daemon.wiring import open_tables
+
+    database, _infos, mappings = open_tables(load_config(config))
+    try:
+        mapping = mappings[table]
+        columns = ", ".join(mapping.select_list())
+        lines = [
+            json.dumps(build_document(mapping, row), ensure_ascii=False, allow_nan=False)
+            for row in database.query(f"SELECT {columns} FROM {table} ORDER BY id")
+        ]
+        schema = mapping.collection_schema("")
+    finally:
+        database.close()
+    return schema, lines
+
+
 def wait_until(
     condition: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition"
 ) -> float:

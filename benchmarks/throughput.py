@@ -34,16 +34,13 @@ from benchlib import (
     arguments,
     cdc,
     cpu_seconds,
+    documents_of,
     machine,
     median,
     print_table,
     save,
     wait_until,
 )
-
-from cdc_daemon.config import load_config
-from cdc_daemon.documents import build_document
-from cdc_daemon.wiring import open_tables
 
 BATCHES = (100, 1000, 5000)
 APP_TXN = 1000
@@ -53,18 +50,7 @@ def source_documents(world: World, rows: int) -> tuple[dict[str, Any], list[str]
     """Rows written by the app (no triggers), turned into the daemon's documents and schema."""
     db = world.app_db(f"source_{rows}")
     app_result(app("bulk", db, "--rows", str(rows), "--txn", "10000"))
-    config = load_config(world.config(db, "source"))
-    database, _infos, mappings = open_tables(config)
-    try:
-        mapping = mappings["elements"]
-        columns = ", ".join(mapping.select_list())
-        lines = [
-            json.dumps(build_document(mapping, row), ensure_ascii=False, allow_nan=False)
-            for row in database.query(f"SELECT {columns} FROM elements ORDER BY id")
-        ]
-        schema = mapping.collection_schema("")
-    finally:
-        database.close()
+    schema, lines = documents_of(world.config(db, "source"))
     shutil.rmtree(db.parent)
     return schema, lines
 

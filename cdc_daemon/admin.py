@@ -8,6 +8,10 @@
 | POST /v1/verify (body {"repair": false, "table": name}) | operator, admin; repair: admin |
 | POST /v1/backfill (body {"table": name} optional) | admin |
 
+A `databases:` daemon serves many databases: each route then takes a `database` (the query
+parameter `?database=NAME` for status, a body key for the others) to act on that one only;
+without it, on all (status and verify answer {"databases": {NAME: ...}} with the totals).
+
 The one-processor rule holds: only the daemon's loop syncs (sends the log's changes, acknowledges
 them). Requests run on worker threads (run_in_threadpool), each on a SQLite connection and
 objects of its own (wiring.DaemonControls): verify compares; repair and backfill log keys (as
@@ -141,26 +145,31 @@ class AdminApi:
 
     async def status(self, request: Request) -> Response:
         self._authorize(request, VIEWER, "status")
-        return JSONResponse(await run_in_threadpool(self.controls.status))
+        controls = self._controls(request.query_params.get("database"))
+        return JSONResponse(await run_in_threadpool(controls.status))
 
     async def pause(self, request: Request) -> Response:
         principal = self._authorize(request, OPERATOR, "pause")
-        self.controls.pause()
-        self._audit(principal, "pause")
+        database = (await _body(request)).get("database")
+        self._controls(database).pause()
+        self._audit(principal, "pause", **_named(database))
         return JSONResponse({"paused": True})
 
     async def resume(self, request: Request) -> Response:
         principal = self._authorize(request, OPERATOR, "resume")
-        self.controls.resume()  # the loop syncs again within poll_interval
-        self._audit(principal, "resume")
+        database = (await _body(request)).get("database")
+        self._controls(database).resume()  # the loop syncs again within poll_interval
+        self._audit(principal, "resume", **_named(database))
         return JSONResponse({"paused": False})
 
     async def retry_dead_letters(self, request: Request) -> Response:
         principal = self._authorize(request, OPERATOR, "dead-letters retry")
         body = await _body(request)
-        table = self._table(body)
-        count = await run_in_threadpool(self.controls.retry_dead_letters, table)
-        self._audit(principal, "dead-letters retry", table=table, retried=count)
+        controls, table = self._chosen(body)
+        count = await run_in_threadpool(controls.retry_dead_letters, table)
+        self._audit(
+            principal, "dead-letters retry", table=table, retried=count, **_named(body)
+        )
         return JSONResponse({"retried": count})
 
     async def verify(self, request: Request) -> Response:
@@ -171,9 +180,9 @@ class AdminApi:
             raise ApiError(400, "repair must be true or false")
         if repair and not principal.has_any(ADMIN):
             self._authorize(request, ADMIN, "verify with repair")  # logs and raises 403
-        table = self._table(body)
-        self._audit(principal, "verify", repair=repair, table=table)
-        result = await run_in_threadpool(self.controls.verify, table, repair)
+        controls, table = self._chosen(body)
+        self._audit(principal, "verify", repair=repair, table=table, **_named(body))
+        result = await run_in_threadpool(controls.verify, table, repair)
         log.info(
             "admin verify finished",
             sub=principal.subject,
@@ -187,10 +196,25 @@ class AdminApi:
     async def backfill(self, request: Request) -> Response:
         principal = self._authorize(request, ADMIN, "backfill")
         body = await _body(request)
-        table = self._table(body)
-        result = await run_in_threadpool(self.controls.backfill, table)
-        self._audit(principal, "backfill", table=table, **result)
+        controls, table = self._chosen(body)
+        result = await run_in_threadpool(controls.backfill, table)
+        self._audit(principal, "backfill", table=table, **_named(body), **result)
         return JSONResponse(result, status_code=202)
+
+    def _chosen(self, body: dict[str, Any]) -> tuple[Controls, str | None]:
+        """What a request body names: its `database`'s controls and its `table` (None: all)."""
+        return self._controls(body.get("database")), self._table(body)
+
+    def _controls(self, database: object) -> Controls:
+        """`database` (a `databases:` daemon): that database's controls; None: all of them."""
+        if database is None:
+            return self.controls
+        if not isinstance(database, str) or database not in self.controls.databases():
+            raise ApiError(400, f"database {str(database)[:100]!r} is not served")
+        try:
+            return self.controls.for_database(database)
+        except CdcError as exc:  # not syncing now (not installed, locked, failing)
+            raise ApiError(409, redact(str(exc))) from None
 
     def _table(self, body: dict[str, Any]) -> str | None:
         table = body.get("table")
@@ -202,6 +226,12 @@ class AdminApi:
 
 
 # -- errors as JSON --------------------------------------------------------------------------
+
+
+def _named(body: object) -> dict[str, Any]:
+    """The `database` a request named, for its audit line (nothing when it named none)."""
+    database = body.get("database") if isinstance(body, dict) else body
+    return {"database": database} if database is not None else {}
 
 
 async def _body(request: Request) -> dict[str, Any]:

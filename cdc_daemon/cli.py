@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -18,11 +20,18 @@ import structlog
 from cdc_daemon import wiring
 from cdc_daemon.cli_parser import build_parser
 from cdc_daemon.cli_progress import progress_bar, shown_on, verify_shown_on
-from cdc_daemon.config import Config, default_config_path, init_node_url, load_config
+from cdc_daemon.config import (
+    Config,
+    database_name,
+    default_config_path,
+    init_node_url,
+    load_config,
+)
 from cdc_daemon.config_template import render_config
+from cdc_daemon.database_files import choose, database_files
 from cdc_daemon.dependencies import missing_indexes
 from cdc_daemon.drain import Drainer, backfill_table
-from cdc_daemon.errors import CdcError, DatabaseError, GaveUp, KmsUnavailable
+from cdc_daemon.errors import CdcError, ConfigError, DatabaseError, GaveUp, KmsUnavailable
 from cdc_daemon.evolution import Group, groups_of, version_name
 from cdc_daemon.localserver import serve as serve_local_typesense
 from cdc_daemon.logs import configure_logging, redact
@@ -72,8 +81,11 @@ def _main(args: argparse.Namespace) -> int:
             return 0
         config = load_config(default_config_path(args.config))
         configure_logging(config.logging.format, config.logging.level)
-        command: Callable[[Config, argparse.Namespace], int] = COMMANDS[args.command]
-        return command(config, args)
+        if args.command == "run":
+            return _cmd_run(config, args)
+        if args.command == "status" and args.watch is not None:
+            return _watch_status(config, args)
+        return _each_database(config, args, COMMANDS[args.command])
     except CdcError as exc:
         print(f"cdc-daemon: error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
@@ -82,13 +94,119 @@ def _main(args: argparse.Namespace) -> int:
         return 130
 
 
+Command = Callable[[Config, argparse.Namespace], int]
+# A `databases:` config with no file matching its glob: these commands fail, the others say so.
+NO_DATABASE_CODES = {"check": 1, "verify": 1}
+
+
+def _each_database(config: Config, args: argparse.Namespace, command: Command) -> int:
+    """The command on one database: the config's own, or `--database NAME` of a `databases:`
+    config; else on each of its databases in turn (sorted by name), each one's output under an
+    `== NAME (PATH)` line, or JSON outputs as one {"databases": {NAME: ...}} object. A database
+    whose command fails says its error and the others still run; the exit code is the highest."""
+    name: str | None = args.database
+    if config.databases is None:
+        _refuse_another_database(config, name)
+        return command(config, args)
+    chosen = _databases(config, name)
+    if name is not None:
+        return command(config.for_database(chosen[name]), args)
+    shape = _json_shape(args)
+    if not chosen:
+        print(
+            f"cdc-daemon: no database matches databases.glob {config.databases.glob!r}",
+            file=sys.stderr,
+        )
+        if shape is not None:
+            print(json.dumps({"databases": {}}))
+        return NO_DATABASE_CODES.get(args.command, 0)
+    if shape is not None:
+        return _each_database_json(config, args, command, chosen, shape)
+    worst = 0
+    for each, path in chosen.items():
+        print(f"== {each} ({path})", flush=True)
+        try:
+            code = command(config.for_database(path), args)
+        except CdcError as exc:
+            sys.stdout.flush()  # the error under its header on a terminal
+            print(f"cdc-daemon: error: {redact(str(exc))}", file=sys.stderr, flush=True)
+            code = exc.exit_code
+        sys.stdout.flush()
+        worst = max(worst, code)
+        if code == 130:  # interrupted (backfill's Ctrl-C): the next databases are not started
+            break
+    return worst
+
+
+def _refuse_another_database(config: Config, name: str | None) -> None:
+    """`--database NAME` on a one-database config: only that database's own name is accepted."""
+    own = database_name(config.path)
+    if name is not None and name != own:
+        raise ConfigError(
+            f"--database {name!r}: this config has one database, {own!r} ({config.path});"
+            " --database chooses among the files of a `databases:` config"
+        )
+
+
+def _databases(config: Config, name: str | None) -> dict[str, Path]:
+    """A `databases:` config's files by name (only NAME's with --database; a ConfigError naming
+    the ones found when there is no such database), the files left out said on stderr."""
+    assert config.databases is not None
+    found, left_out = database_files(config.databases)
+    for line in left_out:
+        print(f"cdc-daemon: warning: {line}", file=sys.stderr)
+    return choose(found, name)
+
+
+def _json_shape(args: argparse.Namespace) -> str | None:
+    """"object" for a command printing one JSON object, "lines" for one a line, else None."""
+    if args.command == "schema" or (args.command in ("status", "verify") and args.json):
+        return "object"
+    if args.command == "dead-letters" and args.json and args.action == "list":
+        return "lines"
+    return None
+
+
+def _each_database_json(
+    config: Config,
+    args: argparse.Namespace,
+    command: Command,
+    chosen: dict[str, Path],
+    shape: str,
+) -> int:
+    """Each database's JSON (as the command prints it for one) in one object, by name; a
+    database whose command fails gets {"error": ...} there and its error line on stderr."""
+    outputs: dict[str, Any] = {}
+    worst = 0
+    for each, path in chosen.items():
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                code = command(config.for_database(path), args)
+        except CdcError as exc:
+            error = redact(str(exc))
+            print(f"cdc-daemon: error: {each}: {error}", file=sys.stderr)
+            outputs[each] = {"error": error}
+            code = exc.exit_code
+        else:
+            text = printed.getvalue()
+            outputs[each] = (
+                [json.loads(line) for line in text.split("\n") if line.strip()]
+                if shape == "lines"
+                else json.loads(text)
+            )
+        worst = max(worst, code)
+    print(json.dumps({"databases": outputs}, indent=2 if args.command == "schema" else None))
+    return worst
+
+
 def _cmd_install(config: Config, args: argparse.Namespace) -> int:
     db, infos, _mappings = wiring.open_tables(config)
     joined = wiring.loop_settings(config).joined  # the dependency tables' join columns
     try:
         if args.dry_run:
             statements, changes = install_plan(db, wiring.log_tables(config), infos, joined)
-            print(_install_script(config.database, statements, changes), end="")
+            print(_install_script(config.path, statements, changes), end="")
             return 0
         changes = install(db, wiring.log_tables(config), infos, joined)
     finally:
@@ -152,7 +270,7 @@ def _cmd_uninstall(config: Config, args: argparse.Namespace) -> int:
     try:
         if not lock.acquire():
             raise DatabaseError(
-                f"{config.database}: a cdc-daemon process (pid {lock.holder()}: `run`, or a"
+                f"{config.path}: a cdc-daemon process (pid {lock.holder()}: `run`, or a"
                 " `backfill` / `verify --repair`) is syncing this database: stop it first"
                 " (`systemctl stop cdc-daemon`), then uninstall"
             )
@@ -222,25 +340,39 @@ def _sampled_rejections(runtime: Runtime) -> list[str]:
 
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     path = default_config_path(args.config)
+    name: str | None = args.database
+    one: Path | None = None  # `--database NAME` of a `databases:` config: that file only
+    if config.databases is None:
+        _refuse_another_database(config, name)
+    elif name is not None:
+        one = _databases(config, name)[name]
+        config = config.for_database(one)
 
     def reload() -> Config:
         fresh = load_config(path)
         configure_logging(fresh.logging.format, fresh.logging.level)
-        return fresh
+        if one is not None and fresh.databases is not None:
+            return fresh.for_database(one)  # narrowed as at the start
+        return fresh  # a config changed to another kind: the reload says what can't change
 
+    if config.databases is not None:  # every database, in one process (fleet.py)
+        return wiring.serve_fleet(config, reload, once=args.once)
     return wiring.serve(config, reload, once=args.once)
 
 
 def _cmd_status(config: Config, args: argparse.Namespace) -> int:
-    if args.watch is None:
-        _show_status(config, args.json)
-        return 0
+    _show_status(config, args.json)
+    return 0
+
+
+def _watch_status(config: Config, args: argparse.Namespace) -> int:
+    """`status --watch`: every database's status again every SECONDS until Ctrl-C."""
     try:
         while True:
             if not args.json:  # one JSON object a line with --json; headed reports without
                 now = time.strftime("%H:%M:%S")
                 print(f"status at {now} (every {args.watch:g} s; Ctrl-C stops)")
-            _show_status(config, args.json)
+            _each_database(config, args, _cmd_status)
             print(end="" if args.json else "\n", flush=True)  # a pipe sees each report now
             time.sleep(args.watch)
     except KeyboardInterrupt:  # how a watch ends: not an error
@@ -249,7 +381,7 @@ def _cmd_status(config: Config, args: argparse.Namespace) -> int:
 
 def _show_status(config: Config, as_json: bool) -> None:
     status = wiring.read_status(config)
-    status.update(syncing_process(config.database))
+    status.update(syncing_process(config.path))
     if as_json:
         print(json.dumps(status))
         return
@@ -492,12 +624,11 @@ def _one_line(text: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
-COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+COMMANDS: dict[str, Command] = {  # `run` is not here: one process serves every database
     "install": _cmd_install,
     "schema": _cmd_schema,
     "uninstall": _cmd_uninstall,
     "check": _cmd_check,
-    "run": _cmd_run,
     "status": _cmd_status,
     "backfill": _cmd_backfill,
     "verify": _cmd_verify,

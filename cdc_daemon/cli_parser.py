@@ -21,6 +21,10 @@ Parser = argparse.ArgumentParser
 Adder = Callable[..., Parser]  # _parser's add(name, text, examples, more="", config=True)
 TABLE_HELP = "only this configured table (default: every table)"
 JSON_HELP = "print JSON, for scripts"
+DATABASE_HELP = (
+    "with a `databases:` config: only this database, named by its file name without the"
+    " suffix (default: every database)"
+)
 
 
 def _add_commands(add: Adder) -> None:
@@ -171,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="PATH", help=config_help)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help=config_help)
+    common.add_argument("--database", metavar="NAME", help=DATABASE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import string
 from collections.abc import Iterator
 from pathlib import Path
 from types import UnionType
@@ -306,8 +307,83 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class DatabasesConfig(_Strict):
+    """Many database files served by one process (`databases:` instead of `database:`): every
+    file the glob matches is synced like a `database:` of its own, with the same tables."""
+
+    glob: str = Field(min_length=1)  # wildcards in the file name only: one folder is watched
+    # Each table's collection in each database: {stem} is the file name without its suffix,
+    # {collection} the table's own collection name.
+    # Without {stem}: one collection shared by every database, each database's ids prefixed
+    # `<stem>/`; `manager` names the database that creates and migrates it (the others follow).
+    collection: str = "{stem}_{collection}"
+    manager: str | None = Field(default=None, min_length=1)
+    tenant_field: str | None = Field(default=None, min_length=1)  # a field holding the name
+    install: bool = False  # a new file gets the triggers and a backfill; else it is reported
+    workers: int = Field(default=4, ge=1, le=64)  # databases synced at the same time
+
+    @field_validator("glob")
+    @classmethod
+    def _wildcards_in_the_name_only(cls, glob: str) -> str:
+        folder, _, name = glob.rpartition("/")
+        if any(c in folder for c in "*?["):
+            raise ValueError(
+                f"{glob!r}: wildcards only in the file name (one folder is watched), e.g."
+                " /var/lib/app/tenants/*.db"
+            )
+        if not name or name in {".", ".."}:
+            raise ValueError(f"{glob!r}: the glob must end with a file name pattern, e.g. *.db")
+        return glob
+
+    @field_validator("collection")
+    @classmethod
+    def _known_placeholders(cls, template: str) -> str:
+        try:
+            parts = string.Formatter().parse(template)
+            names = {name for _, name, _, _ in parts if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"{template!r}: {exc}") from None
+        unknown = names - {"stem", "collection"}
+        if unknown:
+            raise ValueError(
+                f"{template!r}: unknown placeholder {{{sorted(unknown)[0]}}}; use {{stem}} (the"
+                " database file's name without its suffix) and {collection}"
+            )
+        return template
+
+    @model_validator(mode="after")
+    def _shared_collections_have_a_manager(self) -> DatabasesConfig:
+        if self.shared and self.manager is None:
+            raise ValueError(
+                f"databases.manager: collection {self.collection!r} has no {{stem}}, so every"
+                " database shares it: name the database that creates and migrates it (e.g."
+                " manager: acme); the others follow it"
+            )
+        if not self.shared and self.manager is not None:
+            raise ValueError(
+                f"databases.manager: only for a collection shared by every database (a"
+                f" `collection` without {{stem}}); {self.collection!r} gives each its own"
+            )
+        return self
+
+    @property
+    def shared(self) -> bool:
+        """One collection (per table) for every database: no {stem} in the template."""
+        return "{stem}" not in self.collection
+
+    def collection_name(self, stem: str, collection: str) -> str:
+        return self.collection.format(stem=stem, collection=collection)
+
+
+def database_name(path: Path) -> str:
+    """A database's name in a `databases:` config: its file name without the last suffix."""
+    return path.stem if path.suffix else path.name
+
+
 class Config(_Strict):
-    database: Path
+    # Exactly one of the two: one database file, or many (`databases:`; see for_database).
+    database: Path | None = None
+    databases: DatabasesConfig | None = None
     log_table: str = Field(default="change_log", min_length=1)
     typesense: TypesenseConfig
     sync: SyncConfig = Field(default_factory=SyncConfig)
@@ -315,6 +391,57 @@ class Config(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     tables: list[TableConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_database_or_many(self) -> Config:
+        if (self.database is None) == (self.databases is None):
+            raise ValueError(
+                "database: give either `database:` (one file) or `databases:` (a glob)"
+                + (", not both" if self.database is not None else "")
+            )
+        fleet = self.databases
+        tenant = fleet.tenant_field if fleet is not None else None
+        for i, table in enumerate(self.tables):
+            if tenant is not None and tenant in table.fields:
+                raise ValueError(
+                    f"databases.tenant_field: {tenant!r} is also tables[{i}].fields.{tenant}:"
+                    " choose another name for the database's field"
+                )
+        if fleet is not None and len(self.tables) > 1 and "{collection}" not in fleet.collection:
+            raise ValueError(
+                "databases.collection: several tables need {collection} in the template"
+                " (each table's collection of its own)"
+            )
+        return self
+
+    @property
+    def path(self) -> Path:
+        """The one database file; a ConfigError for a `databases:` config not yet narrowed
+        to one database (for_database)."""
+        if self.database is None:
+            raise ConfigError("databases: this needs one database: name it with --database NAME")
+        return self.database
+
+    def for_database(self, path: Path) -> Config:
+        """A `databases:` config narrowed to one of its files: a plain `database:` config, each
+        table's collection named by the `databases.collection` template."""
+        databases = self.databases
+        assert databases is not None
+        stem = database_name(path)
+        tables = []
+        for table in self.tables:
+            update: dict[str, Any] = {
+                "collection": databases.collection_name(stem, table.collection_name)
+            }
+            if databases.shared:  # `<stem>/`: no database's prefix starts another's
+                update["id_prefix"] = f"{stem}/{table.id_prefix or ''}"
+                update["manage_collection"] = table.manage_collection and stem == databases.manager
+            if databases.tenant_field is not None:
+                literal = "'" + stem.replace("'", "''") + "'"
+                tenant = FieldOverride(type="string", sql=literal)
+                update["fields"] = {**table.fields, databases.tenant_field: tenant}
+            tables.append(table.model_copy(update=update))
+        return self.model_copy(update={"database": path, "databases": None, "tables": tables})
 
     @model_validator(mode="after")
     def _tables_and_collections_unique(self) -> Config:
@@ -502,7 +629,14 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
         admin = admin.model_copy(update={"jwt": admin.jwt.model_copy(update=files)})
     return config.model_copy(
         update={
-            "database": resolve(config.database),
+            "database": resolve(config.database) if config.database is not None else None,
+            "databases": (
+                config.databases.model_copy(
+                    update={"glob": str(resolve(Path(config.databases.glob)))}
+                )
+                if config.databases is not None
+                else None
+            ),
             "typesense": ts.model_copy(update=updates),
             "admin": admin,
         }
@@ -534,7 +668,7 @@ def read_api_key(config: TypesenseConfig) -> str:
 
 # Keys a running daemon can't change: the file and log it syncs (its lock, its triggers) and
 # the sockets it serves. A reload that changes one is refused as a whole.
-RESTART_ONLY = ("database", "log_table", "admin.listen", "metrics.listen")
+RESTART_ONLY = ("database", "databases", "log_table", "admin.listen", "metrics.listen")
 
 
 def config_changes(old: Config, new: Config) -> list[str]:

@@ -41,6 +41,14 @@ class Controls(Protocol):
         """Start a backfill the loop drives: {"started": [...], "already_running": [...]}."""
         ...
 
+    def databases(self) -> Collection[str]:
+        """A `databases:` daemon's databases by name; empty for a daemon of one database."""
+        ...
+
+    def for_database(self, name: str) -> Controls:
+        """One of `databases()`; a CdcError (the reason) while that one is not syncing."""
+        ...
+
     def retry_dead_letters(self, table: str | None) -> int:
         """Dead letters put back into the log; how many. Blocking."""
         ...

@@ -114,6 +114,10 @@ class Daemon:
         self.replaced = ReplacedFile()  # the database file replaced under the loop
         self.triggers = TriggerWatch()  # missing triggers: looked at after each schema change
         self._triggers_due = True
+        # Many databases in one process (fleet.py): a failed iteration returns at once (the
+        # fleet schedules the retry) and the shared Services are the fleet's to close.
+        self.in_fleet = False
+        self.last_error = ""  # of the last failed iteration (a fleet's status shows it)
 
     def request_stop(self, _signum: int) -> None:
         """SIGTERM, SIGINT (signals.py): stop after the batch in hand, acknowledging nothing
@@ -162,6 +166,7 @@ class Daemon:
         except CdcError as exc:
             self.busy = False
             self.consecutive_failures += 1
+            self.last_error = str(exc)
             delay = backoff_delay(self.consecutive_failures)
             log.warning(
                 "sync failed",
@@ -172,12 +177,13 @@ class Daemon:
             )
             if self.metrics is not None:
                 self.metrics.record_failure(error_kind(exc), runtime.sink.up)
-            self._sleep(delay)
+            if not self.in_fleet:
+                self._sleep(delay)
             return None
         self.consecutive_failures = 0
         self.busy = collections_busy or resync_busy or bool(report.entries)
         if self.metrics is not None:
-            self.metrics.record_batch(report)
+            self.metrics.record_batch(report, runtime.db.path)
             self.metrics.record_success(runtime.sink.up or not report.entries)
         if report.entries:
             log_batch(report)
@@ -225,13 +231,13 @@ class Daemon:
         self.stop.clear()
         self.notifier.send("RELOADING=1")
         try:
-            self._apply_reload(self.factory.reload(self.runtime.services))
+            self.apply_reload(self.factory.reload(self.runtime.services))
         except CdcError as exc:
             self.factory.keep_running_config()
             log.error("reload failed; keeping the previous config", error=str(exc))
         self.notifier.send("READY=1")
 
-    def _apply_reload(self, reload: Reload) -> None:
+    def apply_reload(self, reload: Reload) -> None:
         """Everything that can fail is done before anything changes: the factory checked the
         restart-only keys and read the admin API's new JWT keys; here the new runtime (tables,
         collections, and Services when the `typesense:` section changed) is built."""
@@ -246,8 +252,9 @@ class Daemon:
                 changed=reload.changed,
             )
         except BaseException:
-            if reload.services is not None and self.runtime.services is not reload.services:
-                reload.services.close()  # never switched to
+            never_used = self.runtime.services is not reload.services
+            if reload.services is not None and never_used and not self.in_fleet:
+                reload.services.close()  # never switched to (a fleet's are the fleet's)
             raise
 
     def _next_runtime(self) -> Runtime:
@@ -289,7 +296,7 @@ class Daemon:
             raise
         old, self.runtime = self.runtime, fresh
         old.close()
-        if old.services is not fresh.services:
+        if old.services is not fresh.services and not self.in_fleet:
             old.services.close()
         if on_swap is not None:
             on_swap()
@@ -359,10 +366,11 @@ class Daemon:
             lock.release()
             log.info("stopped")
 
-    def _loop(self, once: bool) -> int:
+    def start_steps(self) -> list[tuple[str, Callable[[], object]]]:
+        """What is done once, in order, before the first batch (with the lock held)."""
         runtime = self.runtime
         lock = self.lock
-        start: list[tuple[str, Callable[[], object]]] = [
+        return [
             ("check the triggers", self._check_triggers),
             # A KMS key: retried with backoff while the KMS is unreachable.
             ("fetch the Typesense API key", runtime.services.api_keys.ready),
@@ -370,7 +378,10 @@ class Daemon:
             ("compare the tables' mappings", lambda: self.resync.changes_at_start(runtime)),
             ("ensure collections", runtime.syncer.ensure_collections),
         ]
-        for what, step in start:
+
+    def _loop(self, once: bool) -> int:
+        runtime = self.runtime
+        for what, step in self.start_steps():
             if not self._call_until_up(what, step, once):
                 return 0
         version = runtime.sink.server_version()
@@ -396,7 +407,7 @@ class Daemon:
                 self._heartbeat()
                 report = self.iteration()
                 if report is None:
-                    if self._log_gone():
+                    if self.log_gone():
                         return 1  # systemd's Restart= shows it; a restart says "run install"
                     if once and self.consecutive_failures >= ONCE_MAX_FAILURES:
                         log.error("giving up", failures=self.consecutive_failures)
@@ -416,7 +427,7 @@ class Daemon:
         finally:
             waiter.close()
 
-    def _log_gone(self) -> bool:
+    def log_gone(self) -> bool:
         """After a failed iteration: True (the error logged) when the log tables were dropped
         under the daemon (by hand: `uninstall` refuses while a daemon runs). Retrying can't
         help, so the daemon stops instead of failing every iteration."""
@@ -439,11 +450,12 @@ class Daemon:
         return True
 
     def close(self) -> None:
-        if self.metrics is not None:
+        if self.metrics is not None and not self.in_fleet:
             self.metrics.close()
         self.notifier.close()
         self.runtime.close()
-        self.runtime.services.close()
+        if not self.in_fleet:
+            self.runtime.services.close()
 
     def _poll_interval(self) -> float:
         """The longest idle wait: poll_interval, but never longer than a watchdog ping."""

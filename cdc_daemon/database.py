@@ -24,6 +24,9 @@ from cdc_daemon.permissions import database_access_problem, folder_not_writable,
 BUSY_TIMEOUT_MS = 5000
 
 
+DATABASE_SIDE_FILES = ("-wal", "-shm", "-journal", ".cdc-lock")  # never databases themselves
+
+
 def quote_ident(name: str) -> str:
     """A SQL identifier, quoted so that any character (spaces, quotes, unicode) is safe."""
     return '"' + name.replace('"', '""') + '"'
@@ -556,6 +559,15 @@ def _read(fd: int) -> bytes:
 def _token(content: bytes) -> str | None:
     lines = content.decode(errors="replace").splitlines()
     return next((line[5:] for line in lines if line.startswith("file ")), None)
+
+
+def forget_database_file(identity: tuple[int, int] | None) -> None:
+    """A database file this process is done with (deleted, no connection left open to it):
+    close the descriptor kept for its lock, so the deleted file's space is freed."""
+    with _DATABASE_FDS_LOCK:
+        fd = _DATABASE_FDS.pop(identity, None) if identity is not None else None
+    if fd is not None:
+        os.close(fd)
 
 
 def _database_descriptor(database: Path) -> int | None:

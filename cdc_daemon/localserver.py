@@ -17,8 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
-
 from cdc_daemon.errors import CdcError
 
 _path_lock = threading.Lock()
@@ -92,6 +90,8 @@ class LocalTypesense:
         return self
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
+        import httpx  # here: server_binary() callers need none of its ~65 ms of imports
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:

@@ -47,6 +47,7 @@ def configure_logging(fmt: str | None = None, level: str = "info") -> None:
     )
     structlog.configure(
         processors=[
+            structlog.contextvars.merge_contextvars,  # `database` in a databases: daemon
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
             structlog.processors.format_exc_info,

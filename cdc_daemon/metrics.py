@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -124,6 +125,116 @@ class _LogCollector(Collector):
         yield from (up, lag, backlog, table_backlog, dead, table_dead, triggers)
 
 
+@dataclass
+class DatabaseState:
+    """One database of a `databases:` daemon, as its metrics see it (fleet.py)."""
+
+    name: str
+    path: Path
+    state: str  # syncing, failing, not_installed, locked, starting, stopped
+    changed: bool  # written since the last scrape (its log is read again only then)
+    triggers_missing: frozenset[str] = frozenset()  # tables, as its loop last found them
+
+
+LAG_PER_DATABASE = 60.0  # a database lagging more gets its own cdc_database_lag_seconds series
+
+
+class FleetLogCollector(Collector):
+    """The log metrics of every database of a `databases:` daemon, summed (lag: the oldest), so
+    dashboards and alerts written for one database keep working; per-database series only where
+    an operator must know which database: cdc_database_problem{database,state} while one is not
+    syncing, cdc_database_lag_seconds{database} while one lags over LAG_PER_DATABASE. Each
+    database's log is read on a connection opened for the scrape, and only when the file was
+    written since the last scrape or its log was not empty (an unchanged file: an unchanged log)."""
+
+    def __init__(
+        self, databases: Callable[[], list[DatabaseState]], names: LogTables, tables: list[str]
+    ) -> None:
+        self._databases = databases
+        self._names = names
+        self._tables = tables
+        self._last: dict[Path, dict[str, Any] | None] = {}  # a summary; None: unreadable
+        self._lock = threading.Lock()
+
+    def _summary(self, database: DatabaseState) -> dict[str, Any] | None:
+        known = self._last.get(database.path, None)
+        quiet = known is not None and not known["backlog"] and not known["dead_letters"]
+        if database.path in self._last and quiet and not database.changed:
+            return known
+        try:
+            db = Database(database.path)
+            try:
+                summary: dict[str, Any] | None = LogStatus(db, self._names).summary([])
+            finally:
+                db.close()
+        except CdcError:
+            summary = None
+        self._last[database.path] = summary
+        return summary
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            databases = self._databases()
+            summaries = {d.name: self._summary(d) for d in databases if d.state == "syncing"}
+            for gone in set(self._last) - {d.path for d in databases}:
+                del self._last[gone]
+        up = GaugeMetricFamily("cdc_database_up", "1 when every database's log could be read")
+        up.add_metric([], 0 if None in summaries.values() else 1)
+        readable = [s for s in summaries.values() if s is not None]
+        lag = GaugeMetricFamily("cdc_lag_seconds", "Age of the oldest pending change; 0 when none")
+        lag.add_metric([], max((s["oldest_age_seconds"] or 0.0 for s in readable), default=0.0))
+        backlog = GaugeMetricFamily("cdc_backlog_changes", "Pending changes in the logs")
+        backlog.add_metric([], sum(s["backlog"] for s in readable))
+        dead = GaugeMetricFamily("cdc_dead_letters", "Changes in the dead-letter stores")
+        dead.add_metric([], sum(s["dead_letters"] for s in readable))
+        table_backlog = GaugeMetricFamily(
+            "cdc_table_backlog_changes", "Pending changes per table", labels=["table"]
+        )
+        table_dead = GaugeMetricFamily(
+            "cdc_table_dead_letters", "Dead letters per table", labels=["table"]
+        )
+        for table in self._tables:
+            per_table = [s["tables"].get(table, {}) for s in readable]
+            table_backlog.add_metric([table], sum(t.get("backlog", 0) for t in per_table))
+            table_dead.add_metric([table], sum(t.get("dead_letters", 0) for t in per_table))
+        triggers = GaugeMetricFamily(
+            "cdc_triggers_installed",
+            "1 when every trigger of the table is present and current in every database",
+            labels=["table"],
+        )
+        for table in self._tables:
+            ok = not any(table in d.triggers_missing for d in databases)
+            triggers.add_metric([table], 1 if ok else 0)
+        states = GaugeMetricFamily("cdc_databases", "Databases by state", labels=["state"])
+        counts: dict[str, int] = {}
+        for database in databases:
+            counts[database.state] = counts.get(database.state, 0) + 1
+        for state in ("syncing", "starting", "failing", "not_installed", "locked", "stopped"):
+            states.add_metric([state], counts.get(state, 0))
+        problem = GaugeMetricFamily(
+            "cdc_database_problem",
+            "1 for each database that is not syncing, by its state (unreadable: its log)",
+            labels=["database", "state"],
+        )
+        for database in databases:
+            if database.state not in ("syncing", "starting"):
+                problem.add_metric([database.name, database.state], 1)
+            elif summaries.get(database.name, {}) is None:
+                problem.add_metric([database.name, "unreadable"], 1)
+            elif database.triggers_missing:
+                problem.add_metric([database.name, "triggers_missing"], 1)
+        lagging = GaugeMetricFamily(
+            "cdc_database_lag_seconds",
+            f"Age of the oldest pending change of a database lagging over {LAG_PER_DATABASE:g} s",
+            labels=["database"],
+        )
+        for name, summary in summaries.items():
+            if summary is not None and (summary["oldest_age_seconds"] or 0) > LAG_PER_DATABASE:
+                lagging.add_metric([name], summary["oldest_age_seconds"])
+        yield from (up, lag, backlog, table_backlog, dead, table_dead, triggers)
+        yield from (states, problem, lagging)
+
+
 class _NodeCollector(Collector):
     """cdc_typesense_node_up{node}: each Typesense node's health as the sink sees it, at scrape."""
 
@@ -177,13 +288,16 @@ class Metrics:
 
     def __init__(
         self,
-        database: Path,
+        database: Path | None,
         names: LogTables,
         tables: Callable[[], list[TableInfo]],
         joined: Callable[[], Mapping[str, Sequence[str]]] = dict,
+        log_collector: Collector | None = None,
+        table_names: Sequence[str] = (),
     ) -> None:
         """`tables`: the configured tables now; `joined`: the dependency tables now, with the
-        join columns their triggers log (LoopSettings.joined)."""
+        join columns their triggers log (LoopSettings.joined). A `databases:` daemon gives its
+        `log_collector` (FleetLogCollector) and `table_names` instead of a database."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.synced = Counter(
@@ -215,15 +329,19 @@ class Metrics:
             ["table"],
             registry=r,
         )
-        self._skipped: set[str] = set()
+        self._skipped: dict[Path | None, set[str]] = {}  # by database: skipped tables
         self.started.set_to_current_time()
         for kind in ERROR_KINDS:  # present from the start, so rate() and alerts see a zero
             self.errors.labels(kind)
-        for info in tables():
-            self.dead_lettered.labels(info.name)
+        for table in [info.name for info in tables()] or list(table_names):
+            self.dead_lettered.labels(table)
             for op in ("upsert", "delete"):
-                self.synced.labels(info.name, op)
-        r.register(_LogCollector(database, names, tables, joined))
+                self.synced.labels(table, op)
+        if log_collector is None:
+            assert database is not None
+            log_collector = _LogCollector(database, names, tables, joined)
+        r.register(log_collector)
+        self._record_lock = threading.Lock()  # a fleet's workers record at the same time
         self._server: WSGIServer | None = None
         self.port = 0
 
@@ -235,7 +353,7 @@ class Metrics:
         """Serve the key source's fetch counts and state (kms.py), read at scrape."""
         self.registry.register(_KeyCollector(stats))
 
-    def record_batch(self, report: BatchReport) -> None:
+    def record_batch(self, report: BatchReport, database: Path | None = None) -> None:
         for table, count in report.upserted.items():
             self.synced.labels(table, "upsert").inc(count)
         for table, count in report.deleted.items():
@@ -246,11 +364,14 @@ class Metrics:
             self.dead_lettered.labels(table).inc(count)
         if report.entries:
             self.batch_duration.observe(report.duration)
-        for table in self._skipped - report.skipped.keys():
+        with self._record_lock:  # skipped while any database skips it
+            before = set().union(*self._skipped.values())
+            self._skipped[database] = set(report.skipped)
+            now = set().union(*self._skipped.values())
+        for table in before - now:
             self.table_skipped.labels(table).set(0)
-        for table in report.skipped:
+        for table in now:
             self.table_skipped.labels(table).set(1)
-        self._skipped = set(report.skipped)
 
     def record_success(self, typesense_up: bool) -> None:
         self.last_success.set_to_current_time()

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -37,8 +39,10 @@ from cdc_daemon.config import (
     refuse_restart_only,
 )
 from cdc_daemon.config import config_changes as changed_keys
+from cdc_daemon.control import Controls
 from cdc_daemon.daemon import Daemon, Reload
 from cdc_daemon.database import Database, ProcessorLock, TableInfo
+from cdc_daemon.database_files import database_files, folder_of, matches
 from cdc_daemon.dead_letters import DeadLetters
 from cdc_daemon.dependencies import (
     DependencyPath,
@@ -49,14 +53,14 @@ from cdc_daemon.dependencies import (
     with_comparisons,
 )
 from cdc_daemon.drain import Drainer
-from cdc_daemon.errors import CdcError, ConfigError
+from cdc_daemon.errors import CdcError, ConfigError, DatabaseError
 from cdc_daemon.evolution import CollectionManager
 from cdc_daemon.heartbeat import HeartbeatTransport
 from cdc_daemon.kms import KMS_TIMEOUT, ApiKeys, KmsKey, KmsSource, StaticKey
 from cdc_daemon.log_schema import LogTables
 from cdc_daemon.log_status import LogStatus
 from cdc_daemon.logs import configure_logging
-from cdc_daemon.metrics import Metrics
+from cdc_daemon.metrics import FleetLogCollector, Metrics
 from cdc_daemon.notify import Notifier
 from cdc_daemon.ownership import NameKeys
 from cdc_daemon.preflight import row_query_problem
@@ -80,6 +84,7 @@ from cdc_daemon.verify import Verifier, verify_tables
 if TYPE_CHECKING:  # imported where used: most commands never load the web stack or PyJWT
     from cdc_daemon.admin import AdminApi, AdminServer
     from cdc_daemon.auth import JwtVerifier
+    from cdc_daemon.fleet import Fleet
 
 log = structlog.get_logger("cdc_daemon")
 
@@ -182,7 +187,7 @@ def startup_problems(config: Config) -> list[Problem]:
             jwt_verifier(admin.jwt)
         except CdcError as exc:
             problems.append(Problem(str(exc), exc.exit_code))
-    bind = not daemon_running(config.database)
+    bind = not daemon_running(config.path)
     for key, listen in (("metrics.listen", config.metrics.listen), ("admin.listen", admin.listen)):
         problem = listen_problem(key, listen, bind) if listen else None
         if problem is not None:
@@ -249,7 +254,7 @@ def open_tables(
     compiles. A table that fails is bad config (ConfigError naming the key), unless `broken` is
     given (the running daemon, `status`): then it is left out, its one-line problem recorded
     there by table name, and the other tables are returned."""
-    db = Database(config.database)
+    db = Database(config.path)
     try:
         if config.log_table in {t.table for t in config.tables}:
             raise ConfigError(f"log_table: {config.log_table!r} is also a configured table")
@@ -282,8 +287,8 @@ def _not_a_table(db: Database, name: str, config: Config) -> str:
     """Why a configured table is not a table: a view (say so, and what to do), or not there."""
     rows = db.query("SELECT 1 FROM sqlite_master WHERE name = ? AND type = 'view'", (name,))
     if rows:
-        return f"{name!r} is a view in {config.database}; {VIEW_FIX}"
-    return f"table {name!r} does not exist in {config.database}"
+        return f"{name!r} is a view in {config.path}; {VIEW_FIX}"
+    return f"table {name!r} does not exist in {config.path}"
 
 
 def _usable_mappings(
@@ -437,19 +442,28 @@ class RuntimeFactory:
         load_config: Callable[[], Config] | None,
         stop: threading.Event,
         heartbeat: Callable[[], None],
+        prepare: Callable[[Runtime], None] = lambda _runtime: None,
     ) -> None:
+        """`prepare`: done to each runtime it builds (a fleet's members: fleet.lighten)."""
         self.config = config
         self.load_config = load_config
         self.stop = stop
         self.heartbeat = heartbeat
+        self.prepare = prepare
         self.admin: AdminApi | None = None  # serve() sets it: a reload swaps its verifier
 
     def runtime(self, services: Services) -> Runtime:
-        return build_runtime(self.config, services, self.stop, skip_broken_tables=True)
+        runtime = build_runtime(self.config, services, self.stop, skip_broken_tables=True)
+        self.prepare(runtime)
+        return runtime
 
     def reload(self, services: Services) -> Reload:
         """Read the config file again; refuse (ConfigError naming the key) a restart-only key or
         a bad `admin.jwt`; read the key source the new `typesense:` section names."""
+        return self.read_reload(services)[1]
+
+    def read_reload(self, services: Services) -> tuple[Config, Reload]:
+        """reload(), with the new config (a fleet narrows it per database)."""
         if self.load_config is None:
             raise ConfigError("no config file to reload")
         config = self.load_config()  # cli.py's loader switches the log format at once
@@ -471,9 +485,11 @@ class RuntimeFactory:
         def build(running: Services) -> Runtime:
             # An operator's config error (a `where` that doesn't compile, a table that doesn't
             # exist) refuses the reload, as `check` and start refuse it: no skipping here.
-            return build_runtime(config, running, self.stop)
+            runtime = build_runtime(config, running, self.stop)
+            self.prepare(runtime)
+            return runtime
 
-        return Reload(build, fresh, changed_keys(self.config, config), apply)
+        return config, Reload(build, fresh, changed_keys(self.config, config), apply)
 
     def _services(self, config: Config, running: Services) -> Services | None:
         """New Services when the reload changes them: the `typesense:` section, or the key a
@@ -507,6 +523,12 @@ class DaemonControls:
 
     def tables(self) -> Collection[str]:
         return list(self.daemon.runtime.mappings)
+
+    def databases(self) -> Collection[str]:
+        return []
+
+    def for_database(self, name: str) -> Controls:
+        raise ConfigError(f"database {name!r}: this daemon serves one database")
 
     def paused(self) -> bool:
         return self.daemon.paused.is_set()
@@ -587,6 +609,127 @@ class DaemonControls:
         return {"started": started, "already_running": already}
 
 
+class FleetControls:
+    """control.Controls over a `databases:` daemon (fleet.py): each database's own
+    DaemonControls, or all of them with the totals. On admin server threads, like those."""
+
+    def __init__(self, fleet: Fleet, tables: list[str]) -> None:
+        self.fleet = fleet
+        self._tables = tables
+
+    def tables(self) -> Collection[str]:
+        return self._tables
+
+    def databases(self) -> Collection[str]:
+        return [member.name for member in self.fleet.members()]
+
+    def for_database(self, name: str) -> Controls:
+        for member in self.fleet.members():
+            if member.name == name:
+                daemon = member.daemon
+                if daemon is None or not member.started:
+                    raise DatabaseError(
+                        f"database {name!r} is not syncing ({member.state}): {member.problem}"
+                    )
+                return _MemberControls(daemon, functools.partial(self.fleet.wake, member))
+        raise ConfigError(f"database {name!r} is not served")
+
+    def _each(self) -> Iterator[tuple[str, Controls | None, dict[str, Any]]]:
+        """Every database: its controls (None while it is not syncing) and its state."""
+        for member in self.fleet.members():
+            state = {"state": member.state, "problem": member.problem}
+            try:
+                yield member.name, self.for_database(member.name), state
+            except CdcError:
+                yield member.name, None, state
+
+    def paused(self) -> bool:
+        return self.fleet.paused.is_set()
+
+    def pause(self) -> None:
+        self.fleet.paused.set()
+
+    def resume(self) -> None:
+        self.fleet.resume()
+
+    def loop_idle_seconds(self) -> float:
+        return time.monotonic() - self.fleet.last_beat
+
+    def status(self) -> dict[str, Any]:
+        databases = {
+            name: {**(controls.status() if controls is not None else {}), **state}
+            for name, controls, state in self._each()
+        }
+        keys = self.fleet.services.api_keys.stats()
+        daemon = {
+            "paused": self.paused(),
+            "loop_idle_seconds": round(self.loop_idle_seconds(), 3),
+            "typesense_up": self.fleet.services.sink.up,
+            "api_key_source": keys.source,  # never the key
+            "kms_up": keys.kms_up,
+        }
+        return {"databases": databases, "daemon": daemon}
+
+    def verify(self, table: str | None, repair: bool) -> dict[str, Any]:
+        databases: dict[str, Any] = {}
+        for name, controls, state in self._each():
+            databases[name] = (
+                controls.verify(table, repair) if controls is not None
+                else {"in_sync": False, **state}
+            )
+        totals = {
+            key: sum(summary.get(key, 0) for summary in databases.values())
+            for key in ("missing", "extra", "stale")
+        }
+        in_sync = all(summary["in_sync"] for summary in databases.values())
+        return {"in_sync": in_sync, **totals, "databases": databases}
+
+    def backfill(self, table: str | None) -> dict[str, Any]:
+        started, already = [], []
+        for name, controls, _state in self._each():
+            if controls is not None:
+                result = controls.backfill(table)
+                started += [f"{name}/{t}" for t in result["started"]]
+                already += [f"{name}/{t}" for t in result["already_running"]]
+        return {"started": started, "already_running": already}
+
+    def retry_dead_letters(self, table: str | None) -> int:
+        return sum(
+            controls.retry_dead_letters(table)
+            for _name, controls, _state in self._each()
+            if controls is not None
+        )
+
+
+class _MemberControls(DaemonControls):
+    """One database of a fleet: a backfill, a retry or a resume also wakes it (an idle
+    database looks at its file only now and then)."""
+
+    def __init__(self, daemon: Daemon, wake: Callable[[], None]) -> None:
+        super().__init__(daemon)
+        self._wake = wake
+
+    def resume(self) -> None:
+        super().resume()
+        self._wake()
+
+    def backfill(self, table: str | None) -> dict[str, Any]:
+        result = super().backfill(table)
+        self._wake()
+        return result
+
+    def retry_dead_letters(self, table: str | None) -> int:
+        count = super().retry_dead_letters(table)
+        self._wake()
+        return count
+
+    def verify(self, table: str | None, repair: bool) -> dict[str, Any]:
+        result = super().verify(table, repair)
+        if repair:
+            self._wake()
+        return result
+
+
 # -- `run` -----------------------------------------------------------------------------------------
 
 
@@ -624,12 +767,103 @@ def serve(config: Config, load_config: Callable[[], Config] | None, once: bool =
         daemon.close()
 
 
+def serve_fleet(
+    config: Config, load_config: Callable[[], Config] | None, once: bool = False
+) -> int:
+    """`cdc-daemon run` on a `databases:` config: one process for every matching file
+    (fleet.py). With `once`, each database in turn, as `run --once` would sync it alone."""
+    assert config.databases is not None
+    if once:
+        found, _left_out = database_files(config.databases)
+        codes = [serve(config.for_database(path), None, once=True) for path in found.values()]
+        return max(codes, default=0)
+    from cdc_daemon.fleet import Fleet, Folder
+    from cdc_daemon.fleet_member import Build, FleetReload, lighten, small_lookaside
+
+    small_lookaside()  # before the first connection: a thousand of them will be open
+    notifier = Notifier()
+    stop = threading.Event()
+    services = build_services(config, notifier.heartbeat)
+
+    def members_of(whole: Config) -> Build:
+        def member(
+            path: Path, shared: Services, stop: threading.Event
+        ) -> tuple[Runtime, RuntimeFactory]:
+            narrowed = whole.for_database(path)
+            runtime = build_runtime(narrowed, shared, stop, skip_broken_tables=True)
+            lighten(runtime)
+            factory = RuntimeFactory(narrowed, None, stop, notifier.heartbeat, prepare=lighten)
+            return runtime, factory
+
+        return member
+
+    factory = RuntimeFactory(config, load_config, stop, notifier.heartbeat)
+
+    def reload(running: Services) -> FleetReload:
+        fresh, prepared = factory.read_reload(running)
+        return FleetReload(members_of(fresh), prepared.services, prepared.changed, prepared.apply)
+
+    databases = config.databases
+    folder = Folder(
+        glob=databases.glob,
+        path=folder_of(databases),
+        files=functools.partial(database_files, databases),
+        matches=functools.partial(matches, databases),
+        install=databases.install,
+        workers=databases.workers,
+    )
+    fleet = Fleet(
+        folder, services, members_of(config), stop, notifier, reload if load_config else None
+    )
+    metrics: Metrics | None = None
+    admin: AdminServer | None = None
+    try:
+        if config.metrics.listen:
+            metrics = fleet.metrics = _serve_fleet_metrics(fleet, config)
+        if config.admin.listen:
+            controls = FleetControls(fleet, [table.table for table in config.tables])
+            admin = _serve_admin(controls, config, config.admin.listen)
+            factory.admin = admin.api
+
+        def request_stop(_signum: int) -> None:
+            notifier.send("STOPPING=1")
+            stop.set()
+
+        with handle_signals(request_stop, fleet.request_reload):
+            return fleet.run()
+    finally:
+        if admin is not None:
+            admin.close()
+        if metrics is not None:
+            metrics.close()
+        services.close()
+        notifier.close()
+
+
+def _serve_fleet_metrics(fleet: Fleet, config: Config) -> Metrics:
+    """The fleet's metrics: the same series as one database's, summed (lag: the oldest), plus
+    counts of databases by state and a series per database that has a problem (metrics.py)."""
+    names = log_tables(config)
+    tables = [table.table for table in config.tables]
+    collector = FleetLogCollector(fleet.database_states, names, tables)
+    metrics = Metrics(None, names, lambda: [], log_collector=collector, table_names=tables)
+    metrics.watch_nodes(lambda: fleet.services.sink.node_health())
+    metrics.watch_keys(lambda: fleet.services.api_keys.stats())
+    metrics.serve(config.metrics.listen or "")
+    log.info("metrics listening", address=config.metrics.listen)
+    return metrics
+
+
 def _start_admin(daemon: Daemon, config: Config, listen: str) -> AdminServer:
     """The admin API over the daemon's Controls, on `listen` (HOST:PORT, checked by config.py)."""
+    return _serve_admin(DaemonControls(daemon), config, listen)
+
+
+def _serve_admin(controls: Controls, config: Config, listen: str) -> AdminServer:
     from cdc_daemon.admin import AdminApi, AdminServer, auth_kind
 
     verifier = admin_verifier(config)
-    api = AdminApi(DaemonControls(daemon), verifier, loop_stale_after(config))
+    api = AdminApi(controls, verifier, loop_stale_after(config))
     server = AdminServer(api.app(), listen)
     server.api = api
     server.start()
@@ -688,7 +922,7 @@ def dead_letters(config: Config) -> Iterator[tuple[DeadLetters, dict[str, TableM
 
 def open_database(config: Config) -> tuple[Database, ProcessorLock]:
     """`uninstall`: the database (no table checked) and its processor lock (not taken yet)."""
-    return Database(config.database), ProcessorLock(config.database)
+    return Database(config.path), ProcessorLock(config.path)
 
 
 def drainer(runtime: Runtime) -> Drainer:

@@ -4,11 +4,13 @@ it, the seed's elements table installed. What tests share otherwise is in tests/
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import API_KEY, ELEMENTS_CONFIG, ELEMENTS_DDL, Env, app_exec
+from support.hypothesis_examples import use_fast_subset
 
 from cdc_daemon.localserver import LocalTypesense
 
@@ -17,6 +19,37 @@ from cdc_daemon.localserver import LocalTypesense
 # `pytest -m "not typesense"` runs everything else. A test that starts a server of its own
 # carries the marker explicitly.
 SERVER_FIXTURES = frozenset({"typesense", "cluster"})
+FAST_SUBSET = "not typesense"
+
+
+# Where the fast subset keeps tmp_path when this machine has it: a file system in memory, as
+# the fsyncs of its SQLite commits on a disk cost more than many of the tests themselves.
+MEMORY_TMP = Path("/dev/shm")
+MEMORY_TMP_FREE = 1 << 30
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The fast subset (`-m "not typesense"`) runs each property test with a fifth of its
+    examples (support.hypothesis_examples) and keeps tmp_path in memory (`_memory_tmp_usable`);
+    any other run, the full suite included, keeps both as they are. Called before the test
+    modules are imported, in each pytest-xdist worker too (whose basetemp the controller gives)."""
+    fast = " ".join(str(config.getoption("markexpr")).split()) == FAST_SUBSET
+    use_fast_subset(fast)
+    if fast and _memory_tmp_usable(config):
+        tempfile.tempdir = str(MEMORY_TMP)  # pytest's tmp_path root is tempfile.gettempdir()
+
+
+def _memory_tmp_usable(config: pytest.Config) -> bool:
+    """/dev/shm, unless --basetemp, TMPDIR or PYTEST_DEBUG_TEMPROOT names another place, or it
+    is missing, not writable or short of 1 GiB."""
+    if config.option.basetemp is not None or {"TMPDIR", "PYTEST_DEBUG_TEMPROOT"} & set(os.environ):
+        return False
+    try:
+        stat = os.statvfs(MEMORY_TMP)
+    except OSError:
+        return False
+    free = stat.f_bavail * stat.f_frsize
+    return free >= MEMORY_TMP_FREE and os.access(MEMORY_TMP, os.W_OK | os.X_OK)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,15 +20,16 @@ class AliasCache:
     """Alias name → (the collection it points to or None, when that was looked up). Locked:
     the daemon loop and admin worker threads (verify repairs) read and fill it at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, ttl: float = ALIAS_TTL) -> None:
         self._entries: dict[str, tuple[str | None, float]] = {}
         self._lock = threading.Lock()
+        self.ttl = ttl  # longer when no one else switches these aliases (fleet.py)
 
     def recent(self, name: str) -> tuple[str | None] | None:
-        """(collection or None) when looked up less than ALIAS_TTL ago, else None."""
+        """(collection or None) when looked up less than `ttl` ago, else None."""
         with self._lock:
             entry = self._entries.get(name)
-        if entry is None or time.monotonic() - entry[1] >= ALIAS_TTL:
+        if entry is None or time.monotonic() - entry[1] >= self.ttl:
             return None
         return (entry[0],)
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import app_write
+from support.hypothesis_examples import examples
 
 from cdc_daemon.config import TableConfig
 from cdc_daemon.database import Database
@@ -313,7 +314,7 @@ def test_array_and_geopoint_fields_have_no_fast_path(db: Database) -> None:
     assert document_sql(books(db, exclude=["meta"])) is None  # tags, location
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(),
                  st.binary(max_size=4), st.sampled_from([0, 1, 2**31, 0.0, -0.0, 2.0])),
        st.sampled_from(["string", "int64", "int32", "bool", "float"]), st.booleans())

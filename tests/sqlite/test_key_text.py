@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.hypothesis_examples import examples
 
 from cdc_daemon.backfill import Backfill, _resume_key, _resume_text
 from cdc_daemon.changelog import ChangeLog
@@ -84,7 +85,8 @@ def texts(make_world: Callable[..., World]) -> Texts:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(150), deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(keys)
 @example((1, 0.1 + 0.2, "a\x00b"))  # quote() alone would log 'a'
@@ -140,7 +142,7 @@ def _is_utf8(raw: bytes) -> bool:
     return True
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(resume_values, min_size=1, max_size=4).map(tuple))
 @example((InvalidText(b"\xff\x00"), "a\x00b", 0.1 + 0.2, float("inf")))
 @example((-0.0, 2**63 - 1, b"", "é🦄"))

@@ -12,6 +12,7 @@ import apsw
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from support.hypothesis_examples import examples
 
 from cdc_daemon.row_keys import log_key_sql, parse_quoted_key
 
@@ -52,7 +53,7 @@ def stored(key: tuple[object, ...]) -> tuple[object, ...]:
     return tuple(0.0 if isinstance(v, float) and v == 0 else v for v in key)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(keys)
 @example((1, 0.1 + 0.2))
 @example((float("inf"), float("-inf")))

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "cdc_daemon"
-ROOT = {"cdc_daemon.cli", "cdc_daemon.wiring", "cdc_daemon.config"}
+ROOT = {"cdc_daemon.cli", "cdc_daemon.wiring", "cdc_daemon.config", "cdc_daemon.database_files"}
 # Core modules that still read the config. Empty when issue 14 is done; an entry here is a
 # known exception with the reason, not a place to add new ones.
 CONFIG_ALLOWED: dict[str, str] = {}
@@ -103,11 +103,12 @@ def test_no_import_cycles() -> None:
 LAYERS = {
     "root": {
         "cli", "cli_parser", "cli_progress", "wiring", "config", "config_template", "__main__",
+        "database_files",
     },
     "service": {
         "daemon", "runtime", "resync", "replaced_file", "admin", "control", "signals",
         "metrics", "notify", "heartbeat", "wake", "drain", "startup_checks", "status",
-        "localserver",
+        "localserver", "fleet", "fleet_member",
     },
     "typesense": {"typesense"},
     "core": {

@@ -7,6 +7,7 @@ import itertools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.hypothesis_examples import examples
 
 from cdc_daemon.changelog import contiguous_ranges
 
@@ -30,7 +31,7 @@ def test_contiguous_ranges(seqs: list[int], expected: list[tuple[int, int]]) -> 
     assert contiguous_ranges(seqs) == expected
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.integers(min_value=1, max_value=300), max_size=150))
 def test_property_ranges_cover_exactly_the_seqs_minimally(seqs: list[int]) -> None:
     ranges = contiguous_ranges(seqs)

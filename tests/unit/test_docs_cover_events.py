@@ -9,6 +9,7 @@ event escapes it."""
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,7 @@ def _called_name(call: ast.Call) -> str | None:
     return func.id if isinstance(func, ast.Name) else None
 
 
+@functools.cache  # parsed once: two tests read the same events (nothing mutates them)
 def package_events() -> dict[str, str]:
     """event → the first module that emits it."""
     events: dict[str, str] = {}

@@ -10,6 +10,7 @@ import apsw
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.hypothesis_examples import examples
 
 from cdc_daemon.database import select_values
 from cdc_daemon.document_sql import document_sql, fetch_documents
@@ -85,7 +86,7 @@ ROW = st.tuples(
 )
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1), ROW)
 def test_sql_documents_equal_python_documents(conn: apsw.Connection, key: int,
                                               row: tuple[Any, ...]) -> None:
@@ -108,7 +109,7 @@ COMPUTED = wide(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1), ROW)
 def test_sql_documents_equal_python_documents_for_computed_fields(
     conn: apsw.Connection, key: int, row: tuple[Any, ...]
@@ -134,7 +135,7 @@ JSON_TEXT = st.one_of(
 ARRAY_TYPES = ["string[]", "int64[]", "int32[]", "bool[]"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.sampled_from(ARRAY_TYPES), st.booleans(), JSON_TEXT)
 def test_sql_documents_equal_python_documents_for_arrays(
     conn: apsw.Connection, kind: str, computed: bool, text: str

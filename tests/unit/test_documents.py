@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.hypothesis_examples import examples
 
 from cdc_daemon.document_sql import document_sql
 from cdc_daemon.documents import (
@@ -262,7 +263,7 @@ FIELD_TYPES = ["string", "int32", "int64", "float", "bool", "string[]", "auto", 
 FIELD_TYPES += ["object", "object[]"]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     types=st.lists(st.sampled_from(FIELD_TYPES), min_size=1, max_size=6),
     data=st.data(),
@@ -350,7 +351,7 @@ def test_object_fields_take_no_fast_path() -> None:
 # -- the size of one document ---------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.text() | st.sampled_from(["", "é", "🦄", "\u2028", '"\\', "\ud800", "a\U0010ffff"]))
 def test_sent_size_is_the_size_of_the_line_in_an_import_body(text: str) -> None:
     for line in (text, json.dumps({"id": "1", "s": text}, ensure_ascii=False)):

@@ -8,6 +8,7 @@ import math
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.hypothesis_examples import examples
 
 from cdc_daemon.row_keys import (
     affinity,
@@ -132,7 +133,7 @@ key_values = st.one_of(  # what SQLite can hold in a key (no -0.0: quote() write
 composite_keys = st.lists(key_values, min_size=2, max_size=5).map(tuple)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(composite_keys)
 def test_property_log_key_round_trip(key: tuple[object, ...]) -> None:
     log_key = sqlite_key_text(key)
@@ -249,7 +250,7 @@ single_by_affinity = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(single_by_affinity)
 def test_property_document_id_inverse_for_single_keys(case: tuple[str, object]) -> None:
     column_affinity, value = case
@@ -257,7 +258,7 @@ def test_property_document_id_inverse_for_single_keys(case: tuple[str, object]) 
     assert same_key(key_from_document_id(document_id(key), (column_affinity,)), key)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(composite_keys)
 def test_property_document_id_inverse_for_composite_keys(key: tuple[object, ...]) -> None:
     doc_id = document_id(key)

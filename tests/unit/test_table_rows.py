@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import app_write
+from support.hypothesis_examples import examples
 
 from cdc_daemon import table_rows
 from cdc_daemon.database import Database, InvalidText, quote_literal
@@ -127,7 +128,7 @@ tables = st.sampled_from(["c", "s"])
 wheres = st.sampled_from(list(WHERES))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(table=tables, where=wheres, page_size=st.integers(1, 90))
 def test_every_row_reads_each_row_once_in_key_order(
     db: Database, table: str, where: str | None, page_size: int
@@ -140,7 +141,7 @@ def test_every_row_reads_each_row_once_in_key_order(
     assert exact(read) == exact(rows)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=examples(80), deadline=None)
 @given(
     where=wheres,
     after=st.sampled_from([row[:2] for row in ROWS["c"]] + ABSENT),
@@ -164,7 +165,7 @@ def test_the_first_page_and_the_end(db: Database) -> None:
     assert beyond == []
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     table=tables,
     where=wheres,

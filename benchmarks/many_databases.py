@@ -1,0 +1,718 @@
+"""Many databases in one daemon (`databases:`, issue 18): memory, idle CPU, latency under a
+steady write load, catch-up throughput, and the same databases as single-database daemons.
+
+    .venv/bin/python benchmarks/many_databases.py [--quick] [--databases 1000] [--idle-seconds 60]
+        [--load-seconds 60] [--catchup 100] [--catchup-rows 10000] [--singles 50]
+
+Every database is a small SQLite file with the seed's `elements` table (stdlib sqlite3, WAL),
+installed with `cdc-daemon install` once and then copied (an installed file that never ran
+holds no file token, so the copies are independent databases). One Typesense, one run:
+
+1. catch-up (first, while the server holds nothing else): a template is installed, then the app
+   commits R rows into it (1,000-row transactions; the log holds R entries, no daemon running)
+   and it is copied K times into a folder. `cdc-daemon run` on a `databases:` config for that
+   folder (default sync settings, `workers` 4) starts; the clock runs from its start until
+   `GET /collections` (polled every 0.2 s) counts R documents in each of the K collections.
+   Raw ceiling, the same run, before: the same K x R documents (built from the template's rows
+   as the daemon builds them, JSON-encoded before the clock starts) imported into K fresh
+   collections with `import?action=upsert` in batches of 5,000, (a) one request at a time from
+   one client, as throughput.py measures its ceiling, and (b) from 4 threads (the daemon's
+   4 workers), each taking the next collection; the faster is the ceiling.
+2. N databases in one daemon: N copies of the empty installed template; `cdc-daemon run` on a
+   `databases:` config (default sync settings and workers); start-up until the log says
+   "database syncing" N times. Peak RSS = VmHWM of /proc/PID/status (the process's own peak,
+   read at the end of each phase).
+3. idle: nothing written for the window; utime + stime from /proc/PID/stat over it.
+4. load: W writer processes (stdlib sqlite3, separate from the daemon; this same file with
+   `--writer`) each own N/W databases and commit one row per database per second, round robin,
+   evenly spaced (the W processes offset from each other). Each row carries the time before its
+   INSERT (comment `t=...`, CLOCK_MONOTONIC); for every S-th commit the writer prints the
+   database, the id and the time its COMMIT returned. A poller in this process GETs each sampled
+   document by id (`GET /collections/<physical>/documents/<id>`) every 20 ms until it answers
+   200: latency = answer time - COMMIT returned (an upper bound, coarse by up to 20 ms plus a
+   round trip). At the end every commit must be in Typesense (document counts).
+5. singles: M copies of the template, each with its own `database:` config and its own
+   `cdc-daemon run` process; after all are syncing, total RSS (VmRSS and VmHWM summed) and
+   total CPU over the same idle window; extrapolated linearly to N (x N/M), said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import re
+import shutil
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from benchlib import (
+    API_KEY,
+    CLK_TCK,
+    ELEMENTS_DDL,
+    ELEMENTS_TABLE,
+    PYTHON,
+    Daemon,
+    LoadMeter,
+    World,
+    app,
+    app_result,
+    cdc,
+    cpu_seconds,
+    documents_of,
+    machine,
+    percentile,
+    print_table,
+    save,
+    status_kb,
+    wait_until,
+)
+
+TARGET_RSS_MB = 300
+TARGET_IDLE_SHARE = 0.01
+TARGET_P99_MS = 200
+TARGET_CATCHUP = 0.80
+RAW_BATCH = 5000
+RAW_THREADS = 4  # the daemon's default databases.workers
+WRITERS = 4
+SAMPLES = 400  # sampled commits in the load phase (about)
+POLL = 0.02  # seconds between the poller's rounds
+
+INSERT = (
+    "INSERT INTO elements (id, element_type, element_id, sequence_number, version_number,"
+    " comment) VALUES (?, 'note', ?, ?, 1, ?)"
+)
+
+
+# -- the writer process (`--writer`): stdlib only, knows nothing of cdc_daemon ------------------
+
+
+def writer(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--writer", action="store_true")
+    parser.add_argument("--dbs", required=True, help="a file: one database path a line")
+    parser.add_argument("--rate", type=float, default=1.0, help="commits/s per database")
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--offset", type=float, default=0.0, help="share of one interval")
+    parser.add_argument("--sample-every", type=int, required=True)
+    parser.add_argument("--sample-phase", type=int, default=0)
+    args = parser.parse_args(argv)
+    paths = Path(args.dbs).read_text().split()
+    conns = []
+    for path in paths:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conns.append(conn)
+    interval = 1 / (args.rate * len(conns))
+    total = int(args.seconds * args.rate) * len(conns)
+    print("ready", flush=True)
+    sys.stdin.readline()  # go: every writer starts at the same moment
+    started = time.monotonic() + args.offset * interval
+    late = 0.0
+    for n in range(total):
+        due = started + n * interval
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        else:
+            late = max(late, -pause)
+        k, i = n % len(conns), n // len(conns) + 1
+        conn = conns[k]
+        conn.execute("BEGIN")
+        conn.execute(INSERT, (i, i, i, f"t={time.monotonic():.6f}"))
+        conn.execute("COMMIT")
+        if (n + args.sample_phase) % args.sample_every == 0:
+            print(f"{Path(paths[k]).stem} {i} {time.monotonic():.6f}", flush=True)
+    wall = time.monotonic() - started
+    for conn in conns:
+        conn.close()
+    print(json.dumps({"commits": total, "wall_s": wall, "achieved_rate": total / wall,
+                      "max_late_s": late}), flush=True)
+
+
+# -- databases -----------------------------------------------------------------------------------
+
+
+def template(world: World, name: str, rows: int) -> Path:
+    """An installed `elements` database; `rows` rows committed after install (a log backlog)."""
+    folder = world.tmp / name
+    folder.mkdir()
+    db = folder / "template.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute(ELEMENTS_DDL)
+    conn.close()
+    cdc(single_config(world, db, "template"), "install")
+    if rows:
+        app_result(app("bulk", db, "--rows", str(rows), "--txn", "1000"))
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the file: copies are whole
+    conn.close()
+    return db
+
+
+def copies(source: Path, folder: Path, stems: list[str]) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = [folder / f"{stem}.db" for stem in stems]
+    for path in paths:
+        shutil.copyfile(source, path)
+    return paths
+
+
+def typesense_section(world: World) -> dict[str, Any]:
+    assert world.typesense is not None
+    return {"nodes": [world.typesense.url], "api_key": API_KEY, "timeout": 60}
+
+
+def single_config(world: World, db: Path, collection: str) -> Path:
+    config = {
+        "database": str(db),
+        "typesense": typesense_section(world),
+        "logging": {"format": "json", "level": "info"},
+        "tables": [{**ELEMENTS_TABLE, "collection": collection}],
+    }
+    path = db.parent / "cdc.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def fleet_config(world: World, folder: Path, workers: int | None = None) -> Path:
+    """`databases:` for every *.db of `folder` (collections `<stem>_elements`), defaults else
+    (`workers` None: the default)."""
+    databases: dict[str, Any] = {"glob": f"{folder.name}/*.db"}
+    if workers is not None:
+        databases["workers"] = workers
+    config = {
+        "databases": databases,
+        "typesense": typesense_section(world),
+        "logging": {"format": "json", "level": "info"},
+        "tables": [ELEMENTS_TABLE],
+    }
+    path = folder.parent / "cdc.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def log_count(daemon: Daemon, text: str) -> int:
+    return daemon.log.read_text(errors="replace").count(text)
+
+
+def ours(name: str, prefix: str) -> bool:
+    """A collection or alias of this benchmark's databases `<prefix><digits>_elements...`
+    (not the daemon's own `cdc_daemon_owners`)."""
+    return re.match(rf"{prefix}\d+_elements", name) is not None
+
+
+def aliases(world: World, prefix: str) -> dict[str, str]:
+    """Alias → physical collection, for the databases named `<prefix><digits>`."""
+    listed = world.ts.get("/aliases").json()["aliases"]
+    return {a["name"]: a["collection_name"] for a in listed if ours(a["name"], prefix)}
+
+
+def documents_by_collection(world: World, prefix: str) -> dict[str, int]:
+    listed = world.ts.get("/collections").json()
+    return {c["name"]: int(c["num_documents"]) for c in listed if ours(c["name"], prefix)}
+
+
+def drop_all(world: World, prefix: str) -> None:
+    for alias, physical in aliases(world, prefix).items():
+        world.ts.delete(f"/aliases/{alias}")
+        world.ts.delete(f"/collections/{physical}")
+
+
+class Peak:
+    """The daemon's VmHWM and the largest VmRSS seen (sampled every 0.5 s) on a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.rss_kb = 0
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.halt.wait(0.5):
+            try:
+                self.rss_kb = max(self.rss_kb, status_kb(self.pid, "VmRSS"))
+            except (OSError, KeyError):
+                return
+
+    def hwm_mb(self) -> float:
+        return status_kb(self.pid, "VmHWM") / 1024
+
+
+# -- 1. catch-up ---------------------------------------------------------------------------------
+
+
+def source_lines(world: World, db: Path) -> tuple[dict[str, Any], list[str]]:
+    """The template's rows as the daemon's documents (JSON lines) and its collection schema."""
+    return documents_of(single_config(world, db, "source"))
+
+
+def raw_import(
+    world: World, schema: dict[str, Any], lines: list[str], count: int, threads: int
+) -> dict[str, Any]:
+    assert world.typesense is not None and world.typesense.process is not None
+    names = [f"raw{threads}{k:03d}_elements" for k in range(count)]
+    for name in names:
+        world.ts.post("/collections", json={**schema, "name": name}).raise_for_status()
+    bodies = ["\n".join(lines[i : i + RAW_BATCH]).encode() for i in range(0, len(lines), RAW_BATCH)]
+    work: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for name in names:
+        work.put(name)
+    errors: list[str] = []
+
+    def client() -> None:
+        assert world.typesense is not None
+        with httpx.Client(base_url=world.typesense.url, timeout=120,
+                          headers={"X-TYPESENSE-API-KEY": API_KEY}) as http:
+            while True:
+                try:
+                    name = work.get_nowait()
+                except queue.Empty:
+                    return
+                for body in bodies:
+                    response = http.post(
+                        f"/collections/{name}/documents/import",
+                        params={"action": "upsert", "dirty_values": "reject"},
+                        content=body,
+                    )
+                    ok = response.text.count('"success":true')
+                    if response.status_code != 200 or ok != body.count(b"\n") + 1:
+                        errors.append(response.text[:300])
+                        return
+
+    server_cpu = cpu_seconds(world.typesense.process.pid)
+    started = time.perf_counter()
+    pool = [threading.Thread(target=client) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    seconds = time.perf_counter() - started
+    server_cpu = cpu_seconds(world.typesense.process.pid) - server_cpu
+    counts = documents_by_collection(world, "raw")
+    for name in names:
+        world.ts.delete(f"/collections/{name}")
+    if errors or any(counts.get(name) != len(lines) for name in names):
+        raise RuntimeError(f"raw import failed: {errors[:1]}")
+    docs = count * len(lines)
+    return {"threads": threads, "batch": RAW_BATCH, "documents": docs, "seconds": seconds,
+            "docs_per_s": docs / seconds, "server_cpu_s": server_cpu}
+
+
+def catch_up(world: World, count: int, rows: int, workers: int | None) -> dict[str, Any]:
+    assert world.typesense is not None and world.typesense.process is not None
+    db = template(world, "catchup_template", rows)
+    schema, lines = source_lines(world, db)
+    raws = []
+    for threads in (1, RAW_THREADS):
+        raws.append(raw_import(world, schema, lines, count, threads))
+        print(f"  raw import, {count} x {rows:,} documents, {threads} client thread(s):"
+              f" {raws[-1]['docs_per_s']:,.0f} docs/s", flush=True)
+    ceiling = max(r["docs_per_s"] for r in raws)
+    folder = world.tmp / "catchup" / "backlog"
+    copies(db, folder, [f"c{k:03d}" for k in range(count)])
+    config = fleet_config(world, folder, workers)
+    server_cpu = cpu_seconds(world.typesense.process.pid)
+    started = time.monotonic()
+    daemon = world.daemon(config)
+    peak = Peak(daemon.pid)
+    first: list[float] = []
+
+    def done() -> bool:
+        counts = list(documents_by_collection(world, "c").values())
+        if not first and any(counts):
+            first.append(time.monotonic())
+        return len(counts) == count and all(n >= rows for n in counts)
+
+    finished = wait_until(done, 1800, interval=0.2, what="every backlog searchable")
+    seconds = finished - started
+    daemon_cpu = daemon.cpu_seconds()
+    server_cpu = cpu_seconds(world.typesense.process.pid) - server_cpu
+    hwm = peak.hwm_mb()
+    peak.halt.set()
+    if daemon.stop() != 0:
+        raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
+    drop_all(world, "c")
+    rate = count * rows / seconds
+    return {
+        "databases": count,
+        "rows_each": rows,
+        "raw": raws,
+        "raw_ceiling_docs_per_s": ceiling,
+        "seconds_from_daemon_start": seconds,
+        "first_document_after_s": (first[0] - started) if first else None,
+        "docs_per_s": rate,
+        "vs_raw_ceiling": rate / ceiling,
+        "daemon_cpu_s": daemon_cpu,
+        "daemon_cpu_us_per_doc": daemon_cpu / (count * rows) * 1e6,
+        "server_cpu_s": server_cpu,
+        "daemon_peak_rss_mb": hwm,
+    }
+
+
+# -- 2-4. N databases in one daemon ---------------------------------------------------------------
+
+
+class Poller(threading.Thread):
+    """GETs each sampled document until it is there; records when."""
+
+    def __init__(self, url: str, physical: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        self.client = httpx.Client(base_url=url, headers={"X-TYPESENSE-API-KEY": API_KEY},
+                                   timeout=30)
+        self.physical = physical
+        self.incoming: queue.SimpleQueue[tuple[str, int, float]] = queue.SimpleQueue()
+        self.pending: list[tuple[str, int, float]] = []
+        self.found: list[dict[str, Any]] = []
+        self.requests = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            while True:
+                try:
+                    self.pending.append(self.incoming.get_nowait())
+                except queue.Empty:
+                    break
+            still = []
+            for stem, i, committed in self.pending:
+                path = f"/collections/{self.physical[stem]}/documents/{i}"
+                response = self.client.get(path)
+                arrived = time.monotonic()
+                self.requests += 1
+                if response.status_code == 200:
+                    stamp = float(response.json()["comment"].removeprefix("t="))
+                    self.found.append({"database": stem, "id": i, "committed": committed,
+                                       "latency_ms": (arrived - committed) * 1000,
+                                       "row_stamp_before_commit_ms": (committed - stamp) * 1000})
+                else:
+                    still.append((stem, i, committed))
+            self.pending = still
+            self.halt.wait(POLL)
+        self.client.close()
+
+
+def start_writers(
+    world: World, paths: list[Path], seconds: float, sample_every: int
+) -> list[Any]:
+    import subprocess
+
+    per = [paths[w::WRITERS] for w in range(WRITERS)]
+    processes = []
+    for w, mine in enumerate(per):
+        listing = world.tmp / f"writer{w}.txt"
+        listing.write_text("\n".join(str(p) for p in mine))
+        processes.append(subprocess.Popen(
+            [PYTHON, __file__, "--writer", "--dbs", str(listing), "--seconds", str(seconds),
+             "--offset", str(w / WRITERS), "--sample-every", str(sample_every),
+             "--sample-phase", str(w * sample_every // WRITERS)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        ))
+        world.callback(_kill_if_running, processes[-1])
+    for process in processes:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise RuntimeError("writer did not start")
+    return processes
+
+
+def _kill_if_running(process: Any) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def one_daemon(
+    world: World, count: int, idle_seconds: float, load_seconds: float, workers: int | None
+) -> dict[str, Any]:
+    assert world.typesense is not None and world.typesense.process is not None
+    db = template(world, "fleet_template", 0)
+    folder = world.tmp / "fleet" / "tenants"
+    stems = [f"t{k:04d}" for k in range(count)]
+    paths = copies(db, folder, stems)
+    config = fleet_config(world, folder, workers)
+    started = time.monotonic()
+    daemon = world.daemon(config)
+    peak = Peak(daemon.pid)
+    wait_until(lambda: log_count(daemon, '"database syncing"') >= count, 900, interval=0.5,
+               what="every database syncing")
+    startup = time.monotonic() - started
+    startup_cpu = daemon.cpu_seconds()
+    physical = {a.removesuffix("_elements"): c for a, c in aliases(world, "t").items()}
+    if len(physical) != count:
+        raise RuntimeError(f"{len(physical)} collections for {count} databases")
+    hwm_startup = peak.hwm_mb()
+    print(f"  {count} databases syncing after {startup:.1f} s ({startup_cpu:.1f} s CPU),"
+          f" peak RSS {hwm_startup:.0f} MB", flush=True)
+    time.sleep(3)  # settle: the first iterations and start-up are not idle
+    # -- idle
+    cpu, server_cpu, began = (daemon.cpu_seconds(), cpu_seconds(world.typesense.process.pid),
+                              time.monotonic())
+    time.sleep(idle_seconds)
+    elapsed = time.monotonic() - began
+    idle = {
+        "seconds": elapsed,
+        "cpu_share_of_one_core": (daemon.cpu_seconds() - cpu) / elapsed,
+        "resolution": 1 / CLK_TCK / elapsed,
+        "typesense_cpu_share": (cpu_seconds(world.typesense.process.pid) - server_cpu) / elapsed,
+        "rss_mb": status_kb(daemon.pid, "VmRSS") / 1024,
+        "threads": status_kb(daemon.pid, "Threads"),
+    }
+    print(f"  idle {elapsed:.0f} s: {idle['cpu_share_of_one_core']:.3%} of a core,"
+          f" RSS {idle['rss_mb']:.0f} MB", flush=True)
+    # -- load: 1 commit/s in each database
+    total = int(load_seconds) * count
+    sample_every = max(1, total // SAMPLES)
+    poller = Poller(world.typesense.url, physical)
+    poller.start()
+    world.callback(poller.halt.set)
+    writers = start_writers(world, paths, load_seconds, sample_every)
+
+    def read_samples(process: Any, out: list[dict[str, Any]]) -> None:
+        for line in process.stdout:
+            if line.startswith("{"):
+                out.append(json.loads(line))
+            else:
+                stem, i, committed = line.split()
+                poller.incoming.put((stem, int(i), float(committed)))
+
+    results: list[dict[str, Any]] = []
+    readers = [threading.Thread(target=read_samples, args=(p, results), daemon=True)
+               for p in writers]
+    for reader in readers:
+        reader.start()
+    cpu, server_cpu, began = (daemon.cpu_seconds(), cpu_seconds(world.typesense.process.pid),
+                              time.monotonic())
+    machine_load = LoadMeter()
+    for process in writers:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    for process in writers:
+        if process.wait(timeout=load_seconds * 3 + 120) != 0:
+            raise RuntimeError("writer failed")
+    for reader in readers:
+        reader.join()
+    last_commit = time.monotonic()
+    machine_busy = machine_load.read()["machine_busy_cores"]
+    committed = int(sum(r["commits"] for r in results))
+
+    def all_in() -> bool:
+        return sum(documents_by_collection(world, "t").values()) >= committed
+
+    drained = wait_until(all_in, 600, interval=0.5, what="every commit searchable")
+    wait_until(lambda: poller.incoming.empty() and not poller.pending, 120,
+               what="every sampled commit found")
+    poller.halt.set()
+    poller.join()
+    elapsed = time.monotonic() - began
+    latencies = [f["latency_ms"] for f in poller.found]
+    first = min(f["committed"] for f in poller.found)
+    thirds: list[list[float]] = [[], [], []]
+    for f in poller.found:
+        third = min(2, int((f["committed"] - first) / (load_seconds / 3)))
+        thirds[third].append(f["latency_ms"])
+    load = {
+        "seconds": load_seconds,
+        "writers": WRITERS,
+        "commits": committed,
+        "achieved_rate": sum(r["achieved_rate"] for r in results),
+        "writer_max_late_s": max(r["max_late_s"] for r in results),
+        "all_searchable_after_last_commit_s": drained - last_commit,
+        "sampled": len(latencies),
+        "sample_every": sample_every,
+        "poll_interval_s": POLL,
+        "poll_requests": poller.requests,
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": max(latencies),
+        "p50_by_third_of_the_phase_ms": [percentile(t, 50) for t in thirds],
+        "daemon_cpu_share": (daemon.cpu_seconds() - cpu) / elapsed,
+        "typesense_cpu_share": (cpu_seconds(world.typesense.process.pid) - server_cpu) / elapsed,
+        "machine_busy_cores_while_writing": machine_busy,
+        "row_stamp_before_commit_ms_max": max(f["row_stamp_before_commit_ms"]
+                                              for f in poller.found),
+        "latencies_ms": sorted(round(x, 1) for x in latencies),
+    }
+    print(f"  load {load['achieved_rate']:,.0f} commits/s: p50 {load['p50_ms']:.0f} ms,"
+          f" p99 {load['p99_ms']:.0f} ms, daemon {load['daemon_cpu_share']:.0%} of a core",
+          flush=True)
+    hwm = peak.hwm_mb()
+    peak.halt.set()
+    if daemon.stop() != 0:
+        raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
+    return {
+        "databases": count,
+        "startup_s": startup,
+        "startup_cpu_s": startup_cpu,
+        "peak_rss_mb_after_startup": hwm_startup,
+        "peak_rss_mb": hwm,
+        "largest_rss_sampled_mb": peak.rss_kb / 1024,
+        "idle": idle,
+        "load": load,
+        "log_lines": len(daemon.log.read_text(errors="replace").splitlines()),
+    }
+
+
+# -- 5. single-database daemons -----------------------------------------------------------------
+
+
+def singles(world: World, count: int, idle_seconds: float) -> dict[str, Any]:
+    db = template(world, "singles_template", 0)
+    daemons = []
+    started = time.monotonic()
+    for k in range(count):
+        folder = world.tmp / "singles" / f"s{k:02d}"
+        [path] = copies(db, folder, ["app"])
+        daemons.append(world.daemon(single_config(world, path, f"s{k:02d}_elements")))
+    wait_until(lambda: len(aliases(world, "s")) >= count, 900,
+               interval=0.5, what="every single daemon's collection")
+    startup = time.monotonic() - started
+    startup_cpu = sum(d.cpu_seconds() for d in daemons)
+    time.sleep(3)
+    cpu, began = sum(d.cpu_seconds() for d in daemons), time.monotonic()
+    time.sleep(idle_seconds)
+    elapsed = time.monotonic() - began
+    cpu = sum(d.cpu_seconds() for d in daemons) - cpu
+    rss = sum(status_kb(d.pid, "VmRSS") for d in daemons) / 1024
+    hwm = sum(status_kb(d.pid, "VmHWM") for d in daemons) / 1024
+    for d in daemons:
+        d.stop()
+    return {
+        "daemons": count,
+        "startup_s": startup,
+        "startup_cpu_s": startup_cpu,
+        "idle_seconds": elapsed,
+        "rss_mb_total": rss,
+        "peak_rss_mb_total": hwm,
+        "rss_mb_each": rss / count,
+        "idle_cpu_share_total": cpu / elapsed,
+        "idle_cpu_share_each": cpu / elapsed / count,
+    }
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, ~2 minutes")
+    parser.add_argument("--databases", type=int, default=None)
+    parser.add_argument("--idle-seconds", type=float, default=None)
+    parser.add_argument("--load-seconds", type=float, default=None)
+    parser.add_argument("--catchup", type=int, default=None, help="databases catching up")
+    parser.add_argument("--catchup-rows", type=int, default=None)
+    parser.add_argument("--singles", type=int, default=None, help="single-database daemons")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="databases.workers (default: the daemon's default)")
+    args = parser.parse_args()
+    quick = args.quick
+    count = args.databases or (200 if quick else 1000)
+    idle_seconds = args.idle_seconds or (10.0 if quick else 60.0)
+    load_seconds = args.load_seconds or (15.0 if quick else 60.0)
+    catchup_count = args.catchup or (20 if quick else 100)
+    catchup_rows = args.catchup_rows or (2000 if quick else 10_000)
+    single_count = args.singles or (10 if quick else 50)
+    report: dict[str, Any] = {
+        "benchmark": "many_databases",
+        "command": " ".join(["benchmarks/many_databases.py", *sys.argv[1:]]),
+        "databases_workers": args.workers or "default (4)",
+        "machine": machine(),
+        "targets": {"peak_rss_mb": TARGET_RSS_MB, "idle_cpu_share": TARGET_IDLE_SHARE,
+                    "p99_ms": TARGET_P99_MS, "catchup_vs_raw": TARGET_CATCHUP},
+    }
+    run_started = time.monotonic()
+    with World("many_databases") as world:
+        world.start_typesense()
+        report["machine"]["typesense"] = world.ts.get("/debug").json().get("version")
+        report["catchup"] = catch_up(world, catchup_count, catchup_rows, args.workers)
+        c = report["catchup"]
+        print(f"  catch-up {catchup_count} x {catchup_rows:,}: {c['docs_per_s']:,.0f} docs/s,"
+              f" {c['vs_raw_ceiling']:.0%} of the raw ceiling", flush=True)
+        report["one_daemon"] = one_daemon(world, count, idle_seconds, load_seconds,
+                                          args.workers)
+        report["singles"] = singles(world, single_count, idle_seconds)
+        s = report["singles"]
+        print(f"  {single_count} single daemons: {s['rss_mb_total']:.0f} MB RSS,"
+              f" idle {s['idle_cpu_share_total']:.2%} of a core", flush=True)
+        report["load"] = world.load.read()
+    report["machine"]["other_processes_end"] = machine()["other_processes"]
+    report["wall_s"] = time.monotonic() - run_started
+    latencies = report["one_daemon"]["load"].pop("latencies_ms")
+    report["one_daemon"]["load"]["histogram_ms"] = histogram(latencies)
+    tables(report, count)
+    print(f"\nload during the run: {report['load']}; wall {report['wall_s']:.0f} s")
+    save("many_databases", report)
+
+
+def histogram(latencies_ms: list[float]) -> dict[str, int]:
+    counts: dict[int, int] = {}
+    for x in latencies_ms:
+        low = int(x // 25) * 25
+        counts[low] = counts.get(low, 0) + 1
+    return {f"{low}-{low + 25}": counts[low] for low in sorted(counts)}
+
+
+def tables(report: dict[str, Any], count: int) -> None:
+    one, c, s = report["one_daemon"], report["catchup"], report["singles"]
+    idle, load = one["idle"], one["load"]
+    scale = count / s["daemons"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    print_table(f"{count:,} databases in one daemon (targets of issue 18)",
+                ["", "measured", "target", ""], [
+        ["peak RSS (VmHWM)", f"{one['peak_rss_mb']:.0f} MB", f"<= {TARGET_RSS_MB} MB",
+         verdict(one["peak_rss_mb"] <= TARGET_RSS_MB)],
+        [f"idle CPU, {idle['seconds']:.0f} s", f"{idle['cpu_share_of_one_core']:.2%}",
+         f"<= {TARGET_IDLE_SHARE:.0%}", verdict(idle["cpu_share_of_one_core"]
+                                                 <= TARGET_IDLE_SHARE)],
+        [f"p99 commit->searchable, {load['achieved_rate']:,.0f} commits/s",
+         f"{load['p99_ms']:.0f} ms", f"<= {TARGET_P99_MS} ms",
+         verdict(load["p99_ms"] <= TARGET_P99_MS)],
+        [f"catch-up, {c['databases']} x {c['rows_each']:,} rows", f"{c['vs_raw_ceiling']:.0%}",
+         f">= {TARGET_CATCHUP:.0%}", verdict(c["vs_raw_ceiling"] >= TARGET_CATCHUP)],
+    ])
+    print_table("one daemon", ["phase", "seconds", "daemon CPU", "RSS MB", "notes"], [
+        ["start-up", one["startup_s"], f"{one['startup_cpu_s']:.1f} s",
+         one["peak_rss_mb_after_startup"], "peak after start-up"],
+        ["idle", idle["seconds"], f"{idle['cpu_share_of_one_core']:.2%}", idle["rss_mb"],
+         f"resolution {idle['resolution']:.3%}; Typesense {idle['typesense_cpu_share']:.2%}"],
+        ["load", load["seconds"], f"{load['daemon_cpu_share']:.0%}", one["peak_rss_mb"],
+         f"p50 {load['p50_ms']:.0f} ms, p95 {load['p95_ms']:.0f}, p99 {load['p99_ms']:.0f},"
+         f" max {load['max_ms']:.0f} ({load['sampled']} sampled);"
+         f" Typesense {load['typesense_cpu_share']:.0%};"
+         f" machine {load['machine_busy_cores_while_writing']:.1f} of"
+         f" {report['machine']['cpus']} cores busy"],
+    ])
+    print_table("catch-up (docs/s)", ["", "docs/s", "seconds", "vs ceiling"], [
+        *[[f"raw, {r['threads']} client thread(s)", r["docs_per_s"], r["seconds"],
+           f"{r['docs_per_s'] / c['raw_ceiling_docs_per_s']:.0%}"] for r in c["raw"]],
+        ["daemon, from its start", c["docs_per_s"], c["seconds_from_daemon_start"],
+         f"{c['vs_raw_ceiling']:.0%}"],
+    ])
+    print_table(f"single-database daemons (x {scale:.0f} extrapolated to {count:,})",
+                ["", "RSS MB", "idle CPU"], [
+        [f"{s['daemons']} daemons, measured", s["rss_mb_total"],
+         f"{s['idle_cpu_share_total']:.2%}"],
+        [f"{count:,} daemons, extrapolated", s["rss_mb_total"] * scale,
+         f"{s['idle_cpu_share_total'] * scale:.1%}"],
+        [f"one daemon, {count:,} databases", one["peak_rss_mb"],
+         f"{idle['cpu_share_of_one_core']:.2%}"],
+    ])
+
+
+if __name__ == "__main__":
+    if "--writer" in sys.argv[1:]:
+        writer(sys.argv[1:])
+    else:
+        main()
