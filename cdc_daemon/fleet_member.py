@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import apsw
 import structlog
 
 from cdc_daemon.backfill import Backfill
@@ -341,19 +340,6 @@ def _install_and_backfill(runtime: Runtime) -> None:
             conn.execute(sql)
         for table in runtime.mappings:
             backfill.start(table, conn)
-
-
-def small_lookaside() -> None:
-    """SQLite gives each connection ~120 KB of lookaside memory (small allocations); a thousand
-    connections want less. Only possible before any connection is open: else nothing changes.
-    SQLite initializes itself again at the first open (measured with 300 small databases: 91 KB
-    of RSS a connection, against 164 KB after an explicit apsw.initialize() and 200 KB with
-    SQLite's defaults)."""
-    try:
-        apsw.shutdown()
-        apsw.config(apsw.SQLITE_CONFIG_LOOKASIDE, 128, 64)
-    except apsw.Error:
-        pass
 
 
 def lighten(runtime: Runtime) -> None:

@@ -778,9 +778,8 @@ def serve_fleet(
         codes = [serve(config.for_database(path), None, once=True) for path in found.values()]
         return max(codes, default=0)
     from cdc_daemon.fleet import Fleet, Folder
-    from cdc_daemon.fleet_member import Build, FleetReload, lighten, small_lookaside
+    from cdc_daemon.fleet_member import Build, FleetReload, lighten
 
-    small_lookaside()  # before the first connection: a thousand of them will be open
     notifier = Notifier()
     stop = threading.Event()
     services = build_services(config, notifier.heartbeat)
