@@ -109,6 +109,7 @@ class Fleet:
         self._waiting_until = 0.0
         self._next_rescan = 0.0
         self._inotify: inotify_simple.INotify | None = None
+        self._watching = False  # the folder's watch is in place
         self._by_file: dict[str, Member] = {}  # file name → member (main thread only)
         self._left_out: set[str] = set()
 
@@ -161,17 +162,12 @@ class Fleet:
     # -- the main thread ------------------------------------------------------------------------
 
     def run(self) -> int:
-        folder = self.databases.path
         if inotify_simple is not None:
-            flags = inotify_simple.flags
             inotify = self._inotify = inotify_simple.INotify()
             try:
-                inotify.add_watch(
-                    str(folder),
-                    flags.MODIFY | flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE
-                    | flags.DELETE | flags.MOVED_FROM,
-                )
+                self._watch()
             except OSError as exc:
+                folder = self.databases.path
                 raise DatabaseError(
                     f"databases.glob: cannot watch {folder}: {exc.strerror}"
                 ) from None
@@ -213,6 +209,17 @@ class Fleet:
             log.info("stopped")
         return 0
 
+    def _watch(self) -> None:
+        """Watch the folder (again: a folder deleted and made anew drops the watch)."""
+        assert self._inotify is not None and inotify_simple is not None
+        flags = inotify_simple.flags
+        self._inotify.add_watch(
+            str(self.databases.path),
+            flags.MODIFY | flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE | flags.DELETE
+            | flags.MOVED_FROM | flags.DELETE_SELF | flags.MOVE_SELF,
+        )
+        self._watching = True
+
     def _wait_and_dispatch(self) -> None:
         """Sleep until a file event, the first timer, or a worker's new earlier timer."""
         now = time.monotonic()
@@ -234,7 +241,13 @@ class Fleet:
         listing = inotify_simple.flags.CREATE | inotify_simple.flags.DELETE
         listing |= inotify_simple.flags.MOVED_TO | inotify_simple.flags.MOVED_FROM
         woken: set[str] = set()
+        lost = inotify_simple.flags.IGNORED | inotify_simple.flags.DELETE_SELF
+        lost |= inotify_simple.flags.MOVE_SELF
         for name, mask in events:
+            if mask & lost:  # the folder itself went: watch it again once it is back
+                self._watching = False
+                self._next_rescan = 0.0
+                continue
             base = database_file(name)
             if mask & listing and self.databases.matches(name):
                 self._next_rescan = 0.0  # a database came or went: list the folder now
@@ -275,11 +288,19 @@ class Fleet:
 
     def _rescan(self) -> None:
         self._next_rescan = time.monotonic() + RESCAN
+        if self._inotify is not None and not self._watching:
+            try:
+                self._watch()
+                log.info("watching the folder again", folder=str(self.databases.path))
+            except OSError:
+                self._next_rescan = time.monotonic() + 1.0  # not back yet: look again soon
         try:
             found, left_out = self.databases.files()
         except CdcError as exc:
-            log.error("databases not listed", error=str(exc))
-            return
+            if self.databases.path.is_dir():  # can't be listed now: its databases go on
+                log.error("databases not listed", error=str(exc))
+                return
+            found, left_out = {}, []  # the folder is gone, and its databases with it
         for line in set(left_out) - self._left_out:
             log.warning("database left out", problem=line)
         self._left_out = set(left_out)

@@ -276,3 +276,32 @@ def test_metrics_name_a_database_whose_trigger_was_dropped(env: Env,
              message="cdc_database_problem{database=acme,state=triggers_missing}")
     assert rows_of(beta) == documents(env, "beta")
     running(daemon, env)
+
+
+def test_the_folder_deleted_and_made_again_is_watched_again(env: Env,
+                                                           processes: list[Any]) -> None:
+    """`rm -rf tenants; mkdir tenants` while running: its databases stop, the watch is put back
+    once the folder is there again, and a database created in it then syncs at once (not at
+    the next 30 s listing)."""
+    import shutil
+
+    folder = tenants(env)
+    acme = folder / "acme.db"
+    make_database(acme, rows=2)
+    write_config(env, install=True)
+    daemon = start_daemon(env, processes)
+    wait_synced(env, acme)
+
+    shutil.rmtree(folder)
+    wait_for(lambda: events(env, "database stopped", database="acme"), 10, "acme stopped")
+    folder.mkdir()
+    wait_for(lambda: events(env, "watching the folder again"), 10, "the watch put back")
+    beta = folder / "beta.db"
+    make_database(beta, rows=3)
+    write_rows(beta, (4, "beta book 4"))
+    wait_synced(env, beta, timeout=10)
+    running(daemon, env)
+    log = read_daemon_log(env, "daemon")
+    assert not any(bug in log for bug in BUGS), log[-2000:]
+    assert len(events(env, "databases not listed")) == 0
+    assert stop_process(daemon) == 0
