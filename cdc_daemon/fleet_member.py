@@ -150,13 +150,7 @@ class Member:
         self.state, self.problem = "syncing", None
         if daemon.busy:
             return 0
-        if _log_waiting(daemon):
-            return daemon.runtime.settings.poll_interval
-        # Caught up: the pages this batch read go back (the OS keeps them cached); a thousand
-        # idle connections otherwise hold a few dozen KB each.
-        with contextlib.suppress(CdcError):
-            db.query("PRAGMA shrink_memory")
-        return IDLE_LOOK
+        return daemon.runtime.settings.poll_interval if _log_waiting(daemon) else IDLE_LOOK
 
     def stop(self, why: str | None) -> None:
         """Write its last acknowledgement, rotate its file token (when it had started), release
