@@ -184,6 +184,8 @@ class Fleet:
             worker.start()
         log.info("running", databases=self.databases.glob, workers=len(workers))
         try:
+            self._rescan()
+            self.notifier.send("READY=1")  # once: each database then starts on its own
             while not self.stop.is_set():
                 self.last_beat = time.monotonic()
                 self.notifier.heartbeat()
@@ -191,7 +193,6 @@ class Fleet:
                     self._reload()
                 if time.monotonic() >= self._next_rescan:
                     self._rescan()
-                    self.notifier.send("READY=1")
                 self._wait_and_dispatch()
         finally:
             for _ in workers:
@@ -224,8 +225,8 @@ class Fleet:
         """Sleep until a file event, the first timer, or a worker's new earlier timer."""
         now = time.monotonic()
         with self._lock:
-            due_at = self._timers[0][0] if self._timers else now + 1.0
-            self._waiting_until = min(due_at, self._next_rescan, now + 1.0)
+            first = self._timers[0][0] if self._timers else math.inf
+            self._waiting_until = min(first, self._next_rescan, now + 1.0)
         wait = max(0.0, self._waiting_until - now)
         for fd, _ in self._poll.poll(math.ceil(wait * 1000)):
             if fd == self._wake_read:

@@ -171,6 +171,8 @@ class Member:
             daemon.lock.release()
         if why == "database removed":
             forget_database_file(opened)
+            if daemon.metrics is not None:
+                daemon.metrics.forget_database(daemon.runtime.db.path)
         if why is not None:
             log.info("database stopped", database=self.name, reason=why)
 

@@ -364,9 +364,21 @@ class Metrics:
             self.dead_lettered.labels(table).inc(count)
         if report.entries:
             self.batch_duration.observe(report.duration)
-        with self._record_lock:  # skipped while any database skips it
+        self._skip(database, set(report.skipped))
+
+    def forget_database(self, database: Path) -> None:
+        """A `databases:` daemon's database gone: the tables it skipped are no longer skipped
+        because of it."""
+        self._skip(database, None)
+
+    def _skip(self, database: Path | None, tables: set[str] | None) -> None:
+        """`cdc_table_skipped{table}` is 1 while any database skips the table."""
+        with self._record_lock:
             before = set().union(*self._skipped.values())
-            self._skipped[database] = set(report.skipped)
+            if tables is None:
+                self._skipped.pop(database, None)
+            else:
+                self._skipped[database] = tables
             now = set().union(*self._skipped.values())
         for table in before - now:
             self.table_skipped.labels(table).set(0)

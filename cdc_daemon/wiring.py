@@ -835,7 +835,7 @@ def serve_fleet(
             admin.close()
         if metrics is not None:
             metrics.close()
-        services.close()
+        fleet.services.close()  # the ones in use (a reload may have replaced the first)
         notifier.close()
 
 

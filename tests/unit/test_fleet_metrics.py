@@ -102,3 +102,25 @@ def test_a_quiet_database_is_read_again_once_written(tmp_path: Path) -> None:
     state.changed = False  # a log with entries is read at every scrape
     write(path, "another")
     assert backlog().endswith(" 2.0")
+
+
+def test_a_table_skipped_only_by_a_removed_database_is_skipped_no_more() -> None:
+    """cdc_table_skipped{table} is 1 while any database skips the table; a database that is gone
+    (fleet_member.Member.stop) skips nothing any more, or the alert would fire for ever."""
+    from cdc_daemon.metrics import Metrics
+    from cdc_daemon.sync import BatchReport
+
+    metrics = Metrics(None, NAMES, lambda: [], log_collector=FleetLogCollector(
+        lambda: [], NAMES, ["books"]), table_names=["books"])
+    a, b = Path("/t/a.db"), Path("/t/b.db")
+
+    def skipped() -> float | None:
+        return metrics.registry.get_sample_value("cdc_table_skipped", {"table": "books"})
+
+    metrics.record_batch(BatchReport(skipped={"books": "dropped"}), a)
+    metrics.record_batch(BatchReport(), b)
+    assert skipped() == 1
+    metrics.forget_database(b)
+    assert skipped() == 1  # a still skips it
+    metrics.forget_database(a)
+    assert skipped() == 0
