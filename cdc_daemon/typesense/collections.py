@@ -20,10 +20,10 @@ class AliasCache:
     """Alias name → (the collection it points to or None, when that was looked up). Locked:
     the daemon loop and admin worker threads (verify repairs) read and fill it at once."""
 
-    def __init__(self, ttl: float = ALIAS_TTL) -> None:
+    def __init__(self) -> None:
         self._entries: dict[str, tuple[str | None, float]] = {}
         self._lock = threading.Lock()
-        self.ttl = ttl  # longer when no one else switches these aliases (fleet.py)
+        self.ttl = ALIAS_TTL  # longer when no one else switches these aliases (fleet.py)
 
     def recent(self, name: str) -> tuple[str | None] | None:
         """(collection or None) when looked up less than `ttl` ago, else None."""
