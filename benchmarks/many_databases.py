@@ -47,6 +47,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,8 @@ RAW_THREADS = 4  # the daemon's default databases.workers
 WRITERS = 4
 SAMPLES = 400  # sampled commits in the load phase (about)
 POLL = 0.02  # seconds between the poller's rounds
+SHARED = "z0_elements"  # the shared collection of shared_load()
+PHASES = ("catchup", "one", "shared", "singles")
 
 INSERT = (
     "INSERT INTO elements (id, element_type, element_id, sequence_number, version_number,"
@@ -182,10 +185,16 @@ def single_config(world: World, db: Path, collection: str) -> Path:
     return path
 
 
-def fleet_config(world: World, folder: Path, workers: int | None = None) -> Path:
-    """`databases:` for every *.db of `folder` (collections `<stem>_elements`), defaults else
-    (`workers` None: the default)."""
+def fleet_config(
+    world: World, folder: Path, workers: int | None = None, shared: str | None = None
+) -> Path:
+    """`databases:` for every *.db of `folder` (collections `<stem>_elements`; `shared`: one
+    collection of that name, managed by the first database), defaults else (`workers` None:
+    the default)."""
     databases: dict[str, Any] = {"glob": f"{folder.name}/*.db"}
+    if shared is not None:
+        first = min(path.stem for path in folder.glob("*.db"))
+        databases.update(collection=shared, manager=first)
     if workers is not None:
         databases["workers"] = workers
     config = {
@@ -364,11 +373,11 @@ def catch_up(world: World, count: int, rows: int, workers: int | None) -> dict[s
 class Poller(threading.Thread):
     """GETs each sampled document until it is there; records when."""
 
-    def __init__(self, url: str, physical: dict[str, str]) -> None:
+    def __init__(self, url: str, path_of: Callable[[str, int], str]) -> None:
         super().__init__(daemon=True)
         self.client = httpx.Client(base_url=url, headers={"X-TYPESENSE-API-KEY": API_KEY},
                                    timeout=30)
-        self.physical = physical
+        self.path_of = path_of  # (database, row id) → its document's GET path
         self.incoming: queue.SimpleQueue[tuple[str, int, float]] = queue.SimpleQueue()
         self.pending: list[tuple[str, int, float]] = []
         self.found: list[dict[str, Any]] = []
@@ -384,8 +393,7 @@ class Poller(threading.Thread):
                     break
             still = []
             for stem, i, committed in self.pending:
-                path = f"/collections/{self.physical[stem]}/documents/{i}"
-                response = self.client.get(path)
+                response = self.client.get(self.path_of(stem, i))
                 arrived = time.monotonic()
                 self.requests += 1
                 if response.status_code == 200:
@@ -469,9 +477,42 @@ def one_daemon(
     print(f"  idle {elapsed:.0f} s: {idle['cpu_share_of_one_core']:.3%} of a core,"
           f" RSS {idle['rss_mb']:.0f} MB", flush=True)
     # -- load: 1 commit/s in each database
+    load = steady_load(world, daemon, paths, load_seconds,
+                       lambda stem, i: f"/collections/{physical[stem]}/documents/{i}",
+                       lambda: sum(documents_by_collection(world, "t").values()))
+    hwm = peak.hwm_mb()
+    peak.halt.set()
+    if daemon.stop() != 0:
+        raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
+    return {
+        "databases": count,
+        "startup_s": startup,
+        "startup_cpu_s": startup_cpu,
+        "peak_rss_mb_after_startup": hwm_startup,
+        "peak_rss_mb": hwm,
+        "largest_rss_sampled_mb": peak.rss_kb / 1024,
+        "idle": idle,
+        "load": load,
+        "log_lines": len(daemon.log.read_text(errors="replace").splitlines()),
+    }
+
+
+def steady_load(
+    world: World,
+    daemon: Daemon,
+    paths: list[Path],
+    load_seconds: float,
+    path_of: Callable[[str, int], str],
+    documents: Callable[[], int],
+    label: str = "",
+) -> dict[str, Any]:
+    """1 commit/s in each database (writer processes), sampled commits polled until searchable
+    at `path_of(database, id)`; at the end `documents()` must count every commit."""
+    assert world.typesense is not None and world.typesense.process is not None
+    count = len(paths)
     total = int(load_seconds) * count
     sample_every = max(1, total // SAMPLES)
-    poller = Poller(world.typesense.url, physical)
+    poller = Poller(world.typesense.url, path_of)
     poller.start()
     world.callback(poller.halt.set)
     writers = start_writers(world, paths, load_seconds, sample_every)
@@ -505,7 +546,7 @@ def one_daemon(
     committed = int(sum(r["commits"] for r in results))
 
     def all_in() -> bool:
-        return sum(documents_by_collection(world, "t").values()) >= committed
+        return documents() >= committed
 
     drained = wait_until(all_in, 600, interval=0.5, what="every commit searchable")
     wait_until(lambda: poller.incoming.empty() and not poller.pending, 120,
@@ -542,24 +583,31 @@ def one_daemon(
                                               for f in poller.found),
         "latencies_ms": sorted(round(x, 1) for x in latencies),
     }
-    print(f"  load {load['achieved_rate']:,.0f} commits/s: p50 {load['p50_ms']:.0f} ms,"
+    print(f"  load{label} {load['achieved_rate']:,.0f} commits/s: p50 {load['p50_ms']:.0f} ms,"
           f" p99 {load['p99_ms']:.0f} ms, daemon {load['daemon_cpu_share']:.0%} of a core",
           flush=True)
-    hwm = peak.hwm_mb()
-    peak.halt.set()
+    return load
+
+
+def shared_load(
+    world: World, count: int, load_seconds: float, workers: int | None
+) -> dict[str, Any]:
+    """The same load, on N other databases sharing one collection (ids `<stem>/<id>`)."""
+    db = template(world, "shared_template", 0)
+    folder = world.tmp / "shared" / "tenants"
+    paths = copies(db, folder, [f"t{k:04d}" for k in range(count)])
+    daemon = world.daemon(fleet_config(world, folder, workers, shared=SHARED))
+    wait_until(lambda: log_count(daemon, '"database syncing"') >= count, 900, interval=0.5,
+               what="every database syncing")
+    [physical] = aliases(world, "z").values()
+    time.sleep(3)  # settle: the first iterations and start-up are not idle
+    load = steady_load(world, daemon, paths, load_seconds,
+                       lambda stem, i: f"/collections/{physical}/documents/{stem}%2F{i}",
+                       lambda: sum(documents_by_collection(world, "z").values()),
+                       label=" (one shared collection)")
     if daemon.stop() != 0:
         raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
-    return {
-        "databases": count,
-        "startup_s": startup,
-        "startup_cpu_s": startup_cpu,
-        "peak_rss_mb_after_startup": hwm_startup,
-        "peak_rss_mb": hwm,
-        "largest_rss_sampled_mb": peak.rss_kb / 1024,
-        "idle": idle,
-        "load": load,
-        "log_lines": len(daemon.log.read_text(errors="replace").splitlines()),
-    }
+    return load
 
 
 # -- 5. single-database daemons -----------------------------------------------------------------
@@ -613,7 +661,10 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=None, help="single-database daemons")
     parser.add_argument("--workers", type=int, default=None,
                         help="databases.workers (default: the daemon's default)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help=f"comma-separated, of {','.join(PHASES)} (all: the figures)")
     args = parser.parse_args()
+    phases = args.phases.split(",")
     quick = args.quick
     count = args.databases or (200 if quick else 1000)
     idle_seconds = args.idle_seconds or (10.0 if quick else 60.0)
@@ -633,22 +684,31 @@ def main() -> None:
     with World("many_databases") as world:
         world.start_typesense()
         report["machine"]["typesense"] = world.ts.get("/debug").json().get("version")
-        report["catchup"] = catch_up(world, catchup_count, catchup_rows, args.workers)
-        c = report["catchup"]
-        print(f"  catch-up {catchup_count} x {catchup_rows:,}: {c['docs_per_s']:,.0f} docs/s,"
-              f" {c['vs_raw_ceiling']:.0%} of the raw ceiling", flush=True)
-        report["one_daemon"] = one_daemon(world, count, idle_seconds, load_seconds,
-                                          args.workers)
-        report["singles"] = singles(world, single_count, idle_seconds)
-        s = report["singles"]
-        print(f"  {single_count} single daemons: {s['rss_mb_total']:.0f} MB RSS,"
-              f" idle {s['idle_cpu_share_total']:.2%} of a core", flush=True)
+        if "catchup" in phases:
+            report["catchup"] = catch_up(world, catchup_count, catchup_rows, args.workers)
+            c = report["catchup"]
+            print(f"  catch-up {catchup_count} x {catchup_rows:,}: {c['docs_per_s']:,.0f}"
+                  f" docs/s, {c['vs_raw_ceiling']:.0%} of the raw ceiling", flush=True)
+        if "one" in phases:
+            report["one_daemon"] = one_daemon(world, count, idle_seconds, load_seconds,
+                                              args.workers)
+        if "shared" in phases:
+            report["shared_load"] = shared_load(world, count, load_seconds, args.workers)
+        if "singles" in phases:
+            report["singles"] = singles(world, single_count, idle_seconds)
+            s = report["singles"]
+            print(f"  {single_count} single daemons: {s['rss_mb_total']:.0f} MB RSS,"
+                  f" idle {s['idle_cpu_share_total']:.2%} of a core", flush=True)
         report["load"] = world.load.read()
     report["machine"]["other_processes_end"] = machine()["other_processes"]
     report["wall_s"] = time.monotonic() - run_started
-    latencies = report["one_daemon"]["load"].pop("latencies_ms")
-    report["one_daemon"]["load"]["histogram_ms"] = histogram(latencies)
-    tables(report, count)
+    loads = [report.get("one_daemon", {}).get("load"), report.get("shared_load")]
+    for load in filter(None, loads):
+        load["histogram_ms"] = histogram(load.pop("latencies_ms"))
+    if set(phases) >= set(PHASES):
+        tables(report, count)
+    else:
+        print("\nsome phases only: no table of the targets")
     print(f"\nload during the run: {report['load']}; wall {report['wall_s']:.0f} s")
     save("many_databases", report)
 
@@ -663,7 +723,7 @@ def histogram(latencies_ms: list[float]) -> dict[str, int]:
 
 def tables(report: dict[str, Any], count: int) -> None:
     one, c, s = report["one_daemon"], report["catchup"], report["singles"]
-    idle, load = one["idle"], one["load"]
+    idle, load, shared = one["idle"], one["load"], report["shared_load"]
     scale = count / s["daemons"]
 
     def verdict(ok: bool) -> str:
@@ -679,6 +739,9 @@ def tables(report: dict[str, Any], count: int) -> None:
         [f"p99 commit->searchable, {load['achieved_rate']:,.0f} commits/s",
          f"{load['p99_ms']:.0f} ms", f"<= {TARGET_P99_MS} ms",
          verdict(load["p99_ms"] <= TARGET_P99_MS)],
+        [f"  the same, one shared collection ({shared['achieved_rate']:,.0f} commits/s)",
+         f"{shared['p99_ms']:.0f} ms", f"<= {TARGET_P99_MS} ms",
+         verdict(shared["p99_ms"] <= TARGET_P99_MS)],
         [f"catch-up, {c['databases']} x {c['rows_each']:,} rows", f"{c['vs_raw_ceiling']:.0%}",
          f">= {TARGET_CATCHUP:.0%}", verdict(c["vs_raw_ceiling"] >= TARGET_CATCHUP)],
     ])

@@ -68,19 +68,25 @@ class Factory(Protocol):
         ...
 
 
-def log_batch(report: BatchReport) -> None:
-    log.info(
-        "batch synced",
-        changes=report.entries,
-        keys=report.keys,
-        upserted=sum(report.upserted.values()),
-        deleted=sum(report.deleted.values()),
-        failed=report.failed,
-        seq_first=report.first_seq,
-        seq_last=report.last_seq,
-        duration_ms=round(report.duration * 1000, 1),
-        tables=sorted(set(report.upserted) | set(report.deleted)),
-    )
+def log_batch(report: BatchReport, quiet: bool = False) -> None:
+    """`quiet` (a `databases:` daemon): "batch synced" at debug, as a thousand databases would
+    write a thousand lines a second (journald's default rate limit drops lines past ~330/s,
+    warnings among them); the metrics count every batch."""
+    fields = {
+        "changes": report.entries,
+        "keys": report.keys,
+        "upserted": sum(report.upserted.values()),
+        "deleted": sum(report.deleted.values()),
+        "failed": report.failed,
+        "seq_first": report.first_seq,
+        "seq_last": report.last_seq,
+        "duration_ms": round(report.duration * 1000, 1),
+        "tables": sorted(set(report.upserted) | set(report.deleted)),
+    }
+    if quiet:
+        log.debug("batch synced", **fields)
+    else:
+        log.info("batch synced", **fields)
     for error in report.errors:
         log.warning("document failed", error=error)
     for table, count in report.dead_by_table.items():
@@ -107,6 +113,7 @@ class Daemon:
         self._stopping = False
         self._schema_version = runtime.db.schema_version()
         self.busy = False
+        self.owed = False
         self._ready_sent = False
         self.paused = threading.Event()  # set by the admin API: the loop syncs nothing
         self.last_beat = time.monotonic()  # the loop's last sign of life (admin /healthz)
@@ -146,7 +153,7 @@ class Daemon:
         runtime = self.runtime
         self.last_beat = time.monotonic()
         if self.paused.is_set():
-            self.busy = False
+            self.busy = self.owed = False
             return BatchReport()
         try:
             if runtime.db.replaced():  # one stat: a backup restored with `mv` over the file
@@ -164,7 +171,7 @@ class Daemon:
             resync_busy = self.resync.step(runtime) if self.resync.owed else False
             report = runtime.syncer.sync_once()
         except CdcError as exc:
-            self.busy = False
+            self.busy = self.owed = False
             self.consecutive_failures += 1
             self.last_error = str(exc)
             delay = backoff_delay(self.consecutive_failures)
@@ -182,11 +189,14 @@ class Daemon:
             return None
         self.consecutive_failures = 0
         self.busy = collections_busy or resync_busy or bool(report.entries)
+        # What is known to be waiting (a fleet member reads again only then: a batch that
+        # emptied the log needs no second read, the app's next commit moves data_version).
+        self.owed = collections_busy or resync_busy or report.full or report.failed > 0
         if self.metrics is not None:
             self.metrics.record_batch(report, runtime.db.path)
             self.metrics.record_success(runtime.sink.up or not report.entries)
         if report.entries:
-            log_batch(report)
+            log_batch(report, quiet=self.in_fleet)
         return report
 
     def _heartbeat(self) -> None:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -70,6 +71,44 @@ from cdc_daemon.table_rows import RowQueryFailed
 
 log = structlog.get_logger("cdc_daemon.evolution")
 FOLLOW_INTERVAL = 10.0  # seconds between a following host's looks at a shared collection
+FOLLOW_REUSE = 5.0  # seconds one look serves every database of a process following it
+
+
+class FollowLookups:
+    """What a following host reads of a shared collection: the alias, the collection it names,
+    and the managing host's rebuild of it. In a `databases:` daemon a thousand databases may
+    follow one collection, each every FOLLOW_INTERVAL (two or three GETs each: a third of the
+    daemon's CPU at 1 commit/s in each); they share one look for FOLLOW_REUSE seconds
+    (runtime.Services holds it). Any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._looks: dict[str, tuple[float, _Look]] = {}
+
+    def look(self, sink: Sink, alias: str, reuse: float = FOLLOW_REUSE) -> _Look:
+        with self._lock:
+            seen = self._looks.get(alias)
+        if seen is not None and time.monotonic() - seen[0] < reuse:
+            return seen[1]
+        looked_at = time.monotonic()
+        current = sink.get_alias(alias)
+        physical = current or alias
+        existing = sink.get_collection(physical)
+        version = _version_of(alias, physical) if current is not None else None
+        upcoming = version_name(alias, version + 1) if version is not None else None
+        rebuild = sink.get_collection(upcoming) if upcoming is not None else None
+        look = _Look(current, existing, upcoming, rebuild)
+        with self._lock:
+            self._looks[alias] = (looked_at, look)
+        return look
+
+
+@dataclass(frozen=True)
+class _Look:
+    alias: str | None  # the collection the alias names, None without an alias
+    collection: dict[str, Any] | None  # that collection (or the one named so), None: none yet
+    upcoming: str | None  # the managing host's next version's name (a versioned alias)
+    rebuild: dict[str, Any] | None  # that collection, when it exists
 
 
 @dataclass(frozen=True)
@@ -141,8 +180,10 @@ class CollectionManager:
         names: LogTables,
         batch_size: int,
         keys: Mapping[str, NameKeys],
+        follow: FollowLookups | None = None,
     ) -> None:
         self.sink = sink
+        self.follow = follow if follow is not None else FollowLookups()  # shared: Services
         self.db = db
         self.names = names
         self.log_status = LogStatus(db, names)  # how far the sync of a rebuild's backfill is
@@ -378,25 +419,25 @@ class CollectionManager:
         self._followed(mapping, physical, collection)
         return target
 
-    def _follow_target(self, mapping: TableMapping) -> tuple[Target, str, dict[str, Any]]:
+    def _follow_target(
+        self, mapping: TableMapping, reuse: float = FOLLOW_REUSE
+    ) -> tuple[Target, str, dict[str, Any]]:
         """Where a following host writes: the managing host's rebuild target when there is one
-        that fits, else the alias when it fits; CollectionWaiting otherwise. Changes nothing."""
+        that fits, else the alias when it fits; CollectionWaiting otherwise. Changes nothing.
+        `reuse`: a look at the collection this old, by any database of the process, will do."""
         alias = mapping.collection
         schema = mapping.collection_schema()
-        current = self.sink.get_alias(alias)
-        physical = current or alias
-        existing = self.sink.get_collection(physical)
+        look = self.follow.look(self.sink, alias, reuse)
+        physical = look.alias or alias
+        existing = look.collection
         if existing is None:
             raise CollectionWaiting(
                 f"collection {alias!r} does not exist yet; it is created by the host that manages"
                 " it (manage_collection: true): waiting"
             )
-        version = _version_of(alias, physical) if current is not None else None
-        if version is not None:
-            upcoming = version_name(alias, version + 1)
-            new = self.sink.get_collection(upcoming)
-            if new is not None and not fit_problems(schema, new):
-                return Target(upcoming, mirror=alias), upcoming, new
+        upcoming, new = look.upcoming, look.rebuild
+        if upcoming is not None and new is not None and not fit_problems(schema, new):
+            return Target(upcoming, mirror=alias), upcoming, new
         problems = fit_problems(schema, existing)
         if problems:
             raise CollectionWaiting(
@@ -434,7 +475,7 @@ class CollectionManager:
         that belongs to another database is."""
         if not mapping.manage_collection:
             try:
-                self._follow_target(mapping)
+                self._follow_target(mapping, reuse=0)
             except CollectionWaiting as exc:
                 return str(exc)
             return None

@@ -39,7 +39,10 @@ from cdc_daemon.triggers import install_plan, install_problem
 log = structlog.get_logger("cdc_daemon")
 
 IDLE_LOOK = 30.0  # seconds between an idle database's own looks at its data_version
-SETTLE_DELAYS = (0.002, 0.005, 0.02)  # after an event, look again at these offsets
+# After an event, look again after these delays: a commit's last write comes before SQLite
+# shows it to readers (an fsync in between with synchronous=FULL). Each look is a step, and each
+# commit's event is followed by the acknowledgement's own: two looks, not wake.py's three.
+SETTLE_DELAYS = (0.003, 0.025)
 NOT_INSTALLED_LOOK = 30.0  # an uninstalled file: opened again only if it changed since
 RETRY_AFTER_CHANGE = 1.0  # a file not synced that changes is tried again at most this often
 START_BACKOFF_CAP = 60.0
@@ -115,7 +118,7 @@ class Member:
         db = daemon.runtime.db
         force, self.force = self.force, False
         identity = file_identity(self.path)
-        if not (force or daemon.busy or daemon.consecutive_failures):
+        if not (force or daemon.owed or daemon.consecutive_failures):
             # Woken by an event or a timer: sync only when the file changed, or changes wait.
             # A file replaced (mv) or gone is never read through the old connection (SQLite
             # would take the new file's -journal for its own hot journal and delete it under
@@ -148,8 +151,10 @@ class Member:
                 return NOT_INSTALLED_LOOK
             return backoff_delay(daemon.consecutive_failures)
         self.state, self.problem = "syncing", None
-        if daemon.busy:
+        if daemon.owed:
             return 0
+        # Caught up (a batch that emptied the log is not read again: the app's next commit
+        # wakes the member; what this iteration logged itself, _log_waiting sees).
         return daemon.runtime.settings.poll_interval if _log_waiting(daemon) else IDLE_LOOK
 
     def stop(self, why: str | None) -> None:

@@ -17,6 +17,7 @@ import structlog
 from cdc_daemon.changelog import ChangeLog
 from cdc_daemon.database import Database, TableInfo
 from cdc_daemon.errors import CdcError
+from cdc_daemon.evolution import FollowLookups
 from cdc_daemon.kms import ApiKeys
 from cdc_daemon.log_schema import LogTables
 from cdc_daemon.log_status import LogStatus
@@ -36,6 +37,7 @@ class Services:
 
     api_keys: ApiKeys
     sink: TypesenseSink
+    follow: FollowLookups = field(default_factory=FollowLookups)  # evolution.py
 
     def close(self) -> None:
         self.sink.close()

@@ -56,6 +56,7 @@ class BatchReport:
     rejected: dict[str, int] = field(default_factory=dict)
     first_rejection: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # tables not read (Syncer.broken)
+    full: bool = False  # as many entries as the read asked for: more are likely waiting
 
 
 @dataclass
@@ -238,6 +239,7 @@ class Syncer:
             self._commit_pending(report)
             return report
         report.entries, report.keys = len(batch.seqs), len(changes)
+        report.full = report.entries >= batch.limit
         self.sizes.read(report.entries, batch.limit)  # before reading ahead: with the new size
         report.first_seq, report.last_seq = batch.seqs[0], batch.seqs[-1]
         uncertain = self.sink.uncertain_writes

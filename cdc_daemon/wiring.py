@@ -54,7 +54,7 @@ from cdc_daemon.dependencies import (
 )
 from cdc_daemon.drain import Drainer
 from cdc_daemon.errors import CdcError, ConfigError, DatabaseError
-from cdc_daemon.evolution import CollectionManager
+from cdc_daemon.evolution import CollectionManager, FollowLookups
 from cdc_daemon.heartbeat import HeartbeatTransport
 from cdc_daemon.kms import KMS_TIMEOUT, ApiKeys, KmsKey, KmsSource, StaticKey
 from cdc_daemon.log_schema import LogTables
@@ -381,7 +381,9 @@ def build_runtime(
     names = log_tables(config)
     changelog = ChangeLog(db, names, config.sync.max_attempts)
     entries = table_entries(config)
-    collections = collection_manager(services.sink, db, names, config.sync.batch_size, entries)
+    collections = collection_manager(
+        services.sink, db, names, config.sync.batch_size, entries, services.follow
+    )
     collections.mappings = mappings  # which tables share a collection, before any ensure
     syncer = Syncer(db, changelog, services.sink, mappings, config.sync.batch_size, collections)
     # Also the paths of tables skipped as broken: their dependency tables' changes wait.
@@ -408,14 +410,20 @@ def build_runtime(
 
 
 def collection_manager(
-    sink: Sink, db: Database, names: LogTables, batch_size: int, entries: Mapping[str, str]
+    sink: Sink,
+    db: Database,
+    names: LogTables,
+    batch_size: int,
+    entries: Mapping[str, str],
+    follow: FollowLookups | None = None,
 ) -> CollectionManager:
-    """`entries`: table_entries. Its messages name the keys that rename a collection."""
+    """`entries`: table_entries. Its messages name the keys that rename a collection. `follow`:
+    the Services' looks at shared collections (one for every database of a process)."""
     keys = {
         table: NameKeys(f"{entry}.collection", "typesense.collection_prefix")
         for table, entry in entries.items()
     }
-    return CollectionManager(sink, db, names, batch_size, keys)
+    return CollectionManager(sink, db, names, batch_size, keys, follow)
 
 
 @contextmanager

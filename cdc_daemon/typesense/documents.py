@@ -23,6 +23,7 @@ from cdc_daemon.sink import (
 )
 from cdc_daemon.typesense.client import Client
 from cdc_daemon.typesense.collections import CollectionsApi
+from cdc_daemon.typesense.import_groups import ImportGroups
 
 log = structlog.get_logger("cdc_daemon.sink")
 
@@ -35,6 +36,7 @@ class Documents:
     def __init__(self, client: Client, collections_api: CollectionsApi) -> None:
         self._client = client
         self._collections_api = collections_api
+        self._groups = ImportGroups(self._import)
 
     def upsert(
         self, collection: str, documents: DocumentBatch, dirty_values: str = "reject"
@@ -42,22 +44,23 @@ class Documents:
         """JSONL imports; one result per document, in order. Reads every result line.
 
         A document may come already encoded (a str from encode_document). A body larger than
-        IMPORT_BYTES goes in several imports, in order."""
+        IMPORT_BYTES goes in several imports, in order; small ones from several threads to one
+        collection may go together (import_groups.py)."""
         if not documents:
             return []
         collection = self._collections_api.physical(collection)
         lines = [d if isinstance(d, str) else encode_document(d) for d in documents]
         body = ascii_json_body(lines)
         if len(body) <= IMPORT_BYTES:
-            return self._import(collection, body, len(lines), dirty_values)
+            return self._groups.upsert(collection, dirty_values, body, len(lines))
         results: list[DocResult] = []
         groups = _sized_groups(lines, lambda line: len(ascii_json_body([line])) + 1, IMPORT_BYTES)
         for group in groups:
-            results += self._import(collection, ascii_json_body(group), len(group), dirty_values)
+            results += self._import(collection, dirty_values, ascii_json_body(group), len(group))
         return results
 
     def _import(
-        self, collection: str, body: bytes, count: int, dirty_values: str
+        self, collection: str, dirty_values: str, body: bytes, count: int
     ) -> list[DocResult]:
         response = self._client.request(
             "POST",

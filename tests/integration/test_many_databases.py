@@ -54,7 +54,7 @@ def write_config(env: Env, path: Path | None = None, *, glob: str = "tenants/*.d
                       "install": install, "workers": workers},
         "typesense": {"nodes": [env.typesense_url], "api_key": API_KEY, "timeout": 10},
         "sync": {"batch_size": 200, "poll_interval": 0.2, "max_attempts": 3},
-        "logging": {"format": "json", "level": "info"},
+        "logging": {"format": "json", "level": "debug"},  # "batch synced" is debug in a fleet
         "tables": [{"table": "books", "collection": "books"}],
     }
     for key, value in overrides.items():
