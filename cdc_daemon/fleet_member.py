@@ -11,6 +11,7 @@ Every step of one member runs on the worker thread that holds it (fleet.py: one 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ IDLE_LOOK = 30.0  # seconds between an idle database's own looks at its data_ver
 # shows it to readers (an fsync in between with synchronous=FULL). Each look is a step, and each
 # commit's event is followed by the acknowledgement's own: two looks, not wake.py's three.
 SETTLE_DELAYS = (0.003, 0.025)
+OWN_WRITE_LOOK = sum(SETTLE_DELAYS)  # after its own acknowledgement: one look, this much later
 NOT_INSTALLED_LOOK = 30.0  # an uninstalled file: opened again only if it changed since
 RETRY_AFTER_CHANGE = 1.0  # a file not synced that changes is tried again at most this often
 START_BACKOFF_CAP = 60.0
@@ -96,10 +98,14 @@ class Member:
     signature: object = None  # the file's signature() at that attempt
     reported: set[str] = field(default_factory=set)  # problems logged once
     reload: FleetReload | None = None  # a SIGHUP's config, applied by its next step
+    own_write: object = None  # wal_signature() just after its last acknowledgement
     # scheduling (fleet.py, under its lock): queued or running on a worker; woken meanwhile
     scheduled: bool = False
     again: bool = False
     generation: int = 0  # bumped on each schedule: older timer entries are ignored
+
+    def __post_init__(self) -> None:
+        self.wal = f"{self.path}-wal"
 
     # -- one step ---------------------------------------------------------------------------------
 
@@ -154,7 +160,14 @@ class Member:
         if daemon.owed:
             return 0
         # Caught up (a batch that emptied the log is not read again: the app's next commit
-        # wakes the member; what this iteration logged itself, _log_waiting sees).
+        # wakes the member; what this iteration logged itself, the next look's _log_waiting
+        # sees). An acknowledgement wrote the -wal: the events of that write are the member's
+        # own (fleet.py skips them while the -wal is as it left it), and one look after the
+        # settle time stands for the looks they would have caused (an app's commit at the same
+        # moment, hidden among them, is seen then).
+        if report.entries:
+            self.own_write = wal_signature(self.wal)
+            return OWN_WRITE_LOOK
         return daemon.runtime.settings.poll_interval if _log_waiting(daemon) else IDLE_LOOK
 
     def stop(self, why: str | None) -> None:
@@ -372,6 +385,16 @@ def signature(path: Path) -> object:
             continue
         found.append((st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(found)
+
+
+def wal_signature(wal: str) -> object:
+    """The -wal file (Member.wal) as a write leaves it (None without one: rollback mode). A
+    string, not a Path: looked at for every file event (pathlib costs more than the stat)."""
+    try:
+        st = os.stat(wal)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def database_file(name: str) -> str:

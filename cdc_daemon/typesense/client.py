@@ -185,6 +185,9 @@ class Client:
                 with self._uncertain_lock:
                     self._uncertain += 1
             raise NodeFailed(error, write_hung=hung) from None
+        # Typesense answers UTF-8 JSON: no charset detection from the Content-Type header (httpx
+        # parses it with the email package, ~3% of a fleet's CPU at a thousand imports a second).
+        response.encoding = "utf-8"
         refusal = answers.node_refusal(response, node.url, what)
         if refusal is not None:
             response.close()

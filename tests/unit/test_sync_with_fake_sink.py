@@ -122,3 +122,18 @@ def test_a_new_column_is_added_in_place(world: World) -> None:
     assert world.sink.get_alias("items") == physical and len(world.sink.schemas) == 2  # + owners
     schema = world.sink.get_collection("items")
     assert schema is not None and "color" in {f["name"] for f in schema["fields"]}
+
+
+def test_a_batch_says_whether_more_is_likely_waiting(world: World) -> None:
+    """BatchReport.full: a fleet member reads its log again at once only after a full batch (a
+    batch that emptied the log is not read a second time: fleet_member.py)."""
+    world.app(*(f"INSERT INTO items (name) VALUES ('a{i}')" for i in range(3)))
+    [first, *_] = world.sync()
+    assert (first.entries, first.full) == (3, False)
+    world.app(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)"
+        " INSERT INTO items (name) SELECT 'b' || i FROM n"
+    )
+    reports = world.sync()
+    assert reports[0].full and reports[0].entries < 500
+    assert sum(r.entries for r in reports) == 500
