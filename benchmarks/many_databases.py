@@ -3,6 +3,7 @@ steady write load, catch-up throughput, and the same databases as single-databas
 
     .venv/bin/python benchmarks/many_databases.py [--quick] [--databases 1000] [--idle-seconds 60]
         [--load-seconds 60] [--catchup 100] [--catchup-rows 10000] [--singles 50]
+        [--phases catchup,one,shared,singles]
 
 Every database is a small SQLite file with the seed's `elements` table (stdlib sqlite3, WAL),
 installed with `cdc-daemon install` once and then copied (an installed file that never ran
@@ -11,13 +12,14 @@ holds no file token, so the copies are independent databases). One Typesense, on
 1. catch-up (first, while the server holds nothing else): a template is installed, then the app
    commits R rows into it (1,000-row transactions; the log holds R entries, no daemon running)
    and it is copied K times into a folder. `cdc-daemon run` on a `databases:` config for that
-   folder (default sync settings, `workers` 4) starts; the clock runs from its start until
+   folder (default sync settings and workers) starts; the clock runs from its start until
    `GET /collections` (polled every 0.2 s) counts R documents in each of the K collections.
    Raw ceiling, the same run, before: the same K x R documents (built from the template's rows
    as the daemon builds them, JSON-encoded before the clock starts) imported into K fresh
    collections with `import?action=upsert` in batches of 5,000, (a) one request at a time from
-   one client, as throughput.py measures its ceiling, and (b) from 4 threads (the daemon's
-   4 workers), each taking the next collection; the faster is the ceiling.
+   one client, as throughput.py measures its ceiling, and (b) from 4 threads (the daemon reads
+   4 backlogs at once: fleet.HEAVY_WORKERS), each taking the next collection; the faster is the
+   ceiling.
 2. N databases in one daemon: N copies of the empty installed template; `cdc-daemon run` on a
    `databases:` config (default sync settings and workers); start-up until the log says
    "database syncing" N times. Peak RSS = VmHWM of /proc/PID/status (the process's own peak,
@@ -31,6 +33,8 @@ holds no file token, so the copies are independent databases). One Typesense, on
    document by id (`GET /collections/<physical>/documents/<id>`) every 20 ms until it answers
    200: latency = answer time - COMMIT returned (an upper bound, coarse by up to 20 ms plus a
    round trip). At the end every commit must be in Typesense (document counts).
+4b. the same load on N other databases sharing one collection (`databases.collection` without
+   `{stem}`, the first database its manager): documents `<stem>/<id>`.
 5. singles: M copies of the template, each with its own `database:` config and its own
    `cdc-daemon run` process; after all are syncing, total RSS (VmRSS and VmHWM summed) and
    total CPU over the same idle window; extrapolated linearly to N (x N/M), said so.
@@ -80,7 +84,7 @@ TARGET_IDLE_SHARE = 0.01
 TARGET_P99_MS = 200
 TARGET_CATCHUP = 0.80
 RAW_BATCH = 5000
-RAW_THREADS = 4  # the daemon's default databases.workers
+RAW_THREADS = 4  # the daemon's databases catching up at once (fleet.HEAVY_WORKERS)
 WRITERS = 4
 SAMPLES = 400  # sampled commits in the load phase (about)
 POLL = 0.02  # seconds between the poller's rounds
@@ -605,6 +609,7 @@ def shared_load(
                        lambda stem, i: f"/collections/{physical}/documents/{stem}%2F{i}",
                        lambda: sum(documents_by_collection(world, "z").values()),
                        label=" (one shared collection)")
+    load["peak_rss_mb"] = status_kb(daemon.pid, "VmHWM") / 1024
     if daemon.stop() != 0:
         raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
     return load

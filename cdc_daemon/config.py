@@ -320,7 +320,9 @@ class DatabasesConfig(_Strict):
     manager: str | None = Field(default=None, min_length=1)
     tenant_field: str | None = Field(default=None, min_length=1)  # a field holding the name
     install: bool = False  # a new file gets the triggers and a backfill; else it is reported
-    workers: int = Field(default=4, ge=1, le=64)  # databases synced at the same time
+    # Databases synced at the same time; at most HEAVY_WORKERS of them starting or reading full
+    # batches (fleet.py): many small commits need many at once, catching up needs few.
+    workers: int = Field(default=16, ge=1, le=64)
 
     @field_validator("glob")
     @classmethod

@@ -64,6 +64,12 @@ log = structlog.get_logger("cdc_daemon")
 
 RESCAN = 30.0  # seconds between listings of the folder (events do it at once)
 ALIAS_TTL = 30.0  # each database's collections are its own: only this process switches them
+# Workers that may run a heavy step at once: a start, or a database catching up (a full batch
+# read, or a backfill or rebuild under way). Small commits in many databases want many workers
+# (each waits for its import; a shared collection's go together), but a hundred backlogs read
+# sixteen at a time only crowd Typesense and memory (measured: 58% of the raw ceiling, 336 MB,
+# against 81%, 239 MB with four).
+HEAVY_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class Folder:
     files: Callable[[], tuple[dict[str, Path], list[str]]]  # database_files: by name, left out
     matches: Callable[[str], bool]  # whether a file name in the folder is a database
     install: bool = False
-    workers: int = 4
+    workers: int = 16
 
 
 class Fleet:
@@ -113,6 +119,7 @@ class Fleet:
         self._watching = False  # the folder's watch is in place
         self._by_file: dict[str, Member] = {}  # file name → member (main thread only)
         self._left_out: set[str] = set()
+        self._heavy = threading.Semaphore(min(HEAVY_WORKERS, folder.workers))
 
     @property
     def services(self) -> Services:
@@ -405,11 +412,17 @@ class Fleet:
             # Every log line of the step names its database (bound for this thread until the
             # next step: cheaper than a context manager, at several thousand steps a second).
             structlog.contextvars.bind_contextvars(database=member.name)
+            heavy = member.heavy()
+            if heavy:
+                self._heavy.acquire()
             try:
                 delay = member.step(self.shared)
             except Exception as exc:  # a bug must not end the worker: the member is retried
                 log.exception("database step failed", database=member.name, error=str(exc))
                 delay = START_BACKOFF_CAP
+            finally:
+                if heavy:
+                    self._heavy.release()
             with self._lock:
                 gone = self._members.get(member.name) is not member
                 again, member.again, member.scheduled = member.again, False, False

@@ -109,6 +109,11 @@ class Member:
 
     # -- one step ---------------------------------------------------------------------------------
 
+    def heavy(self) -> bool:
+        """Its next step starts it, or reads a full batch (fleet.py: HEAVY_WORKERS)."""
+        daemon = self.daemon
+        return daemon is None or not self.started or self.force or daemon.owed
+
     def step(self, shared: Shared) -> float | None:
         """Do what is due; the seconds until the member is due again (0: at once)."""
         if shared.stop.is_set():

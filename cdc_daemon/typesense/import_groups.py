@@ -19,6 +19,11 @@ from dataclasses import dataclass, field
 from cdc_daemon.sink import DocResult
 
 GROUP_BYTES = 1024 * 1024  # a body this large or larger goes alone; a group holds at most this
+# A group that was waiting (so imports are arriving faster than they are answered) waits a little
+# longer for more callers when it is small: fewer, larger imports where each costs the daemon
+# ~1 ms of CPU. Nothing waits when nothing is in flight.
+LINGER_SECONDS = 0.005
+LINGER_UNTIL = 8  # callers in the group
 
 # (collection, dirty_values) → the import of `body` holding `count` documents: their results
 Send = Callable[[str, str, bytes, int], list[DocResult]]
@@ -32,6 +37,7 @@ class _Group:
     counts: list[int] = field(default_factory=list)
     size: int = 0
     turn: threading.Event = field(default_factory=threading.Event)  # its leader may send
+    grown: threading.Event = field(default_factory=threading.Event)  # LINGER_UNTIL callers
     done: threading.Event = field(default_factory=threading.Event)
     results: list[DocResult] = field(default_factory=list)
     error: BaseException | None = None
@@ -87,12 +93,19 @@ class ImportGroups:
         group.bodies.append(body)
         group.counts.append(count)
         group.size += len(body) + 1
+        if len(group.bodies) >= LINGER_UNTIL:
+            group.grown.set()
         return group, len(group.bodies) - 1
 
     def _send_group(self, key: tuple[str, str], group: _Group) -> None:
-        """The leader's turn: every body that joined, as one import (no more can join)."""
+        """The leader's turn: after a short wait for more callers when the group is small, every
+        body that joined, as one import (no more can join once it is taken off `_waiting`)."""
+        group.grown.wait(LINGER_SECONDS)
+        with self._lock:
+            del self._waiting[key]  # this group: the next caller starts a new one
+            body, count = b"\n".join(group.bodies), sum(group.counts)
         try:
-            group.results = self._send(*key, b"\n".join(group.bodies), sum(group.counts))
+            group.results = self._send(*key, body, count)
         except BaseException as exc:  # every caller raises it: none of them is acknowledged
             group.error = exc
         finally:
@@ -102,7 +115,7 @@ class ImportGroups:
     def _pass_on(self, key: tuple[str, str]) -> None:
         """An import finished: the group waiting for it goes next, else the key is free."""
         with self._lock:
-            group = self._waiting.pop(key, None)
+            group = self._waiting.get(key)
             if group is None:
                 self._in_flight.discard(key)
             else:

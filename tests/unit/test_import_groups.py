@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+import cdc_daemon.typesense.import_groups as import_groups
 from cdc_daemon.errors import TargetError
 from cdc_daemon.sink import DocResult
 from cdc_daemon.typesense.import_groups import GROUP_BYTES, ImportGroups
@@ -156,3 +157,30 @@ def test_large_bodies_and_a_full_group_never_wait() -> None:
         thread.join(10)
     assert [r[1] for r in fake.requests] == [b"a", big, half, half]
     assert groups._in_flight == set() and groups._waiting == {}
+
+
+def test_a_group_whose_turn_came_still_takes_callers_until_it_has_grown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under load (an import was in flight), a small group waits a moment for more callers:
+    one caller arriving after its turn came still goes in its import."""
+    monkeypatch.setattr(import_groups, "LINGER_SECONDS", 30.0)
+    monkeypatch.setattr(import_groups, "LINGER_UNTIL", 2)
+    fake = FakeImports()
+    groups = ImportGroups(fake.send)
+    first, _ = in_thread(lambda: groups.upsert("c", "reject", b"a", 1))
+    assert fake.started.acquire(timeout=10)
+    leader, leader_out = in_thread(lambda: groups.upsert("c", "reject", b"b", 1))
+    wait_for(lambda: queued(groups, "c", 1))
+    group = groups._waiting[("c", "reject")]
+    fake.release.release()  # the first import answers: the group's turn
+    wait_for(group.turn.is_set)
+    assert len(fake.requests) == 1  # still waiting for a second caller
+    late, late_out = in_thread(lambda: groups.upsert("c", "reject", b"c", 1))
+    assert fake.started.acquire(timeout=10)
+    fake.release.release()
+    for thread in (first, leader, late):
+        thread.join(10)
+    assert [r[1] for r in fake.requests] == [b"a", b"b\nc"]
+    assert leader_out == [[DocResult(ok=False, error="b")]]
+    assert late_out == [[DocResult(ok=False, error="c")]]
