@@ -488,6 +488,8 @@ def one_daemon(
     peak.halt.set()
     if daemon.stop() != 0:
         raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
+    log_lines = len(daemon.log.read_text(errors="replace").splitlines())
+    drop_all(world, "t")  # the next phase on a server holding only its own collections
     return {
         "databases": count,
         "startup_s": startup,
@@ -497,7 +499,7 @@ def one_daemon(
         "largest_rss_sampled_mb": peak.rss_kb / 1024,
         "idle": idle,
         "load": load,
-        "log_lines": len(daemon.log.read_text(errors="replace").splitlines()),
+        "log_lines": log_lines,
     }
 
 

@@ -206,6 +206,9 @@ class Database:
     # are closed together (release_replaced), since POSIX locks are the process's, not theirs.
     _open: weakref.WeakSet[Database] = weakref.WeakSet()
     _open_lock = threading.Lock()  # admin requests open connections on their own threads
+    # Prepared statements each connection keeps (APSW's default: 100). A `databases:` daemon
+    # keeps fewer (wiring.serve_fleet: fleet_member.MEMBER_STATEMENTS), for a thousand of them.
+    statement_cache = 100
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -219,7 +222,11 @@ class Database:
         if self.identity is None:
             raise DatabaseError(f"{path}: database file does not exist")
         with sqlite_errors(path):
-            self.conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READWRITE)
+            self.conn = apsw.Connection(
+                str(path),
+                flags=apsw.SQLITE_OPEN_READWRITE,
+                statementcachesize=Database.statement_cache,
+            )
             self.conn.set_busy_timeout(BUSY_TIMEOUT_MS)
             self.conn.execute("PRAGMA schema_version").fetchall()
         with Database._open_lock:

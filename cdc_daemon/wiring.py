@@ -786,8 +786,9 @@ def serve_fleet(
         codes = [serve(config.for_database(path), None, once=True) for path in found.values()]
         return max(codes, default=0)
     from cdc_daemon.fleet import Fleet, Folder
-    from cdc_daemon.fleet_member import Build, FleetReload, lighten
+    from cdc_daemon.fleet_member import MEMBER_STATEMENTS, Build, FleetReload, lighten
 
+    Database.statement_cache = MEMBER_STATEMENTS  # a thousand connections: fleet_member.py
     notifier = Notifier()
     stop = threading.Event()
     services = build_services(config, notifier.heartbeat)

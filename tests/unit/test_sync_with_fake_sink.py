@@ -137,3 +137,17 @@ def test_a_batch_says_whether_more_is_likely_waiting(world: World) -> None:
     reports = world.sync()
     assert reports[0].full and reports[0].entries < 500
     assert sum(r.entries for r in reports) == 500
+
+
+def test_connections_keep_as_many_statements_as_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `databases:` daemon keeps fewer prepared statements per connection (wiring.serve_fleet)."""
+    path = tmp_path / "app.db"
+    app_write(path, [[("CREATE TABLE t (id INTEGER PRIMARY KEY)", [])]])
+    monkeypatch.setattr(Database, "statement_cache", 7)
+    db = Database(path)
+    try:
+        assert db.conn.cache_stats()["size"] == 7
+    finally:
+        db.close()
