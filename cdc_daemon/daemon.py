@@ -24,6 +24,7 @@ import structlog
 from cdc_daemon.database import ProcessorLock, file_identity
 from cdc_daemon.dependencies import roots_reading
 from cdc_daemon.errors import CdcError, DatabaseError
+from cdc_daemon.logs import debug_enabled
 from cdc_daemon.metrics import Metrics, error_kind
 from cdc_daemon.notify import Notifier
 from cdc_daemon.replaced_file import ReplacedFile
@@ -72,21 +73,22 @@ def log_batch(report: BatchReport, quiet: bool = False) -> None:
     """`quiet` (a `databases:` daemon): "batch synced" at debug, as a thousand databases would
     write a thousand lines a second (journald's default rate limit drops lines past ~330/s,
     warnings among them); the metrics count every batch."""
-    fields = {
-        "changes": report.entries,
-        "keys": report.keys,
-        "upserted": sum(report.upserted.values()),
-        "deleted": sum(report.deleted.values()),
-        "failed": report.failed,
-        "seq_first": report.first_seq,
-        "seq_last": report.last_seq,
-        "duration_ms": round(report.duration * 1000, 1),
-        "tables": sorted(set(report.upserted) | set(report.deleted)),
-    }
-    if quiet:
-        log.debug("batch synced", **fields)
-    else:
-        log.info("batch synced", **fields)
+    if not quiet or debug_enabled():
+        fields = {
+            "changes": report.entries,
+            "keys": report.keys,
+            "upserted": sum(report.upserted.values()),
+            "deleted": sum(report.deleted.values()),
+            "failed": report.failed,
+            "seq_first": report.first_seq,
+            "seq_last": report.last_seq,
+            "duration_ms": round(report.duration * 1000, 1),
+            "tables": sorted(set(report.upserted) | set(report.deleted)),
+        }
+        if quiet:
+            log.debug("batch synced", **fields)
+        else:
+            log.info("batch synced", **fields)
     for error in report.errors:
         log.warning("document failed", error=error)
     for table, count in report.dead_by_table.items():

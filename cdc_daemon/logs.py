@@ -37,7 +37,18 @@ def _redact_processor(
     return event
 
 
+_level = logging.INFO  # the configured one (configure_logging)
+
+
+def debug_enabled() -> bool:
+    """For a line logged a thousand times a second: skip even building it (structlog's logger
+    proxy binds a new logger at every call, filtered or not)."""
+    return _level <= logging.DEBUG
+
+
 def configure_logging(fmt: str | None = None, level: str = "info") -> None:
+    global _level
+    _level = logging.getLevelNamesMapping()[level.upper()]
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any = (
@@ -54,9 +65,7 @@ def configure_logging(fmt: str | None = None, level: str = "info") -> None:
             _redact_processor,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )

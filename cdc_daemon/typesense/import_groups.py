@@ -22,8 +22,8 @@ GROUP_BYTES = 1024 * 1024  # a body this large or larger goes alone; a group hol
 # A group that was waiting (so imports are arriving faster than they are answered) waits a little
 # longer for more callers when it is small: fewer, larger imports where each costs the daemon
 # ~1 ms of CPU. Nothing waits when nothing is in flight.
-LINGER_SECONDS = 0.005
-LINGER_UNTIL = 8  # callers in the group
+LINGER_SECONDS = 0.01
+LINGER_UNTIL = 12  # callers in the group
 
 # (collection, dirty_values) → the import of `body` holding `count` documents: their results
 Send = Callable[[str, str, bytes, int], list[DocResult]]
