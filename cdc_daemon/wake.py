@@ -19,7 +19,11 @@ try:
 except ImportError:  # not Linux: fall back to polling
     inotify_simple = None
 
-SETTLE_DELAYS = (0.002, 0.005, 0.02)  # after an event, check data_version at these offsets
+# After an event, data_version is looked at again after each of these waits (a commit's last
+# write comes before SQLite shows it: an fsync in between with synchronous=FULL, several ms here).
+# A new event ends a wait early and starts them again: a commit right after our own
+# acknowledgement's write is seen at once, not at the next of these looks.
+SETTLE_DELAYS = (0.001, 0.002, 0.003, 0.005, 0.01, 0.01)
 
 
 class ChangeWaiter:
@@ -66,6 +70,7 @@ class ChangeWaiter:
     def wait(self) -> None:
         """Return when another connection committed, poll_interval passed, or stop was set."""
         deadline = time.monotonic() + self._poll_interval
+        settle: list[float] = []  # the looks still due after the last event
         while not self._stop.is_set():
             if self.changed():
                 return
@@ -75,9 +80,7 @@ class ChangeWaiter:
             if self._inotify is None:
                 self._stop.wait(min(remaining, 0.05))
                 continue
-            events = self._inotify.read(timeout=int(min(remaining, 0.25) * 1000))
+            wait = settle.pop(0) if settle else min(remaining, 0.25)
+            events = self._inotify.read(timeout=max(1, round(wait * 1000)))
             if any(e.name.startswith(self._name) for e in events):
-                for delay in SETTLE_DELAYS:
-                    time.sleep(delay)
-                    if self.changed():
-                        return
+                settle = list(SETTLE_DELAYS)

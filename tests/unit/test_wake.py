@@ -1,0 +1,75 @@
+"""How ChangeWaiter (wake.py) waits after a file event: short looks at data_version while the
+commit may not show yet, and a new event (an app's commit just after our own acknowledgement's
+write) ends a look's wait at once. The inotify reads are scripted: which timeouts were asked."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+from cdc_daemon.wake import SETTLE_DELAYS, ChangeWaiter
+
+
+class ScriptedEvents:
+    """Each read returns the next scripted batch of file names, and records its timeout."""
+
+    def __init__(self, batches: list[list[str]], on_read: list[object]) -> None:
+        self.batches = batches
+        self.on_read = on_read  # called after the read of the same index, if any
+        self.timeouts: list[int] = []
+
+    def read(self, timeout: int) -> list[SimpleNamespace]:
+        index = len(self.timeouts)
+        self.timeouts.append(timeout)
+        names = self.batches[index] if index < len(self.batches) else []
+        action = self.on_read[index] if index < len(self.on_read) else None
+        if callable(action):
+            action()
+        return [SimpleNamespace(name=name) for name in names]
+
+    def close(self) -> None:
+        pass
+
+
+def waiter_with(tmp_path: Path, version: list[int], events: ScriptedEvents) -> ChangeWaiter:
+    database = tmp_path / "app.db"
+    database.write_bytes(b"")
+    waiter = ChangeWaiter(database, lambda: version[0], 60.0, threading.Event())
+    waiter.close()
+    waiter._inotify = events  # type: ignore[assignment]
+    return waiter
+
+
+def commit(version: list[int]) -> object:
+    def bump() -> None:
+        version[0] += 1
+
+    return bump
+
+
+def test_an_event_during_the_looks_ends_the_wait_at_once(tmp_path: Path) -> None:
+    """Our acknowledgement's write (no new data_version), then the app's commit during the first
+    short look: seen after that read, not after the looks' schedule."""
+    version = [1]
+    events = ScriptedEvents([["app.db-wal"], ["app.db-wal"]], [None, commit(version)])
+    waiter = waiter_with(tmp_path, version, events)
+    waiter.wait()
+    assert events.timeouts == [250, round(SETTLE_DELAYS[0] * 1000)]
+
+
+def test_after_an_event_the_looks_follow_the_schedule_then_the_long_wait(tmp_path: Path) -> None:
+    version = [1]
+    looks = len(SETTLE_DELAYS)
+    events = ScriptedEvents([["app.db-wal"]], [None] * (looks + 1) + [commit(version)])
+    waiter = waiter_with(tmp_path, version, events)
+    waiter.wait()
+    assert events.timeouts == [250, *(max(1, round(d * 1000)) for d in SETTLE_DELAYS), 250]
+
+
+def test_other_files_events_start_no_looks(tmp_path: Path) -> None:
+    version = [1]
+    events = ScriptedEvents([["other.db-wal"]], [None, commit(version)])
+    waiter = waiter_with(tmp_path, version, events)
+    waiter.wait()
+    assert events.timeouts == [250, 250]
