@@ -148,11 +148,7 @@ class Member:
             changed = version is None or version != self.version or identity != self.identity
             self.version, self.identity = version, identity or self.identity  # gone: kept
             if not changed and not _log_waiting(daemon):
-                if self.settle > 0:
-                    self.settle -= 1
-                    return SETTLE_DELAYS[len(SETTLE_DELAYS) - 1 - self.settle]
-                return IDLE_LOOK
-        self.settle = 0
+                return self._settle_look() or IDLE_LOOK
         if identity is None:
             return IDLE_LOOK  # the file is gone: the folder's listing retires the member
         if shared.install and db.replaced():
@@ -176,8 +172,21 @@ class Member:
         # moment, hidden among them, is seen then).
         if report.entries:
             self.own_write = wal_signature(self.wal)
+            self.settle = 0
             return OWN_WRITE_LOOK
+        # Nothing to read yet, though woken by an event: the commit it announced may show only
+        # in a moment (data_version had moved for an earlier commit this member already synced).
+        settle = self._settle_look()
+        if settle is not None:
+            return settle
         return daemon.runtime.settings.poll_interval if _log_waiting(daemon) else IDLE_LOOK
+
+    def _settle_look(self) -> float | None:
+        """The wait until the next of the looks an event asked for (SETTLE_DELAYS), if any."""
+        if self.settle <= 0:
+            return None
+        self.settle -= 1
+        return SETTLE_DELAYS[len(SETTLE_DELAYS) - 1 - self.settle]
 
     def stop(self, why: str | None) -> None:
         """Write its last acknowledgement, rotate its file token (when it had started), release

@@ -1,6 +1,6 @@
 """Which file events wake a fleet member (fleet.Fleet._on_events), on real files: the events of
 its own acknowledgement's write to the -wal are skipped (its own look comes OWN_WRITE_LOOK
-later), anything else wakes it."""
+later), anything else wakes it. And the looks a wake leads to (Member.step, a stand-in daemon)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import inotify_simple
 import pytest
 
+from cdc_daemon.database import file_identity
 from cdc_daemon.fleet import Fleet, Folder
-from cdc_daemon.fleet_member import Member, wal_signature
+from cdc_daemon.fleet_member import IDLE_LOOK, SETTLE_DELAYS, Member, Shared, wal_signature
 from cdc_daemon.notify import Notifier
+from cdc_daemon.sync import BatchReport
 
 MODIFY = inotify_simple.flags.MODIFY
 MOVED_TO = inotify_simple.flags.MOVED_TO
@@ -83,3 +86,33 @@ def test_any_other_event_wakes_it_even_with_the_wal_as_it_left_it(
 def test_without_an_acknowledgement_of_its_own_every_write_wakes_it(fleet: Fleet) -> None:
     fleet._on_events([("a.db-wal", MODIFY)])
     assert woken(fleet) == ["a"]
+
+
+def test_a_wake_that_finds_nothing_yet_keeps_its_settle_looks(tmp_path: Path) -> None:
+    """Woken by an app's write whose commit does not show yet, while data_version moved for an
+    earlier commit this member already synced: the iteration reads nothing, and the member must
+    look again shortly (it waited the 30 s idle look before: a hostile run's repro)."""
+    database = tmp_path / "a.db"
+    database.write_bytes(b"db")
+    db = SimpleNamespace(data_version=lambda: 2, replaced=lambda: False, scalar=lambda _sql: None)
+    runtime = SimpleNamespace(
+        db=db,
+        names=SimpleNamespace(log="change_log"),
+        syncer=SimpleNamespace(broken={}),
+        settings=SimpleNamespace(poll_interval=0.5),
+    )
+    daemon = SimpleNamespace(
+        runtime=runtime,
+        owed=False,
+        busy=False,
+        consecutive_failures=0,
+        triggers=SimpleNamespace(problems={}),
+        iteration=lambda: BatchReport(),  # nothing to read yet
+    )
+    member = Member("a", database, state="syncing", started=True, daemon=cast(Any, daemon))
+    member.version, member.identity = 1, file_identity(database)
+    member.settle = len(SETTLE_DELAYS)  # as fleet.py sets it for an event
+    shared = Shared(cast(Any, None), cast(Any, None), threading.Event())
+    assert member.step(shared) == SETTLE_DELAYS[0]
+    assert member.step(shared) == SETTLE_DELAYS[1]  # data_version unchanged: a plain look
+    assert member.step(shared) == IDLE_LOOK
