@@ -49,7 +49,6 @@ from cdc_daemon.fleet_member import (
     Shared,
     database_file,
     signature,
-    wal_signature,
 )
 from cdc_daemon.metrics import DatabaseState, Metrics
 from cdc_daemon.notify import Notifier
@@ -250,7 +249,6 @@ class Fleet:
         listing = inotify_simple.flags.CREATE | inotify_simple.flags.DELETE
         listing |= inotify_simple.flags.MOVED_TO | inotify_simple.flags.MOVED_FROM
         woken: set[str] = set()
-        not_only_wal_writes: set[str] = set()
         lost = inotify_simple.flags.IGNORED | inotify_simple.flags.DELETE_SELF
         lost |= inotify_simple.flags.MOVE_SELF
         for name, mask in events:
@@ -264,8 +262,6 @@ class Fleet:
             # A file renamed over a database (a backup restored with mv) moves no data_version:
             # its member is woken too, and its step sees the new file identity (as wake.py).
             woken.add(base)
-            if mask != inotify_simple.flags.MODIFY or name != base + "-wal":
-                not_only_wal_writes.add(base)
         if self._next_rescan == 0.0:
             self._rescan()
         for base in woken:
@@ -275,9 +271,6 @@ class Fleet:
             member.active = True
             daemon = member.daemon
             if member.started and member.state == "syncing":
-                own = base not in not_only_wal_writes and member.own_write is not None
-                if own and wal_signature(member.wal) == member.own_write:
-                    continue  # its own acknowledgement (fleet_member.py: OWN_WRITE_LOOK)
                 member.settle = len(SETTLE_DELAYS)
                 self._submit(member)
             elif member.started and daemon is not None and daemon.runtime.db.replaced():

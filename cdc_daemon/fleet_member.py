@@ -11,7 +11,6 @@ Every step of one member runs on the worker thread that holds it (fleet.py: one 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -42,9 +41,10 @@ log = structlog.get_logger("cdc_daemon")
 IDLE_LOOK = 30.0  # seconds between an idle database's own looks at its data_version
 # After an event, look again after these delays: a commit's last write comes before SQLite
 # shows it to readers (an fsync in between with synchronous=FULL). Each look is a step, and each
-# commit's event is followed by the acknowledgement's own: two looks, not wake.py's three.
+# commit's event is followed by the acknowledgement's own: two looks, not wake.py's six. (Events
+# of a member's own write can't be told apart: the -wal's size and mtime, to the kernel's clock
+# tick, can be the same after an app's write just after it; skipping them lost wakes.)
 SETTLE_DELAYS = (0.003, 0.025)
-OWN_WRITE_LOOK = sum(SETTLE_DELAYS)  # after its own acknowledgement: one look, this much later
 NOT_INSTALLED_LOOK = 30.0  # an uninstalled file: opened again only if it changed since
 RETRY_AFTER_CHANGE = 1.0  # a file not synced that changes is tried again at most this often
 START_BACKOFF_CAP = 60.0
@@ -102,14 +102,10 @@ class Member:
     signature: object = None  # the file's signature() at that attempt
     reported: set[str] = field(default_factory=set)  # problems logged once
     reload: FleetReload | None = None  # a SIGHUP's config, applied by its next step
-    own_write: object = None  # wal_signature() just after its last acknowledgement
     # scheduling (fleet.py, under its lock): queued or running on a worker; woken meanwhile
     scheduled: bool = False
     again: bool = False
     generation: int = 0  # bumped on each schedule: older timer entries are ignored
-
-    def __post_init__(self) -> None:
-        self.wal = f"{self.path}-wal"
 
     # -- one step ---------------------------------------------------------------------------------
 
@@ -132,6 +128,8 @@ class Member:
             return IDLE_LOOK  # Fleet.resume() wakes every member
         db = daemon.runtime.db
         force, self.force = self.force, False
+        # The looks events asked for before this step; an event during it asks for its own.
+        looks, self.settle = self.settle, 0
         identity = file_identity(self.path)
         if not (force or daemon.owed or daemon.consecutive_failures):
             # Woken by an event or a timer: sync only when the file changed, or changes wait.
@@ -148,7 +146,7 @@ class Member:
             changed = version is None or version != self.version or identity != self.identity
             self.version, self.identity = version, identity or self.identity  # gone: kept
             if not changed and not _log_waiting(daemon):
-                return self._settle_look() or IDLE_LOOK
+                return self._settle_look(looks) or IDLE_LOOK
         if identity is None:
             return IDLE_LOOK  # the file is gone: the folder's listing retires the member
         if shared.install and db.replaced():
@@ -164,29 +162,20 @@ class Member:
         self.state, self.problem = "syncing", None
         if daemon.owed:
             return 0
-        # Caught up (a batch that emptied the log is not read again: the app's next commit
+        # Caught up: a batch that emptied the log is not read again (the app's next commit
         # wakes the member; what this iteration logged itself, the next look's _log_waiting
-        # sees). An acknowledgement wrote the -wal: the events of that write are the member's
-        # own (fleet.py skips them while the -wal is as it left it), and one look after the
-        # settle time stands for the looks they would have caused (an app's commit at the same
-        # moment, hidden among them, is seen then).
-        if report.entries:
-            self.own_write = wal_signature(self.wal)
-            self.settle = 0
-            return OWN_WRITE_LOOK
-        # Nothing to read yet, though woken by an event: the commit it announced may show only
-        # in a moment (data_version had moved for an earlier commit this member already synced).
-        settle = self._settle_look()
-        if settle is not None:
+        # sees). Woken by an event but nothing to read yet: the commit it announced may show
+        # only in a moment (data_version had moved for an earlier commit already synced).
+        if not report.entries and (settle := self._settle_look(looks)) is not None:
             return settle
         return daemon.runtime.settings.poll_interval if _log_waiting(daemon) else IDLE_LOOK
 
-    def _settle_look(self) -> float | None:
-        """The wait until the next of the looks an event asked for (SETTLE_DELAYS), if any."""
-        if self.settle <= 0:
+    def _settle_look(self, looks: int) -> float | None:
+        """The wait until the next of the `looks` an event asked for (SETTLE_DELAYS), if any."""
+        if looks <= 0:
             return None
-        self.settle -= 1
-        return SETTLE_DELAYS[len(SETTLE_DELAYS) - 1 - self.settle]
+        self.settle = max(self.settle, looks - 1)
+        return SETTLE_DELAYS[len(SETTLE_DELAYS) - looks]
 
     def stop(self, why: str | None) -> None:
         """Write its last acknowledgement, rotate its file token (when it had started), release
@@ -403,16 +392,6 @@ def signature(path: Path) -> object:
             continue
         found.append((st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(found)
-
-
-def wal_signature(wal: str) -> object:
-    """The -wal file (Member.wal) as a write leaves it (None without one: rollback mode). A
-    string, not a Path: looked at for every file event (pathlib costs more than the stat)."""
-    try:
-        st = os.stat(wal)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def database_file(name: str) -> str:

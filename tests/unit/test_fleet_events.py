@@ -1,6 +1,6 @@
-"""Which file events wake a fleet member (fleet.Fleet._on_events), on real files: the events of
-its own acknowledgement's write to the -wal are skipped (its own look comes OWN_WRITE_LOOK
-later), anything else wakes it. And the looks a wake leads to (Member.step, a stand-in daemon)."""
+"""Which file events wake a fleet member (fleet.Fleet._on_events), on real files: every event on
+its files, its own acknowledgement's included (they can't be told apart from an app's write just
+after it). And the looks a wake leads to (Member.step, with a stand-in daemon)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from cdc_daemon.database import file_identity
 from cdc_daemon.fleet import Fleet, Folder
-from cdc_daemon.fleet_member import IDLE_LOOK, SETTLE_DELAYS, Member, Shared, wal_signature
+from cdc_daemon.fleet_member import IDLE_LOOK, SETTLE_DELAYS, Member, Shared
 from cdc_daemon.notify import Notifier
 from cdc_daemon.sync import BatchReport
 
@@ -28,7 +28,6 @@ MOVED_TO = inotify_simple.flags.MOVED_TO
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     database = tmp_path / "a.db"
     database.write_bytes(b"db")
-    Path(f"{database}-wal").write_bytes(b"wal frames")
     folder = Folder(
         glob=str(tmp_path / "*.db"),
         path=tmp_path,
@@ -55,36 +54,15 @@ def woken(fleet: Fleet) -> list[str]:
     return names
 
 
-def test_its_own_acknowledgement_does_not_wake_it(fleet: Fleet) -> None:
-    member = fleet._members["a"]
-    member.own_write = wal_signature(member.wal)
-    fleet._on_events([("a.db-wal", MODIFY), ("a.db-wal", MODIFY)])
-    assert woken(fleet) == []
-
-
-def test_an_app_write_after_it_wakes_it(fleet: Fleet) -> None:
-    member = fleet._members["a"]
-    member.own_write = wal_signature(member.wal)
-    with open(member.wal, "ab") as wal:
-        wal.write(b" and the app's commit")
+def test_every_write_to_its_files_wakes_it_and_asks_for_looks(fleet: Fleet) -> None:
     fleet._on_events([("a.db-wal", MODIFY)])
     assert woken(fleet) == ["a"]
-    assert member.settle > 0  # and looks again while the commit may not show yet
+    assert fleet._members["a"].settle == len(SETTLE_DELAYS)
 
 
 @pytest.mark.parametrize("event", [("a.db", MODIFY), ("a.db-wal", MOVED_TO), ("a.db", MOVED_TO)])
-def test_any_other_event_wakes_it_even_with_the_wal_as_it_left_it(
-    fleet: Fleet, event: tuple[str, int]
-) -> None:
-    """A backup moved over the database leaves the -wal as it was: its event must wake."""
-    member = fleet._members["a"]
-    member.own_write = wal_signature(member.wal)
-    fleet._on_events([("a.db-wal", MODIFY), event])
-    assert woken(fleet) == ["a"]
-
-
-def test_without_an_acknowledgement_of_its_own_every_write_wakes_it(fleet: Fleet) -> None:
-    fleet._on_events([("a.db-wal", MODIFY)])
+def test_a_file_moved_over_it_wakes_it(fleet: Fleet, event: tuple[str, int]) -> None:
+    fleet._on_events([event])
     assert woken(fleet) == ["a"]
 
 
