@@ -35,7 +35,11 @@ def app_write(db: Path, transactions: list[list[tuple[str, list[Any]]]]) -> None
         shutil.copyfile(_made[script], db)
         return
     _run_app(db, script)
-    if fresh:
+    # Kept as a template only when the app's close moved everything into the file: a daemon
+    # that had it open (a fleet finding a new file) leaves the -wal, and a copy of the file alone
+    # would miss what is in it (a later test got a database without its table).
+    whole = not any(Path(f"{db}{suffix}").exists() for suffix in ("-wal", "-journal"))
+    if fresh and whole:
         _made[script] = _templates() / f"{len(_made)}.db"
         shutil.copyfile(db, _made[script])
 
