@@ -146,6 +146,18 @@ def tenants(env: Env) -> Path:
     return folder
 
 
+def acme_syncing(env: Env, processes: list[subprocess.Popen[str]],
+                 timeout: float = 30) -> tuple[Path, Path, subprocess.Popen[str]]:
+    """The folder with acme.db (2 rows), `install: true`, and a daemon that has synced it."""
+    folder = tenants(env)
+    acme = folder / "acme.db"
+    make_database(acme, rows=2)
+    write_config(env, install=True)
+    daemon = start_daemon(env, processes)
+    wait_synced(env, acme, timeout=timeout)
+    return folder, acme, daemon
+
+
 # -- 1. databases come and go while the daemon runs -----------------------------------------------
 
 
@@ -217,12 +229,7 @@ def test_install_true_new_files_are_installed_with_their_rows(env: Env, processe
                                                                 ) -> None:
     """`databases.install: true`: a file the app creates while the daemon runs gets the log,
     the triggers and a backfill by itself; every row it had, and every row after, searchable."""
-    folder = tenants(env)
-    acme = folder / "acme.db"
-    make_database(acme, rows=2)
-    write_config(env, install=True)
-    daemon = start_daemon(env, processes)
-    wait_synced(env, acme)
+    folder, acme, daemon = acme_syncing(env, processes)
     assert len(documents(env, "acme")) == 2
 
     # The app makes the file in place, in several transactions (the daemon may look between).

@@ -22,6 +22,7 @@ from support import Env, app_exec, app_write, read_daemon_log, stop_process, wai
 from test_many_databases import (
     BOOKS,
     INSERT,
+    acme_syncing,
     assert_all_verified,
     documents,
     events,
@@ -198,12 +199,7 @@ def test_no_busy_loop_on_a_database_not_synced(env: Env, processes: list[Any]) -
 def test_a_removed_database_leaves_no_descriptor_open(env: Env, processes: list[Any]) -> None:
     """`rm` of a synced database: its member stops and every descriptor to the deleted file is
     closed (else its space is never freed while the daemon runs)."""
-    folder = tenants(env)
-    acme = folder / "acme.db"
-    make_database(acme, rows=2)
-    write_config(env, install=True)
-    daemon = start_daemon(env, processes)
-    wait_synced(env, acme, timeout=15)
+    _folder, acme, daemon = acme_syncing(env, processes, timeout=15)
 
     def links() -> list[str]:
         fds = Path(f"/proc/{daemon.pid}/fd")
@@ -285,12 +281,7 @@ def test_the_folder_deleted_and_made_again_is_watched_again(env: Env,
     the next 30 s listing)."""
     import shutil
 
-    folder = tenants(env)
-    acme = folder / "acme.db"
-    make_database(acme, rows=2)
-    write_config(env, install=True)
-    daemon = start_daemon(env, processes)
-    wait_synced(env, acme)
+    folder, _acme, daemon = acme_syncing(env, processes)
 
     shutil.rmtree(folder)
     wait_for(lambda: events(env, "database stopped", database="acme"), 10, "acme stopped")
