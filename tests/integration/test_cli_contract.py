@@ -1,4 +1,4 @@
-"""The command line as the README (Commands) promises it: exit codes, messages naming the key
+"""The command line as docs/commands.md promises it: exit codes, messages naming the key
 path or the file, `check` one line per problem, where the config comes from, `status --json`,
 and a foreign collection that does not match its table."""
 
