@@ -79,8 +79,8 @@ class Folder:
     path: Path  # the folder watched
     files: Callable[[], tuple[dict[str, Path], list[str]]]  # database_files: by name, left out
     matches: Callable[[str], bool]  # whether a file name in the folder is a database
+    workers: int  # databases.workers (its default is config.py's)
     install: bool = False
-    workers: int = 16
 
 
 class Fleet:

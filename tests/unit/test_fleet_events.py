@@ -33,6 +33,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         path=tmp_path,
         files=lambda: ({"a": database}, []),
         matches=lambda name: name.endswith(".db"),
+        workers=4,
     )
     fleet = Fleet(folder, cast(Any, None), cast(Any, None), threading.Event(), Notifier({}))
     member = Member("a", database, state="syncing", started=True)
