@@ -38,6 +38,7 @@ from pathlib import Path
 
 import structlog
 
+from cdc_daemon import turns
 from cdc_daemon.errors import CdcError, DatabaseError
 from cdc_daemon.fleet_member import (
     RETRY_AFTER_CHANGE,
@@ -409,7 +410,8 @@ class Fleet:
             if heavy:
                 self._heavy.acquire()
             try:
-                delay = member.step(self.shared)
+                with turns.turn():
+                    delay = member.step(self.shared)
             except Exception as exc:  # a bug must not end the worker: the member is retried
                 log.exception("database step failed", database=member.name, error=str(exc))
                 delay = START_BACKOFF_CAP

@@ -154,6 +154,24 @@ class _Ack:
     expansions: list[tuple[str, list[Any]]]
 
 
+def _id_surely_fits(key: Key, room: int) -> bool:
+    """True when the key's document id can't be empty or take more than `room` bytes (beside
+    its prefix), without building it: most keys are one integer (row_keys.document_id)."""
+    if len(key) == 1:
+        value = key[0]
+        if type(value) is int:
+            return room >= 20  # its digits
+        if isinstance(value, str):
+            return len(value) > 0 and 4 * len(value) <= room  # UTF-8: at most 4 bytes a char
+        if isinstance(value, bytes):
+            return len(value) > 0 and 2 * len(value) <= room  # hex
+        return False  # REAL or NULL: the id itself is checked
+    # JSON: a character at most 6 bytes (an escape), at most 12 more per text or blob part
+    # ('{"hex":""},'), at most 32 for a number or null, and the brackets.
+    longest = 2 + sum(6 * len(v) + 12 if isinstance(v, str | bytes) else 32 for v in key)
+    return longest <= room
+
+
 class Syncer:
     """Turns log entries into Typesense writes. Call `sync_once()` from a loop or a test."""
 
@@ -536,6 +554,7 @@ class Syncer:
         mapping = self.mappings.get(table)
         if mapping is None:
             return
+        room = MAX_ID_BYTES - len(mapping.id_prefix.encode("utf-8", "surrogatepass"))
         for change in changes:
             key = change.key
             if key is None:
@@ -544,10 +563,7 @@ class Syncer:
                 continue
             if change.error is not None:
                 continue
-            # A character takes at most 6 bytes in an id (a JSON escape in a composite key);
-            # only a one-column key can make an empty id.
-            size = sum(len(v) for v in key if isinstance(v, str | bytes))
-            if (size or len(key) > 1) and size * 6 <= MAX_ID_BYTES:
+            if _id_surely_fits(key, room):
                 continue
             problem = id_problem(mapping.doc_id(key))
             if problem is not None and change.line is None:

@@ -744,6 +744,7 @@ class _MemberControls(DaemonControls):
 def serve(config: Config, load_config: Callable[[], Config] | None, once: bool = False) -> int:
     """`cdc-daemon run`: build everything, serve metrics and the admin API if configured, run
     the loop under the signal handlers."""
+    Database.configure_sqlite()
     notifier = Notifier()
     stop = threading.Event()
     services = build_services(config, notifier.heartbeat)  # closed by Daemon.close
@@ -789,6 +790,7 @@ def serve_fleet(
     from cdc_daemon.fleet_member import MEMBER_STATEMENTS, Build, FleetReload, lighten
 
     Database.statement_cache = MEMBER_STATEMENTS  # a thousand connections: fleet_member.py
+    Database.configure_sqlite(lookaside=False)
     notifier = Notifier()
     stop = threading.Event()
     services = build_services(config, notifier.heartbeat)

@@ -15,6 +15,7 @@ import httpx
 import structlog
 
 import cdc_daemon.typesense.answers as answers
+from cdc_daemon import turns
 from cdc_daemon.errors import AuthError, TargetError, TargetUnavailable
 from cdc_daemon.typesense.nodes import Node, NodeFailed, NodePool
 
@@ -130,7 +131,8 @@ class Client:
             return node, response, iter(())
         if response.status_code != 200:
             raise NodeFailed(TargetUnavailable(f"{node.url}: {what}: HTTP {response.status_code}"))
-        lines = (line for line in _jsonl_lines(response.iter_bytes(), what) if line.strip())
+        chunks = turns.waiting_for_each(response.iter_bytes())  # a fleet's other workers go on
+        lines = (line for line in _jsonl_lines(chunks, what) if line.strip())
         try:
             first = next(lines, None)
         except BaseException as exc:
@@ -172,7 +174,13 @@ class Client:
         headers = {"X-TYPESENSE-API-KEY": key}
         request = self._http.build_request(method, node.url + path, headers=headers, **kwargs)
         try:
-            response = self._http.send(request, stream=stream)
+            with turns.waiting():
+                response = self._http.send(request, stream=stream)
+            if not stream:
+                # httpx's response and its stream refer to each other: only the cyclic GC
+                # (rare here, daemon.py) would free them and the request's body (an import's
+                # megabyte) with them. Read in full, the response needs no stream of its own.
+                response.stream = httpx.ByteStream(response.content)
             if stream and response.status_code != 200:
                 try:
                     response.read()  # an error answer is short, and what it says decides

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cdc_daemon import turns
 from cdc_daemon.sink import DocResult
 
 GROUP_BYTES = 1024 * 1024  # a body this large or larger goes alone; a group holds at most this
@@ -74,9 +75,11 @@ class ImportGroups:
             return self._send(collection, dirty_values, body, count)
         group, index = joined
         if index == 0:  # the group's first caller sends it when its turn comes
-            group.turn.wait()
+            with turns.waiting():
+                group.turn.wait()
             self._send_group(key, group)
-        group.done.wait()
+        with turns.waiting():
+            group.done.wait()
         if group.error is not None:
             raise group.error
         start = sum(group.counts[:index])
@@ -100,7 +103,8 @@ class ImportGroups:
     def _send_group(self, key: tuple[str, str], group: _Group) -> None:
         """The leader's turn: after a short wait for more callers when the group is small, every
         body that joined, as one import (no more can join once it is taken off `_waiting`)."""
-        group.grown.wait(LINGER_SECONDS)
+        with turns.waiting():
+            group.grown.wait(LINGER_SECONDS)
         with self._lock:
             del self._waiting[key]  # this group: the next caller starts a new one
             body, count = b"\n".join(group.bodies), sum(group.counts)

@@ -117,7 +117,7 @@ LAYERS = {
         "document_sql", "evolution", "ownership", "backfill", "sweep", "reconfigure", "verify",
         "preflight", "kms", "auth", "dependencies", "batching",
     },
-    "base": {"errors", "logs", "retry", "sink", "secret_files", "permissions"},
+    "base": {"errors", "logs", "retry", "sink", "secret_files", "permissions", "turns"},
 }
 ORDER = list(LAYERS)
 

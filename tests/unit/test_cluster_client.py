@@ -4,9 +4,11 @@ and the re-send of their keys by the Syncer."""
 
 from __future__ import annotations
 
+import gc
 import json
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -383,3 +385,22 @@ def test_a_write_is_never_addressed_to_a_name_the_node_asked_does_not_know() -> 
     with pytest.raises(CollectionMissing):
         cluster.sink().upsert("c", [{"id": "1"}])
     assert cluster.hosts("/import") == []
+
+
+def test_an_import_request_and_its_body_are_freed_without_the_cyclic_gc() -> None:
+    """httpx's response and its stream refer to each other; the daemon runs the cyclic GC
+    rarely, and every import's body (up to megabytes) was kept until it did."""
+    requests: list[weakref.ref[httpx.Request]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/import"):
+            requests.append(weakref.ref(request))
+        return ok(request)
+
+    sink = Cluster(a=handler).sink([A])
+    gc.disable()
+    try:
+        assert all(r.ok for r in sink.upsert("c", ['{"id":"1"}', '{"id":"2"}']))
+        assert len(requests) == 1 and requests[0]() is None
+    finally:
+        gc.enable()

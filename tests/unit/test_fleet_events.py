@@ -14,6 +14,7 @@ from typing import Any, cast
 import inotify_simple
 import pytest
 
+from cdc_daemon import turns
 from cdc_daemon.database import file_identity
 from cdc_daemon.fleet import Fleet, Folder
 from cdc_daemon.fleet_member import IDLE_LOOK, SETTLE_DELAYS, Member, Shared
@@ -95,3 +96,20 @@ def test_a_wake_that_finds_nothing_yet_keeps_its_settle_looks(tmp_path: Path) ->
     assert member.step(shared) == SETTLE_DELAYS[0]
     assert member.step(shared) == SETTLE_DELAYS[1]  # data_version unchanged: a plain look
     assert member.step(shared) == IDLE_LOOK
+
+
+def test_a_worker_runs_each_step_in_its_turn(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker at a time runs Python and SQLite (turns.py); the turn ends with the step."""
+    member = fleet._members["a"]
+    held: list[bool] = []
+
+    def step(_shared: Shared) -> float | None:
+        held.append(turns._turn.locked())
+        return None
+
+    monkeypatch.setattr(member, "step", step)
+    fleet._submit(member)
+    fleet._work.put(None)  # then the worker ends
+    fleet._worker()
+    assert held == [True]
+    assert not turns._turn.locked()
