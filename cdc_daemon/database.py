@@ -355,7 +355,10 @@ class Database:
                 if self.replaced():  # never write a replaced file: it shares -wal/-journal names
                     raise DatabaseError(f"{self.path}: the database file was replaced; not writing")
                 yield self.conn
-                self.conn.execute("COMMIT")
+                # Without the turn (turns.py): a COMMIT may wait for the app's readers (a
+                # rollback journal) or fsync, and its locks must go as soon as it is done.
+                with turns.waiting():
+                    self.conn.execute("COMMIT")
             except BaseException:
                 if not self.conn.get_autocommit():
                     with contextlib.suppress(apsw.Error):  # keep the error that brought us here

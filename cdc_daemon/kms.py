@@ -25,6 +25,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
+from cdc_daemon import turns
 from cdc_daemon.errors import KmsUnavailable
 from cdc_daemon.logs import register_secret
 from cdc_daemon.retry import call_with_retry
@@ -131,7 +132,8 @@ class KmsKey:
     def __call__(self) -> str:
         key = self._key
         if key is None:
-            with self._lock:
+            # The turn (a fleet's, turns.py) is given up before the lock: its holder may want it.
+            with turns.waiting(), self._lock:
                 key = self._key if self._key is not None else self._fetch("start")
         return key
 
@@ -141,7 +143,7 @@ class KmsKey:
     def rejected(self, key: str) -> None:
         """Typesense answered 401/403 to a request made with `key`: fetch once, whoever asks."""
         refused_at = self._clock()
-        with self._lock:
+        with turns.waiting(), self._lock:  # as __call__
             if key != self._key:
                 return  # already replaced since that request was made
             if self._fetched_at >= refused_at:

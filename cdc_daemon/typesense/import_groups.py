@@ -74,11 +74,10 @@ class ImportGroups:
         if joined is None:  # the waiting group is full: sent beside the import in flight
             return self._send(collection, dirty_values, body, count)
         group, index = joined
-        if index == 0:  # the group's first caller sends it when its turn comes
-            with turns.waiting():
+        with turns.waiting():  # until the group's import is done: a fleet's others go on
+            if index == 0:  # the group's first caller sends it when its turn comes
                 group.turn.wait()
-            self._send_group(key, group)
-        with turns.waiting():
+                self._send_group(key, group)
             group.done.wait()
         if group.error is not None:
             raise group.error
@@ -103,8 +102,7 @@ class ImportGroups:
     def _send_group(self, key: tuple[str, str], group: _Group) -> None:
         """The leader's turn: after a short wait for more callers when the group is small, every
         body that joined, as one import (no more can join once it is taken off `_waiting`)."""
-        with turns.waiting():
-            group.grown.wait(LINGER_SECONDS)
+        group.grown.wait(LINGER_SECONDS)
         with self._lock:
             del self._waiting[key]  # this group: the next caller starts a new one
             body, count = b"\n".join(group.bodies), sum(group.counts)

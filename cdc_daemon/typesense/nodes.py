@@ -11,6 +11,7 @@ from typing import TypeVar
 import httpx
 
 import cdc_daemon.typesense.answers as answers
+from cdc_daemon import turns
 from cdc_daemon.errors import TargetUnavailable
 from cdc_daemon.retry import backoff_delay
 
@@ -163,9 +164,10 @@ class NodePool:
         """GET /health with a short timeout: is a node that failed before worth a request?
         None when it is; else the problem, and the node is marked failed."""
         try:
-            response = self._http.get(
-                node.url + "/health", timeout=min(self._timeout, PROBE_TIMEOUT_CAP)
-            )
+            with turns.waiting():  # a fleet's other workers go on meanwhile
+                response = self._http.get(
+                    node.url + "/health", timeout=min(self._timeout, PROBE_TIMEOUT_CAP)
+                )
         except httpx.HTTPError as exc:
             problem = f"{node.url}: /health: {type(exc).__name__}"
         else:

@@ -10,12 +10,15 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 import cdc_daemon.database as database
 from cdc_daemon import turns
 from cdc_daemon.database import BUSY_TIMEOUT_MS, Database, wait_while_busy
 from cdc_daemon.errors import DatabaseBusy
+from cdc_daemon.kms import KmsKey, KmsSource
+from cdc_daemon.typesense.nodes import NodePool
 
 
 def run(target: object) -> threading.Thread:
@@ -180,3 +183,64 @@ def test_a_worker_waiting_for_a_locked_database_lets_the_others_run(
         db.close()
     assert not errors  # the lock went before the busy timeout: the write went through
     assert sqlite3.connect(path).execute("SELECT x FROM t").fetchall() == [(1,)]
+
+
+# -- the other waits of a step, each done without the turn ---------------------------------------
+
+
+def turn_held_during(record: list[bool]) -> httpx.MockTransport:
+    """A transport that notes, for each request, whether the turn was held while it was sent."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        record.append(turns._turn.locked())
+        if request.url.path == "/health":
+            return httpx.Response(200, json={"ok": True})
+        return httpx.Response(200, json={"api_key": "k1"})
+
+    return httpx.MockTransport(handler)
+
+
+def test_a_node_health_probe_is_waited_for_without_the_turn() -> None:
+    held: list[bool] = []
+    pool = NodePool(["http://a:8108"], httpx.Client(transport=turn_held_during(held)), 1.0)
+    with turns.turn():
+        assert pool._probe(pool.nodes[0]) is None
+    assert held == [False]
+
+
+def test_a_kms_key_fetch_is_waited_for_without_the_turn(tmp_path: Path) -> None:
+    """Its lock is taken after the turn is given up: the turn's next holder may want it."""
+    held: list[bool] = []
+    token = tmp_path / "token"
+    token.write_text("a-token")
+    source = KmsSource("http://kms.invalid", "svc", token, 3600, name="test.kms")
+    key = KmsKey(source, timeout=1, transport=turn_held_during(held))
+    try:
+        with turns.turn():
+            assert key() == "k1"
+            key.rejected("k1")
+            assert turns._turn.locked()
+    finally:
+        key.close()
+    assert held == [False, False]
+
+
+def test_a_commit_is_waited_for_without_the_turn(tmp_path: Path) -> None:
+    """A COMMIT may wait for the app's readers or an fsync: its locks go before the turn comes
+    back."""
+    path = tmp_path / "app.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+    db = Database(path)
+    held: list[bool] = []
+
+    def commit_hook() -> bool:
+        held.append(turns._turn.locked())
+        return False  # go on with the commit
+
+    db.conn.set_commit_hook(commit_hook)
+    try:
+        with turns.turn(), db.write() as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+    finally:
+        db.close()
+    assert held == [False]
