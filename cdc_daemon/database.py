@@ -233,15 +233,14 @@ class Database:
         per connection (~40 KB of RSS each; a `databases:` daemon holds a thousand; measured:
         ~3% more CPU). SQLite takes these only between a shutdown and its next initialization,
         so only while no connection is open in this process: False when one was (nothing
-        changed)."""
-        with Database._open_lock:
-            if apsw.connections():
-                return False
-            apsw.shutdown()
-            apsw.config(apsw.SQLITE_CONFIG_MEMSTATUS, 0)
-            if not lookaside:
-                apsw.config(apsw.SQLITE_CONFIG_LOOKASIDE, 0, 0)
-            apsw.initialize()
+        changed). Called at start-up (wiring.serve*), before any other thread runs."""
+        if apsw.connections():
+            return False
+        apsw.shutdown()
+        apsw.config(apsw.SQLITE_CONFIG_MEMSTATUS, 0)
+        if not lookaside:
+            apsw.config(apsw.SQLITE_CONFIG_LOOKASIDE, 0, 0)
+        apsw.initialize()
         return True
 
     def __init__(self, path: Path) -> None:

@@ -26,6 +26,7 @@ TURN_WAIT = 2.0  # seconds: far beyond any turn (a step's CPU is a few ms), a de
 
 _turn = threading.Lock()
 _mine = threading.local()  # .held: this thread has the turn
+_END = object()  # waiting_for_each: no more items
 
 
 @contextmanager
@@ -63,5 +64,3 @@ def waiting_for_each(items: Iterator[T]) -> Iterator[T]:
             return
         yield item  # type: ignore[misc]
 
-
-_END = object()

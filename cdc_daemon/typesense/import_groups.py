@@ -37,7 +37,7 @@ class _Group:
     bodies: list[bytes] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
     size: int = 0
-    turn: threading.Event = field(default_factory=threading.Event)  # its leader may send
+    may_send: threading.Event = field(default_factory=threading.Event)  # for its leader
     grown: threading.Event = field(default_factory=threading.Event)  # LINGER_UNTIL callers
     done: threading.Event = field(default_factory=threading.Event)
     results: list[DocResult] = field(default_factory=list)
@@ -75,8 +75,8 @@ class ImportGroups:
             return self._send(collection, dirty_values, body, count)
         group, index = joined
         with turns.waiting():  # until the group's import is done: a fleet's others go on
-            if index == 0:  # the group's first caller sends it when its turn comes
-                group.turn.wait()
+            if index == 0:  # the group's first caller sends it once the import before is done
+                group.may_send.wait()
                 self._send_group(key, group)
             group.done.wait()
         if group.error is not None:
@@ -100,7 +100,7 @@ class ImportGroups:
         return group, len(group.bodies) - 1
 
     def _send_group(self, key: tuple[str, str], group: _Group) -> None:
-        """The leader's turn: after a short wait for more callers when the group is small, every
+        """The leader sends: after a short wait for more callers when the group is small, every
         body that joined, as one import (no more can join once it is taken off `_waiting`)."""
         group.grown.wait(LINGER_SECONDS)
         with self._lock:
@@ -121,4 +121,4 @@ class ImportGroups:
             if group is None:
                 self._in_flight.discard(key)
             else:
-                group.turn.set()
+                group.may_send.set()

@@ -173,8 +173,8 @@ def test_a_group_whose_turn_came_still_takes_callers_until_it_has_grown(
     leader, leader_out = in_thread(lambda: groups.upsert("c", "reject", b"b", 1))
     wait_for(lambda: queued(groups, "c", 1))
     group = groups._waiting[("c", "reject")]
-    fake.release.release()  # the first import answers: the group's turn
-    wait_for(group.turn.is_set)
+    fake.release.release()  # the first import answers: the group may be sent
+    wait_for(group.may_send.is_set)
     assert len(fake.requests) == 1  # still waiting for a second caller
     late, late_out = in_thread(lambda: groups.upsert("c", "reject", b"c", 1))
     assert fake.started.acquire(timeout=10)
