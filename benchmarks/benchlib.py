@@ -187,9 +187,15 @@ class World(contextlib.ExitStack):
         return path
 
     def config(
-        self, db: Path, collection: str, batch_size: int | None = None, poll_interval: float = 0.5
+        self,
+        db: Path,
+        collection: str,
+        batch_size: int | None = None,
+        poll_interval: float = 0.5,
+        **sections: Any,
     ) -> Path:
-        """`batch_size` None: the default (adaptive batches below its default bound)."""
+        """`batch_size` None: the default (adaptive batches below its default bound); `sections`
+        are more top-level config sections (`admin={...}`)."""
         assert self.typesense is not None
         sync: dict[str, Any] = {"poll_interval": poll_interval}
         if batch_size is not None:
@@ -200,6 +206,7 @@ class World(contextlib.ExitStack):
             "sync": sync,
             "logging": {"format": "json", "level": "warning"},
             "tables": [{**ELEMENTS_TABLE, "collection": collection}],
+            **sections,
         }
         path = db.parent / "cdc.yaml"
         path.write_text(yaml.safe_dump(config))

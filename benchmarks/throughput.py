@@ -12,6 +12,12 @@ For each size N and each repeat:
   batches below the default bound) waiting; the clock starts when the app process starts
   committing N rows (stdlib sqlite3, 1,000-row transactions, as fast as it can) and stops when
   the collection counts N documents (polled every 50 ms);
+- backlog (issue 18: "on a 1M-row backlog"): `cdc-daemon run` with the default config and the
+  admin API is paused (`POST /v1/pause`), the app process commits N rows as above, and the clock
+  runs from `POST /v1/resume` until the collection counts N documents (polled every 20 ms): the
+  daemon catching up alone, as after an outage. Its raw import (batch 5,000, the best batch in
+  every run) and the backlog each run on a fresh Typesense; the ratio is taken against the
+  better of that raw import and the repeat's ceiling above (it never flatters);
 - naive: a sample of rows (new ids) sent one `POST .../documents?action=upsert` each over one
   keep-alive connection, into the raw collection right after its N documents were imported (so
   at the same collection size); its rate is extrapolated to N.
@@ -27,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from benchlib import (
     World,
     app,
@@ -39,8 +46,11 @@ from benchlib import (
     median,
     print_table,
     save,
+    status_kb,
     wait_until,
 )
+
+from cdc_daemon.localserver import free_port
 
 BATCHES = (100, 1000, 5000)
 APP_TXN = 1000
@@ -130,6 +140,62 @@ def end_to_end(world: World, rows: int, batch: int | None, name: str) -> dict[st
     }
 
 
+def backlog(world: World, rows: int, name: str) -> dict[str, Any]:
+    """The default config catching up on N rows committed while it was paused."""
+    assert world.typesense is not None and world.typesense.process is not None
+    db = world.app_db(name)
+    port = free_port()
+    config = world.config(db, name, admin={"listen": f"127.0.0.1:{port}"})
+    cdc(config, "install")
+    daemon = world.daemon(config)
+    wait_until(
+        lambda: world.ts.get(f"/aliases/{name}").status_code == 200, 60, what="collection"
+    )
+    physical = world.ts.get(f"/aliases/{name}").json()["collection_name"]
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as admin:
+        admin.post("/v1/pause").raise_for_status()
+        app_result(app("bulk", db, "--rows", str(rows), "--txn", str(APP_TXN)))
+        daemon_cpu, server_cpu = daemon.cpu_seconds(), cpu_seconds(world.typesense.process.pid)
+        started = time.monotonic()
+        admin.post("/v1/resume").raise_for_status()
+        done = wait_until(
+            lambda: world.num_documents(physical) >= rows, 3600, interval=0.02,
+            what="the backlog searchable",
+        )
+    seconds = done - started
+    daemon_cpu = daemon.cpu_seconds() - daemon_cpu
+    server_cpu = cpu_seconds(world.typesense.process.pid) - server_cpu
+    peak_rss_mb = status_kb(daemon.pid, "VmHWM") / 1024  # the daemon's own peak, start included
+    if daemon.stop() != 0:
+        raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
+    world.drop_collection(name)
+    shutil.rmtree(db.parent)
+    return {
+        "seconds": seconds,
+        "docs_per_s": rows / seconds,
+        "daemon_cpu_s": daemon_cpu,
+        "server_cpu_s": server_cpu,
+        "daemon_peak_rss_mb": peak_rss_mb,
+    }
+
+
+def backlog_run(
+    world: World, schema: dict[str, Any], lines: list[str], rep: int, ceiling: float
+) -> dict[str, Any]:
+    """A raw import and the default config's backlog, each on a fresh Typesense."""
+    rows = len(lines)
+    world.fresh_typesense()
+    raw = raw_import(world, schema, lines, BATCHES[-1], f"raw_backlog_{rows}_{rep}")
+    world.fresh_typesense()
+    result = backlog(world, rows, f"backlog_{rows}_{rep}")
+    result["raw_fresh_server"] = raw
+    result["vs_raw_ceiling"] = result["docs_per_s"] / max(raw["docs_per_s"], ceiling)
+    print(f"  {rows:,} rows, repeat {rep + 1}, backlog: raw {raw['docs_per_s']:,.0f} docs/s,"
+          f" daemon {result['docs_per_s']:,.0f} docs/s ({result['vs_raw_ceiling']:.0%})",
+          flush=True)
+    return result
+
+
 def end_to_end_default(world: World, rows: int, rep: int) -> dict[str, Any]:
     """end_to_end with the default sync settings (no batch_size in the config)."""
     e2e = end_to_end(world, rows, None, f"e2e_{rows}_default_{rep}")
@@ -204,6 +270,7 @@ def main() -> None:
                         "docs_per_s"]
                     e2e["vs_naive"] = e2e["docs_per_s"] / run["naive"]["docs_per_s"]
                 run["raw_ceiling_docs_per_s"] = ceiling
+                run["backlog"] = backlog_run(world, schema, lines, rep, ceiling)
                 runs.append(run)
             report["sizes"][str(rows)] = {"runs": runs, "summary": summarize(runs)}
             table(rows, report["sizes"][str(rows)]["summary"])
@@ -219,6 +286,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "naive_docs_per_s": median([r["naive"]["docs_per_s"] for r in runs]),
         "raw": {},
         "e2e": {},
+    }
+    summary["backlog"] = {
+        "docs_per_s": median([r["backlog"]["docs_per_s"] for r in runs]),
+        "vs_raw_ceiling": median([r["backlog"]["vs_raw_ceiling"] for r in runs]),
+        "all_vs_raw_ceiling": [round(r["backlog"]["vs_raw_ceiling"], 3) for r in runs],
+        "daemon_cpu_s": median([r["backlog"]["daemon_cpu_s"] for r in runs]),
+        "daemon_peak_rss_mb": max(r["backlog"].get("daemon_peak_rss_mb", 0) for r in runs),
     }
     for i, batch in enumerate(BATCHES):
         summary["raw"][str(batch)] = median([r["raw"][i]["docs_per_s"] for r in runs])
@@ -247,6 +321,17 @@ def table(rows: int, summary: dict[str, Any]) -> None:
             f"{e2e['vs_naive']:.0f}x",
             e2e["daemon_cpu_s"] * 1000 / rows * 1000,
         ])
+    backlog = summary["backlog"]
+    lines.append([
+        "default, backlog",
+        "",
+        backlog["docs_per_s"],
+        f"{backlog['vs_raw_ceiling']:.0%}",
+        " ".join(f"{x:.0%}" for x in backlog["all_vs_raw_ceiling"]),
+        "",
+        backlog["daemon_cpu_s"] * 1000 / rows * 1000,
+    ])
+    print(f"backlog: the daemon's peak RSS {backlog['daemon_peak_rss_mb']:.0f} MB")
     print_table(
         f"{rows:,} rows (median of runs): raw ceiling {summary['raw_ceiling_docs_per_s']:,.0f}"
         f" docs/s, naive {summary['naive_docs_per_s']:,.0f} docs/s",

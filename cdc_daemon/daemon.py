@@ -34,7 +34,7 @@ from cdc_daemon.runtime import Runtime, Services
 from cdc_daemon.sync import BatchReport
 from cdc_daemon.trigger_watch import TriggerWatch
 from cdc_daemon.triggers import require_installed
-from cdc_daemon.wake import ChangeWaiter
+from cdc_daemon.wake import ChangeWaiter, Nudge
 
 log = structlog.get_logger("cdc_daemon")
 
@@ -118,6 +118,7 @@ class Daemon:
         self.owed = False
         self._ready_sent = False
         self.paused = threading.Event()  # set by the admin API: the loop syncs nothing
+        self._nudge: Nudge | None = None  # ends the loop's wait (run() alone: not in a fleet)
         self.last_beat = time.monotonic()  # the loop's last sign of life (admin /healthz)
         self.resync = Resync(self.stop, self._heartbeat)  # what the collections still owe
         self.replaced = ReplacedFile()  # the database file replaced under the loop
@@ -404,6 +405,7 @@ class Daemon:
             once=once,
             typesense=".".join(map(str, version)) if version != (0,) else "version unknown",
         )
+        self._nudge = Nudge()
         waiter = self._waiter()
         try:
             while True:
@@ -438,6 +440,14 @@ class Daemon:
                 waiter.wait()
         finally:
             waiter.close()
+            self._nudge.close()
+
+    def wake(self) -> None:
+        """End the loop's wait for a change at once (a resume: its backlog moves no file). Any
+        thread; does nothing when the loop is not running."""
+        nudge = self._nudge
+        if nudge is not None:
+            nudge()
 
     def log_gone(self) -> bool:
         """After a failed iteration: True (the error logged) when the log tables were dropped
@@ -482,4 +492,5 @@ class Daemon:
             self._poll_interval(),
             self.stop,
             file_identity=lambda: file_identity(runtime.db.path),
+            nudge=self._nudge,
         )

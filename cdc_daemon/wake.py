@@ -4,15 +4,20 @@ Idle, the daemon wakes only every poll_interval (a fallback for missed events, n
 systems, and log entries whose backoff ends). inotify reports the `-wal`/`-journal` write a moment
 before the commit is visible, so after an event we look again shortly before giving up. A file
 renamed over the database (a backup restored with `mv`: MOVED_TO) changes no data_version of
-ours: a changed `file_identity` wakes us for it.
+ours: a changed `file_identity` wakes us for it. An admin resume nudges the wait (Nudge): a backlog
+waits for no event then.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 try:
     import inotify_simple
@@ -26,6 +31,41 @@ except ImportError:  # not Linux: fall back to polling
 SETTLE_DELAYS = (0.001, 0.002, 0.003, 0.005, 0.01, 0.01)
 
 
+class Nudge:
+    """Ends a ChangeWaiter's wait at once, from any thread: a pipe the wait polls beside the
+    inotify descriptor. Calling it after close() does nothing (its descriptors may be reused)."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()  # not inherited by children (PEP 446)
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._read
+
+    def __call__(self) -> None:
+        with self._lock:
+            if not self._closed:
+                with contextlib.suppress(BlockingIOError):  # full: a nudge is pending anyway
+                    os.write(self._write, b"\0")
+
+    def taken(self) -> bool:
+        """Whether it was nudged since the last call (and clear that)."""
+        try:
+            return bool(os.read(self._read, 4096))
+        except BlockingIOError:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._read)
+                os.close(self._write)
+
+
 class ChangeWaiter:
     def __init__(
         self,
@@ -34,6 +74,7 @@ class ChangeWaiter:
         poll_interval: float,
         stop: threading.Event,
         file_identity: Callable[[], object] = lambda: None,
+        nudge: Nudge | None = None,
     ) -> None:
         self._data_version = data_version
         # A file renamed over the database (mv) moves no data_version of ours: wake once for it.
@@ -41,6 +82,7 @@ class ChangeWaiter:
         self._file = file_identity()
         self._poll_interval = poll_interval
         self._stop = stop
+        self._nudge = nudge
         self._last = data_version()
         self._inotify = None
         self._name = database.name
@@ -68,7 +110,8 @@ class ChangeWaiter:
         return False
 
     def wait(self) -> None:
-        """Return when another connection committed, poll_interval passed, or stop was set."""
+        """Return when another connection committed, poll_interval passed, stop was set or the
+        nudge was called."""
         deadline = time.monotonic() + self._poll_interval
         settle: list[float] = []  # the looks still due after the last event
         while not self._stop.is_set():
@@ -79,8 +122,22 @@ class ChangeWaiter:
                 return
             if self._inotify is None:
                 self._stop.wait(min(remaining, 0.05))
+                if self._nudge is not None and self._nudge.taken():
+                    return
                 continue
             wait = settle.pop(0) if settle else min(remaining, 0.25)
-            events = self._inotify.read(timeout=max(1, round(wait * 1000)))
+            events = self._events(max(1, round(wait * 1000)))
+            if events is None:
+                return
             if any(e.name.startswith(self._name) for e in events):
                 settle = list(SETTLE_DELAYS)
+
+    def _events(self, timeout_ms: int) -> list[Any] | None:
+        """The folder's file events within `timeout_ms`; None when nudged meanwhile."""
+        assert self._inotify is not None
+        if self._nudge is None:
+            return list(self._inotify.read(timeout=timeout_ms))
+        ready, _, _ = select.select([self._inotify, self._nudge], [], [], timeout_ms / 1000)
+        if self._nudge in ready and self._nudge.taken():
+            return None
+        return list(self._inotify.read(timeout=0)) if self._inotify in ready else []

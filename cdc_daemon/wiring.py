@@ -546,6 +546,7 @@ class DaemonControls:
 
     def resume(self) -> None:
         self.daemon.paused.clear()
+        self.daemon.wake()
 
     def loop_idle_seconds(self) -> float:
         return time.monotonic() - self.daemon.last_beat

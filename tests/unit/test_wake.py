@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-from cdc_daemon.wake import SETTLE_DELAYS, ChangeWaiter
+from cdc_daemon.wake import SETTLE_DELAYS, ChangeWaiter, Nudge
 
 
 class ScriptedEvents:
@@ -73,3 +73,29 @@ def test_other_files_events_start_no_looks(tmp_path: Path) -> None:
     waiter = waiter_with(tmp_path, version, events)
     waiter.wait()
     assert events.timeouts == [250, 250]
+
+
+def test_a_nudge_ends_a_real_wait_at_once(tmp_path: Path) -> None:
+    """Real inotify, nothing written: only the nudge (another thread) can end the 60 s wait."""
+    database = tmp_path / "app.db"
+    database.write_bytes(b"")
+    nudge = Nudge()
+    waiter = ChangeWaiter(database, lambda: 1, 60.0, threading.Event(), nudge=nudge)
+    waiting = threading.Thread(target=waiter.wait)
+    try:
+        waiting.start()
+        nudge()
+        waiting.join(timeout=20)
+        assert not waiting.is_alive()
+        assert not nudge.taken()  # the wait took the nudge: the next wait sleeps again
+    finally:
+        waiter.close()
+        nudge.close()
+        waiting.join()
+
+
+def test_a_nudge_after_close_does_nothing(tmp_path: Path) -> None:
+    nudge = Nudge()
+    nudge.close()
+    nudge()  # the loop stopped before an admin resume came: no error, no write to a reused fd
+    nudge.close()
