@@ -158,7 +158,7 @@ class AdminApi:
     async def resume(self, request: Request) -> Response:
         principal = self._authorize(request, OPERATOR, "resume")
         database = (await _body(request)).get("database")
-        self._controls(database).resume()  # the loop syncs again within poll_interval
+        self._controls(database).resume()  # and wakes the loop: it syncs again at once
         self._audit(principal, "resume", **_named(database))
         return JSONResponse({"paused": False})
 

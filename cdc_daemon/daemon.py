@@ -405,8 +405,12 @@ class Daemon:
             once=once,
             typesense=".".join(map(str, version)) if version != (0,) else "version unknown",
         )
-        self._nudge = Nudge()
-        waiter = self._waiter()
+        self._nudge = nudge = Nudge()
+        try:
+            waiter = self._waiter()
+        except BaseException:
+            nudge.close()
+            raise
         try:
             while True:
                 if self._reload_requested:
@@ -440,7 +444,7 @@ class Daemon:
                 waiter.wait()
         finally:
             waiter.close()
-            self._nudge.close()
+            nudge.close()
 
     def wake(self) -> None:
         """End the loop's wait for a change at once (a resume: its backlog moves no file). Any

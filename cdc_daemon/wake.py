@@ -52,11 +52,12 @@ class Nudge:
                     os.write(self._write, b"\0")
 
     def taken(self) -> bool:
-        """Whether it was nudged since the last call (and clear that)."""
-        try:
-            return bool(os.read(self._read, 4096))
-        except BlockingIOError:
-            return False
+        """Whether it was nudged since the last call (and clear that: every pending nudge)."""
+        nudged = False
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 4096):
+                nudged = True
+        return nudged
 
     def close(self) -> None:
         with self._lock:
@@ -86,6 +87,7 @@ class ChangeWaiter:
         self._last = data_version()
         self._inotify = None
         self._name = database.name
+        self._poll: select.poll | None = None  # inotify and the nudge (poll: any fd number)
         if inotify_simple is not None:
             flags = inotify_simple.flags
             self._inotify = inotify_simple.INotify()
@@ -93,6 +95,10 @@ class ChangeWaiter:
                 str(database.parent),
                 flags.MODIFY | flags.CLOSE_WRITE | flags.MOVED_TO | flags.CREATE,
             )
+            if nudge is not None:
+                self._poll = select.poll()
+                self._poll.register(self._inotify.fileno(), select.POLLIN)
+                self._poll.register(nudge.fileno(), select.POLLIN)
 
     def close(self) -> None:
         if self._inotify is not None:
@@ -135,9 +141,9 @@ class ChangeWaiter:
     def _events(self, timeout_ms: int) -> list[Any] | None:
         """The folder's file events within `timeout_ms`; None when nudged meanwhile."""
         assert self._inotify is not None
-        if self._nudge is None:
+        if self._poll is None or self._nudge is None:
             return list(self._inotify.read(timeout=timeout_ms))
-        ready, _, _ = select.select([self._inotify, self._nudge], [], [], timeout_ms / 1000)
-        if self._nudge in ready and self._nudge.taken():
+        ready = {fd for fd, _event in self._poll.poll(timeout_ms)}
+        if self._nudge.fileno() in ready and self._nudge.taken():
             return None
-        return list(self._inotify.read(timeout=0)) if self._inotify in ready else []
+        return list(self._inotify.read(timeout=0)) if self._inotify.fileno() in ready else []

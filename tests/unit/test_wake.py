@@ -4,7 +4,10 @@ write) ends a look's wait at once. The inotify reads are scripted: which timeout
 
 from __future__ import annotations
 
+import os
+import resource
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -84,6 +87,7 @@ def test_a_nudge_ends_a_real_wait_at_once(tmp_path: Path) -> None:
     waiting = threading.Thread(target=waiter.wait)
     try:
         waiting.start()
+        time.sleep(0.2)  # most likely blocked in poll() by now (else the nudge is pending)
         nudge()
         waiting.join(timeout=20)
         assert not waiting.is_alive()
@@ -99,3 +103,27 @@ def test_a_nudge_after_close_does_nothing(tmp_path: Path) -> None:
     nudge.close()
     nudge()  # the loop stopped before an admin resume came: no error, no write to a reused fd
     nudge.close()
+
+
+def test_a_nudge_works_past_descriptor_1024(tmp_path: Path) -> None:
+    """select() refuses descriptor numbers from 1024 on; a daemon with many connections open
+    gets such numbers for the waiter it makes on a reload."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1200, hard), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    database = tmp_path / "app.db"
+    database.write_bytes(b"")
+    nudge = Nudge()
+    waiter = ChangeWaiter(database, lambda: 1, 60.0, threading.Event(), nudge=nudge)
+    try:
+        assert nudge.fileno() >= 1024
+        nudge()
+        waiter.wait()  # returns at once: nudged
+        assert not nudge.taken()
+    finally:
+        waiter.close()
+        nudge.close()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
