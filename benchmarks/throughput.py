@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 from benchlib import (
+    Daemon,
     World,
     app,
     app_result,
@@ -105,16 +106,28 @@ def raw_import(
     return result
 
 
-def end_to_end(world: World, rows: int, batch: int | None, name: str) -> dict[str, Any]:
-    assert world.typesense is not None and world.typesense.process is not None
-    db = world.app_db(name)
-    config = world.config(db, name, batch_size=batch)
+def running_daemon(world: World, config: Path, name: str) -> tuple[Daemon, str]:
+    """`run` on an installed config, once its collection exists; and that collection's name."""
     cdc(config, "install")
     daemon = world.daemon(config)
     wait_until(
         lambda: world.ts.get(f"/aliases/{name}").status_code == 200, 60, what="collection"
     )
-    physical = world.ts.get(f"/aliases/{name}").json()["collection_name"]
+    return daemon, world.ts.get(f"/aliases/{name}").json()["collection_name"]
+
+
+def stopped(world: World, daemon: Daemon, name: str, db: Path) -> None:
+    """Stop the daemon (it must exit 0), drop its collection and remove the database."""
+    if daemon.stop() != 0:
+        raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
+    world.drop_collection(name)
+    shutil.rmtree(db.parent)
+
+
+def end_to_end(world: World, rows: int, batch: int | None, name: str) -> dict[str, Any]:
+    assert world.typesense is not None and world.typesense.process is not None
+    db = world.app_db(name)
+    daemon, physical = running_daemon(world, world.config(db, name, batch_size=batch), name)
     daemon_cpu, server_cpu = daemon.cpu_seconds(), cpu_seconds(world.typesense.process.pid)
     started = time.monotonic()
     writer = app("bulk", db, "--rows", str(rows), "--txn", str(APP_TXN))
@@ -125,10 +138,7 @@ def end_to_end(world: World, rows: int, batch: int | None, name: str) -> dict[st
     daemon_cpu = daemon.cpu_seconds() - daemon_cpu
     server_cpu = cpu_seconds(world.typesense.process.pid) - server_cpu
     written = app_result(writer)
-    if daemon.stop() != 0:
-        raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
-    world.drop_collection(name)
-    shutil.rmtree(db.parent)
+    stopped(world, daemon, name, db)
     return {
         "batch": batch,
         "seconds": seconds,
@@ -146,12 +156,7 @@ def backlog(world: World, rows: int, name: str) -> dict[str, Any]:
     db = world.app_db(name)
     port = free_port()
     config = world.config(db, name, admin={"listen": f"127.0.0.1:{port}"})
-    cdc(config, "install")
-    daemon = world.daemon(config)
-    wait_until(
-        lambda: world.ts.get(f"/aliases/{name}").status_code == 200, 60, what="collection"
-    )
-    physical = world.ts.get(f"/aliases/{name}").json()["collection_name"]
+    daemon, physical = running_daemon(world, config, name)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as admin:
         admin.post("/v1/pause").raise_for_status()
         app_result(app("bulk", db, "--rows", str(rows), "--txn", str(APP_TXN)))
@@ -166,10 +171,7 @@ def backlog(world: World, rows: int, name: str) -> dict[str, Any]:
     daemon_cpu = daemon.cpu_seconds() - daemon_cpu
     server_cpu = cpu_seconds(world.typesense.process.pid) - server_cpu
     peak_rss_mb = status_kb(daemon.pid, "VmHWM") / 1024  # the daemon's own peak, start included
-    if daemon.stop() != 0:
-        raise RuntimeError(f"daemon exited with {daemon.process.returncode}; see {daemon.log}")
-    world.drop_collection(name)
-    shutil.rmtree(db.parent)
+    stopped(world, daemon, name, db)
     return {
         "seconds": seconds,
         "docs_per_s": rows / seconds,
