@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from cdc_daemon.wake import SETTLE_DELAYS, ChangeWaiter, Nudge
 
 
@@ -98,11 +100,23 @@ def test_a_nudge_ends_a_real_wait_at_once(tmp_path: Path) -> None:
         waiting.join()
 
 
-def test_a_nudge_after_close_does_nothing(tmp_path: Path) -> None:
+def test_a_nudge_after_close_does_nothing() -> None:
+    """The loop stopped before an admin resume came: no error, and nothing is written to the
+    descriptors, which a new pipe may have taken over by then."""
     nudge = Nudge()
+    numbers = (nudge.fileno(), nudge._write)
     nudge.close()
-    nudge()  # the loop stopped before an admin resume came: no error, no write to a reused fd
-    nudge.close()
+    read, write = os.pipe()  # the lowest free numbers: the ones just closed
+    try:
+        assert (read, write) == numbers
+        os.set_blocking(read, False)
+        nudge()
+        nudge.close()
+        with pytest.raises(BlockingIOError):  # nothing written into the new pipe
+            os.read(read, 1)
+    finally:
+        os.close(read)
+        os.close(write)
 
 
 def test_a_nudge_works_past_descriptor_1024(tmp_path: Path) -> None:
