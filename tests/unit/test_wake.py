@@ -7,11 +7,11 @@ from __future__ import annotations
 import os
 import resource
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from support import wait_for
 
 from cdc_daemon.wake import SETTLE_DELAYS, ChangeWaiter, Nudge
 
@@ -80,6 +80,12 @@ def test_other_files_events_start_no_looks(tmp_path: Path) -> None:
     assert events.timeouts == [250, 250]
 
 
+def _asleep(thread: threading.Thread) -> bool:
+    """The thread sleeps in the kernel (state S in /proc): here, blocked in poll()."""
+    stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "S"
+
+
 def test_a_nudge_ends_a_real_wait_at_once(tmp_path: Path) -> None:
     """Real inotify, nothing written: only the nudge (another thread) can end the 60 s wait."""
     database = tmp_path / "app.db"
@@ -89,7 +95,7 @@ def test_a_nudge_ends_a_real_wait_at_once(tmp_path: Path) -> None:
     waiting = threading.Thread(target=waiter.wait)
     try:
         waiting.start()
-        time.sleep(0.2)  # most likely blocked in poll() by now (else the nudge is pending)
+        wait_for(lambda: _asleep(waiting), 10, message="the wait blocked in poll()")
         nudge()
         waiting.join(timeout=20)
         assert not waiting.is_alive()
