@@ -2,10 +2,11 @@
 
 One batch is several HTTP requests (an import per collection, deletes), each allowed up to
 `typesense.timeout` per read; the loop's heartbeat between iterations alone would need a
-WatchdogSec of several timeouts. This httpx transport beats before each request, when the response
-headers arrive and for each chunk of the body, so a batch that makes progress keeps the watchdog
-fed and the longest silence is one stalled socket operation (bounded by the timeout). It beats
-only on the thread that built it (the loop's): other threads' traffic never hides a hung loop.
+WatchdogSec of several timeouts. This httpx transport (and plain_http.py, the same way) beats
+before each request, when the response headers arrive and for each chunk of the body, so a
+batch that makes progress keeps the watchdog fed and the longest silence is one stalled socket
+operation (bounded by the timeout). It beats only on the thread that built it (the loop's):
+other threads' traffic never hides a hung loop.
 """
 
 from __future__ import annotations
@@ -30,17 +31,23 @@ class _BeatingStream(httpx.SyncByteStream):
         self._inner.close()
 
 
+def on_this_thread(beat: Callable[[], None]) -> Callable[[], None]:
+    """`beat`, done only when called on the thread that made it (the loop's)."""
+    owner = threading.get_ident()
+
+    def maybe_beat() -> None:
+        if threading.get_ident() == owner:
+            beat()
+
+    return maybe_beat
+
+
 class HeartbeatTransport(httpx.BaseTransport):
     def __init__(
         self, beat: Callable[[], None], inner: httpx.BaseTransport | None = None
     ) -> None:
-        self._beat = beat
+        self._maybe_beat = on_this_thread(beat)
         self._inner = inner if inner is not None else httpx.HTTPTransport()
-        self._thread = threading.get_ident()
-
-    def _maybe_beat(self) -> None:
-        if threading.get_ident() == self._thread:
-            self._beat()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self._maybe_beat()

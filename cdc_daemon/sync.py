@@ -276,7 +276,9 @@ class Syncer:
             # another node then took the batch (failover): re-send these keys after a delay.
             if self.sink.uncertain_writes != uncertain:
                 self._resend_later(changes)
-        failed = [i for i, result in enumerate(results) if not result.ok]
+        # Nearly always every result is the one OK (identity: list.count does no comparing).
+        all_ok = results.count(OK) == len(results)
+        failed = [] if all_ok else [i for i, result in enumerate(results) if not result.ok]
         acked = batch.ranges
         if failed:
             failed_set = set(failed)
@@ -296,7 +298,8 @@ class Syncer:
         self._withdraw_dead(changes, failed, results)
         # Only read when there are dead letters to clear: a generator costs nothing otherwise.
         succeeded = ((c.table, c.log_key) for c, r in zip(changes, results, strict=True) if r.ok)
-        expansions = [statement for c in changes for statement in c.expansions]
+        # Only a dependency row's change (settled) has expansions.
+        expansions = [e for i in batch.settled for e in changes[i].expansions]
         self._pending = _Ack(acked, succeeded, failures, batch.deleted_by_others, expansions)
         if ahead is not None and ahead.changes:
             # More follows at once: this acknowledgement is written while the next batch is
@@ -382,11 +385,15 @@ class Syncer:
             if entries:  # read here, in a read transaction, when not known yet: not in the ack
                 self.changelog.retrying_entries(conn, deleted_by_others)
             changes: dict[tuple[str, Any, bool], _Change] = {}
+            known, joined_op = changes.get, Op.JOINED  # locals: this loop runs for every entry
             for entry in entries:
-                ident = (entry.table, entry.log_key, entry.op == Op.JOINED)
-                if ident not in changes:
-                    changes[ident] = _Change(entry.table, entry.log_key, [])
-                changes[ident].entries.append(entry)
+                table, log_key = entry.table, entry.log_key
+                ident = (table, log_key, entry.op == joined_op)
+                change = known(ident)
+                if change is None:
+                    changes[ident] = _Change(table, log_key, [entry])
+                else:
+                    change.entries.append(entry)
             by_table: dict[str, list[_Change]] = {}
             for (_table, _key, joined), change in changes.items():
                 if joined:
@@ -399,8 +406,12 @@ class Syncer:
                     unreadable.add(table)
         self._report_broken()
         # A skipped table's entries are neither sent nor acknowledged: they wait in the log.
-        kept = [c for c in changes.values() if c.table not in unreadable]
-        batch = self._plan(kept, deleted_by_others)
+        if unreadable:
+            kept = [c for c in changes.values() if c.table not in unreadable]
+            seqs = sorted(e.seq for c in kept for e in c.entries)
+        else:
+            kept, seqs = list(changes.values()), [e.seq for e in entries]  # read in seq order
+        batch = self._plan(kept, seqs, deleted_by_others)
         batch.limit = limit
         return batch
 
@@ -483,8 +494,8 @@ class Syncer:
                 )
 
     @staticmethod
-    def _plan(changes: list[_Change], deleted_by_others: int) -> _Batch:
-        seqs = sorted(e.seq for c in changes for e in c.entries)
+    def _plan(changes: list[_Change], seqs: list[int], deleted_by_others: int) -> _Batch:
+        """`seqs`: every entry's seq, ascending."""
         writes: dict[str, _TableWrite] = {}
         refused: list[int] = []
         settled: list[int] = []

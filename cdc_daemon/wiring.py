@@ -55,7 +55,7 @@ from cdc_daemon.dependencies import (
 from cdc_daemon.drain import Drainer
 from cdc_daemon.errors import CdcError, ConfigError, DatabaseError
 from cdc_daemon.evolution import CollectionManager, FollowLookups
-from cdc_daemon.heartbeat import HeartbeatTransport
+from cdc_daemon.heartbeat import HeartbeatTransport, on_this_thread
 from cdc_daemon.kms import KMS_TIMEOUT, ApiKeys, KmsKey, KmsSource, StaticKey
 from cdc_daemon.log_schema import LogTables
 from cdc_daemon.log_status import LogStatus
@@ -343,15 +343,16 @@ def build_services(
     source already opened from this config (a static key is read, a KMS key fetched on first
     use)."""
     keys = keys if keys is not None else open_api_keys(config.typesense)
-    transport = HeartbeatTransport(heartbeat) if heartbeat is not None else None
     try:
         sink = TypesenseSink(
             config.typesense.nodes,
             keys,
             config.typesense.timeout,
-            transport=transport,
             nearest_node=config.typesense.nearest_node,
             on_auth_error=keys.rejected,  # a 401 fetches a new key from the KMS (single flight)
+            transport=HeartbeatTransport(heartbeat) if heartbeat is not None else None,
+            plain=True,
+            beat=on_this_thread(heartbeat) if heartbeat is not None else None,
         )
     except BaseException:
         keys.close()

@@ -18,9 +18,11 @@ import cdc_daemon.typesense.answers as answers
 from cdc_daemon import turns
 from cdc_daemon.errors import AuthError, TargetError, TargetUnavailable
 from cdc_daemon.typesense.nodes import Node, NodeFailed, NodePool
+from cdc_daemon.typesense.plain_http import PlainHttp
 
 log = structlog.get_logger("cdc_daemon.sink")
 NodeCheck = Callable[[httpx.Response], str | None]
+HEADERS = {"Content-Type": "application/json"}  # every request's, by either way
 
 
 class Client:
@@ -42,9 +44,12 @@ class Client:
         http: httpx.Client,
         api_key: Callable[[], str],
         on_auth_error: Callable[[str], None] | None = None,
+        plain: PlainHttp | None = None,
     ) -> None:
+        """`plain`: how requests to `http://` nodes go (plain_http.py); else through `http`."""
         self.pool = pool
         self._http = http
+        self._plain = plain
         self._api_key = api_key
         self._on_auth_error = on_auth_error
         self._uncertain = 0
@@ -172,11 +177,21 @@ class Client:
     ) -> httpx.Response:
         what = f"{method} {path.split('?')[0]}"
         headers = {"X-TYPESENSE-API-KEY": key}
-        request = self._http.build_request(method, node.url + path, headers=headers, **kwargs)
+        plain = self._plain if not stream and self._plain is not None else None
+        if plain is not None and not plain.handles(node.url):
+            plain = None
         try:
-            with turns.waiting():
-                response = self._http.send(request, stream=stream)
-            if not stream:
+            if plain is not None:
+                with turns.waiting():
+                    response = plain.request(
+                        method, node.url, path, {**HEADERS, **headers}, **kwargs
+                    )
+            else:
+                url = node.url + path
+                request = self._http.build_request(method, url, headers=headers, **kwargs)
+                with turns.waiting():
+                    response = self._http.send(request, stream=stream)
+            if not stream and plain is None:
                 # httpx's response and its stream refer to each other: only the cyclic GC
                 # (rare here, daemon.py) would free them and the request's body (an import's
                 # megabyte) with them. Read in full, the response needs no stream of its own.

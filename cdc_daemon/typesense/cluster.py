@@ -9,10 +9,11 @@ from typing import Any
 import httpx
 
 from cdc_daemon.sink import DocResult, DocumentBatch
-from cdc_daemon.typesense.client import Client
+from cdc_daemon.typesense.client import HEADERS, Client
 from cdc_daemon.typesense.collections import CollectionsApi
 from cdc_daemon.typesense.documents import Documents
 from cdc_daemon.typesense.nodes import NodePool
+from cdc_daemon.typesense.plain_http import PlainHttp
 
 
 class TypesenseSink:
@@ -38,19 +39,30 @@ class TypesenseSink:
         transport: httpx.BaseTransport | None = None,
         nearest_node: str | None = None,
         on_auth_error: Callable[[str], None] | None = None,
+        plain: bool | None = None,
+        beat: Callable[[], None] | None = None,
     ) -> None:
+        """Requests to `http://` nodes go through plain_http.py when `plain` (by default: unless
+        a `transport` is given, as tests do to see every request); the rest (HTTPS, exports,
+        /health probes) through httpx and its `transport`. `beat` (the watchdog's, for `run`;
+        heartbeat.py) is beaten by plain_http.py as HeartbeatTransport does for httpx."""
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
             transport=transport,
-            headers={"Content-Type": "application/json"},
+            headers=dict(HEADERS),
         )
+        self._plain = None
+        if plain or (plain is None and transport is None):
+            self._plain = PlainHttp(timeout, min(5.0, timeout), beat)
         self.pool = NodePool(([nearest_node] if nearest_node else []) + nodes, self._http, timeout)
-        self.client = Client(self.pool, self._http, api_key, on_auth_error)
+        self.client = Client(self.pool, self._http, api_key, on_auth_error, self._plain)
         self.collections_api = CollectionsApi(self.client)
         self.documents = Documents(self.client, self.collections_api)
 
     def close(self) -> None:
         self._http.close()
+        if self._plain is not None:
+            self._plain.close()
 
     # -- the cluster -------------------------------------------------------------------------
 

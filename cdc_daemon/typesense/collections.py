@@ -120,10 +120,12 @@ class CollectionsApi:
         return collection
 
     def set_alias(self, name: str, collection: str) -> None:
-        """Point an alias at a collection; one atomic switch for searches."""
+        """Point an alias at a collection; one atomic switch for searches. Writes use the new
+        target at once, without looking it up again."""
         self.aliases.drop(name)
         content = json.dumps({"collection_name": collection})
         self._client.call("PUT", f"/aliases/{quote(name, safe='')}", content=content)
+        self.aliases.put(name, collection)
 
     def delete_alias(self, name: str) -> None:
         """Remove an alias (the collection behind it stays); one that is gone is fine."""
@@ -135,8 +137,8 @@ class CollectionsApi:
         Typesense 0.24.1 loses writes addressed to an alias when it restarts before its next
         snapshot (it replays its log without resolving the alias).
 
-        A lookup is reused for ALIAS_TTL seconds. Every get_alias() refreshes it, and set_alias(),
-        delete_collection() and a missing collection drop it, so the daemon's own alias switches
+        A lookup is reused for ALIAS_TTL seconds. Every get_alias() and set_alias() refreshes it,
+        and delete_collection() and a missing collection drop it, so the daemon's own alias switches
         (and a following host's look at a shared collection) take effect at once; only a switch
         made by someone else can be missed, for at most ALIAS_TTL."""
         cached = self.aliases.recent(collection)

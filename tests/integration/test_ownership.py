@@ -366,3 +366,37 @@ def test_kill_9_between_registering_and_creating_recovers(
         assert first.verify()["in_sync"] is True
     finally:
         proxy.stop()
+
+
+def test_a_new_collection_is_registered_and_written_without_reading_back_its_own_changes(
+    apps: tuple[Path, str], typesense: LocalTypesense
+) -> None:
+    """A first start creates the registry entry without reading it first, and its first import
+    uses the alias it has just set without looking it up again: two requests fewer for each
+    database of a fleet starting a hundred at once. The order of the rest is unchanged."""
+    root, prefix = apps
+    proxy = FaultProxy(typesense.url).start()
+    seen: list[tuple[str, str]] = []
+    proxy.before = lambda request: seen.append((request.method, request.path.split("?")[0]))
+    try:
+        app = make_app(root, typesense, prefix, "a", BOOKS_A, range(1, 31))
+        app.write_config([{"table": "books"}], typesense={"nodes": [proxy.url]})
+        alias = app.collection("books")
+        physical = f"{alias}__v1"
+        app.http.post("/collections", json=registry_schema(REGISTRY))  # there after a first run
+        result = app.cli("run", "--once")
+        assert result.returncode == 0, result.stderr
+    finally:
+        proxy.stop()
+    entry = f"/collections/{REGISTRY}/documents/{quote(physical, safe='')}"
+    alias_path = f"/aliases/{quote(alias, safe='')}"
+    assert ("GET", entry) not in seen, seen
+    registered = seen.index(("POST", f"/collections/{REGISTRY}/documents"))
+    created = seen.index(("POST", "/collections"))
+    switched = seen.index(("PUT", alias_path))
+    assert registered < created < switched, seen
+    assert seen.count(("GET", alias_path)) == 1 and seen.index(("GET", alias_path)) < switched
+    imported = seen.index(("POST", f"/collections/{quote(physical, safe='')}/documents/import"))
+    assert imported > switched, seen
+    assert app.documents("books") == expected_a(range(1, 31))
+    assert (registry_entry(app, physical) or {}).get("owner") == identity(app)

@@ -1,0 +1,170 @@
+"""plain_http.py against a real socket server on 127.0.0.1: connections kept alive and reused,
+one the server closed never reused, answers read whole (Content-Length or chunked) with a beat
+per part, and each failure the httpx exception whose meaning answers.py relies on (connect
+errors: never sent; after sending: may have arrived)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from cdc_daemon.typesense.plain_http import PlainHttp
+
+HEADERS = {"Content-Type": "application/json", "X-TYPESENSE-API-KEY": "k"}
+Answer = Callable[[socket.socket, int], bool]  # (connection, request number) → keep it open
+
+
+def ok(body: bytes = b'{"ok":true}') -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+class Server:
+    """Accepts connections; reads each request (head and Content-Length body), records its
+    connection number and request line, then `answer` writes the answer."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.seen: list[tuple[int, str, dict[str, str], bytes]] = []
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        reader = conn.makefile("rb")
+        with conn:
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                headers = {}
+                while (header := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = header.decode().partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = reader.read(int(headers.get("content-length", 0)))
+                self.seen.append((number, line.decode().strip(), headers, body))
+                if not self.answer(conn, len(self.seen)):
+                    return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Answer], Server]]:
+    servers: list[Server] = []
+
+    def start(answer: Answer) -> Server:
+        servers.append(Server(answer))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_connections_are_kept_alive_and_reused(serve: Callable[[Answer], Server]) -> None:
+    server = serve(lambda conn, _n: conn.sendall(ok()) is None)
+    plain = PlainHttp(5, 5)
+    for i in range(3):
+        response = plain.request("POST", server.url, f"/x/{i}", HEADERS, b"[1]")
+        assert (response.status_code, response.json()) == (200, {"ok": True})
+    assert server.connections == 1
+    assert [line for _c, line, _h, _b in server.seen] == [f"POST /x/{i} HTTP/1.1" for i in range(3)]
+    assert server.seen[0][2]["content-length"] == "3" and server.seen[0][3] == b"[1]"
+    assert server.seen[0][2]["x-typesense-api-key"] == "k"
+    assert server.seen[0][2]["accept-encoding"] == "identity"  # no gzip to undo
+    plain.close()
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_used_again(
+    serve: Callable[[Answer], Server]
+) -> None:
+    server = serve(lambda conn, _n: conn.sendall(ok()) and False)  # answers, then hangs up
+    plain = PlainHttp(5, 5)
+    first = plain.request("GET", server.url, "/a", HEADERS)
+    time.sleep(0.2)  # the close reaches the client's socket
+    second = plain.request("GET", server.url, "/b", HEADERS)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert [c for c, _l, _h, _b in server.seen] == [1, 2]
+
+
+def test_a_chunked_answer_is_read_whole_with_a_beat_for_each_part(
+    serve: Callable[[Answer], Server]
+) -> None:
+    parts = [b'{"success":true}\n' * 3000, b'{"success":true}', b""]
+
+    def chunked(conn: socket.socket, _n: int) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in parts:
+            conn.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+            time.sleep(0.05)
+        return True
+
+    server = serve(chunked)
+    beats: list[float] = []
+    plain = PlainHttp(5, 5, beat=lambda: beats.append(time.monotonic()))
+    response = plain.request("POST", server.url, "/import", HEADERS, "{}")
+    assert response.text == b"".join(parts).decode()
+    assert len(beats) >= 4  # before sending, at the head, and for each part of the body
+    assert plain.request("GET", server.url, "/again", HEADERS).status_code == 200
+    assert server.connections == 1  # read to its end: the connection takes the next request
+
+
+def test_the_path_prefix_of_a_node_and_the_query_parameters(
+    serve: Callable[[Answer], Server]
+) -> None:
+    server = serve(lambda conn, _n: conn.sendall(ok()) is None)
+    plain = PlainHttp(5, 5)
+    params: dict[str, str | int] = {"filter_by": "id:[`a b`,`ü&`]", "batch_size": 2}
+    plain.request("DELETE", server.url + "/ts/", "/collections/c/documents", HEADERS, None, params)
+    expected = httpx.URL("http://h/ts/collections/c/documents", params=params).raw_path.decode()
+    assert server.seen[0][1] == f"DELETE {expected} HTTP/1.1"  # as httpx would have sent it
+
+
+def test_failures_are_httpx_errors_that_say_whether_the_request_left(
+    serve: Callable[[Answer], Server]
+) -> None:
+    refused = socket.create_server(("127.0.0.1", 0))
+    port = refused.getsockname()[1]
+    refused.close()  # nothing listens there now
+    plain = PlainHttp(0.5, 0.5)
+    with pytest.raises(httpx.ConnectError):
+        plain.request("POST", f"http://127.0.0.1:{port}", "/import", HEADERS, b"{}")
+
+    hangs_up = serve(lambda _conn, _n: False)  # reads the request, closes without answering
+    with pytest.raises(httpx.RemoteProtocolError):
+        plain.request("POST", hangs_up.url, "/import", HEADERS, b"{}")
+
+    silent = serve(lambda _conn, _n: time.sleep(2) or True)
+    with pytest.raises(httpx.ReadTimeout):
+        plain.request("POST", silent.url, "/import", HEADERS, b"{}")
+
+    cut = serve(lambda conn, _n: conn.sendall(ok(b"x" * 100)[:-50]) and False)
+    with pytest.raises(httpx.RemoteProtocolError):
+        plain.request("GET", cut.url, "/collections", HEADERS)
+
+
+def test_nodes_behind_an_environment_proxy_and_https_nodes_are_left_to_httpx(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert PlainHttp(5, 5).handles("http://127.0.0.1:8108")
+    assert not PlainHttp(5, 5).handles("https://127.0.0.1:8108")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
+    assert not PlainHttp(5, 5).handles("http://127.0.0.1:8108")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert PlainHttp(5, 5).handles("http://127.0.0.1:8108")
