@@ -4,7 +4,7 @@ steady write load, catch-up throughput, and the same databases as single-databas
     .venv/bin/python benchmarks/many_databases.py [--quick] [--databases 1000] [--idle-seconds 60]
         [--load-seconds 60] [--catchup 100] [--catchup-rows 10000] [--catchup-rounds 3]
         [--singles 50]
-        [--phases catchup,one,shared,singles]
+        [--phases catchup,capacity,one,shared,singles]
 
 Every database is a small SQLite file with the seed's `elements` table (stdlib sqlite3, WAL),
 installed with `cdc-daemon install` once and then copied (an installed file that never ran
@@ -24,6 +24,10 @@ holds no file token, so the copies are independent databases). One Typesense, on
    is the ceiling. (b) and the daemon are measured `--catchup-rounds` times (3), alternating,
    each on a fresh server; each round's ratio is against its own ceiling, and the median round
    is the figure (the server's CPU for the same documents varies by ~15% from run to run).
+1b. capacity (on a fresh server): what Typesense alone takes of the load phase's one-document
+   imports into N collections of their own, round robin, from 4 and from 16 client threads of
+   a client that costs little (cdc_daemon's plain_http.py), 10 s each: the ceiling of any
+   daemon for collections of their own.
 2. N databases in one daemon: N copies of the empty installed template; `cdc-daemon run` on a
    `databases:` config (default sync settings and workers); start-up until the log says
    "database syncing" N times. Peak RSS = VmHWM of /proc/PID/status (the process's own peak,
@@ -93,7 +97,9 @@ WRITERS = 4
 SAMPLES = 400  # sampled commits in the load phase (about)
 POLL = 0.02  # seconds between the poller's rounds
 SHARED = "z0_elements"  # the shared collection of shared_load()
-PHASES = ("catchup", "one", "shared", "singles")
+PHASES = ("catchup", "capacity", "one", "shared", "singles")
+CAPACITY_THREADS = (4, 16)  # client threads sending one-document imports
+CAPACITY_SECONDS = 10.0
 
 INSERT = (
     "INSERT INTO elements (id, element_type, element_id, sequence_number, version_number,"
@@ -661,6 +667,61 @@ def shared_load(
 # -- 5. single-database daemons -----------------------------------------------------------------
 
 
+def capacity(world: World, count: int) -> dict[str, Any]:
+    """What Typesense alone takes: one-document imports into `count` collections, round robin,
+    from a client that costs little (plain_http.py's requests), for the load phase's 1,000
+    imports a second with collections of their own. On a fresh server."""
+    from cdc_daemon.typesense.plain_http import PlainHttp
+
+    server = world.fresh_typesense()
+    assert server.process is not None
+    for k in range(count):
+        world.ts.post("/collections", json={"name": f"cap{k}", "fields": [
+            {"name": "t", "type": "string"}]}).raise_for_status()
+    plain = PlainHttp(60, 5)
+    runs = []
+    for threads in CAPACITY_THREADS:
+        server_cpu, client_cpu = cpu_seconds(server.process.pid), time.process_time()
+        imports = _one_document_imports(plain, server.url, count, threads)
+        runs.append({"client_threads": threads, "imports_per_s": imports / CAPACITY_SECONDS,
+                     "typesense_cores": (cpu_seconds(server.process.pid) - server_cpu)
+                     / CAPACITY_SECONDS,
+                     "client_cores": (time.process_time() - client_cpu) / CAPACITY_SECONDS})
+        print(f"  Typesense alone, one-document imports into {count:,} collections,"
+              f" {threads} client threads: {runs[-1]['imports_per_s']:,.0f}/s", flush=True)
+    plain.close()
+    world.fresh_typesense()  # the next phase starts on an empty server
+    return {"collections": count, "seconds_each": CAPACITY_SECONDS, "runs": runs,
+            "imports_per_s": max(r["imports_per_s"] for r in runs)}
+
+
+def _one_document_imports(plain: Any, url: str, count: int, threads: int) -> int:
+    """Imports done in CAPACITY_SECONDS by `threads` clients, each to the next collection."""
+    headers = {"Content-Type": "application/json", "X-TYPESENSE-API-KEY": API_KEY}
+    counts = [0] * threads
+    errors: list[str] = []
+    until = time.monotonic() + CAPACITY_SECONDS
+
+    def client(t: int) -> None:
+        n = 0
+        while time.monotonic() < until and not errors:
+            path = f"/collections/cap{(t + n * threads) % count}/documents/import?action=upsert"
+            response = plain.request("POST", url, path, headers, b'{"id":"%d","t":"x"}' % n)
+            if response.status_code != 200 or '"success":true' not in response.text:
+                errors.append(response.text[:200])
+            n += 1
+        counts[t] = n
+
+    pool = [threading.Thread(target=client, args=(t,)) for t in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"capacity: import failed: {errors[0]}")
+    return sum(counts)
+
+
 def singles(world: World, count: int, idle_seconds: float) -> dict[str, Any]:
     db = template(world, "singles_template", 0)
     daemons = []
@@ -742,6 +803,8 @@ def main() -> None:
             print(f"  catch-up {catchup_count} x {catchup_rows:,}: {c['docs_per_s']:,.0f}"
                   f" docs/s, {c['vs_raw_ceiling']:.0%} of the raw ceiling (median of"
                   f" {catchup_rounds})", flush=True)
+        if "capacity" in phases:
+            report["capacity"] = capacity(world, count)
         if "one" in phases:
             report["one_daemon"] = one_daemon(world, count, idle_seconds, load_seconds,
                                               args.workers)
@@ -792,6 +855,9 @@ def tables(report: dict[str, Any], count: int) -> None:
         [f"p99 commit->searchable, {load['achieved_rate']:,.0f} commits/s",
          f"{load['p99_ms']:.0f} ms", f"<= {TARGET_P99_MS} ms",
          verdict(load["p99_ms"] <= TARGET_P99_MS)],
+        [f"  Typesense alone: one-document imports into {report['capacity']['collections']:,}"
+         " collections (a cheap client)", f"{report['capacity']['imports_per_s']:,.0f}/s",
+         f">= {load['achieved_rate']:,.0f}/s needed", "reference"],
         [f"  the same, one shared collection ({shared['achieved_rate']:,.0f} commits/s)",
          f"{shared['p99_ms']:.0f} ms", f"<= {TARGET_P99_MS} ms",
          verdict(shared["p99_ms"] <= TARGET_P99_MS)],

@@ -276,7 +276,7 @@ class Syncer:
             # another node then took the batch (failover): re-send these keys after a delay.
             if self.sink.uncertain_writes != uncertain:
                 self._resend_later(changes)
-        # Nearly always every result is the one OK (identity: list.count does no comparing).
+        # Nearly always every result is the one OK: list.count, in C, tells at once.
         all_ok = results.count(OK) == len(results)
         failed = [] if all_ok else [i for i, result in enumerate(results) if not result.ok]
         acked = batch.ranges

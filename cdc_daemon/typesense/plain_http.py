@@ -8,7 +8,8 @@ the daemon's Python threads share (the GIL). The answer is an httpx.Response all
 answers.py reads), and a failure the httpx exception of the same meaning (answers.py decides
 from it whether a write may have arrived): ConnectError/ConnectTimeout before anything was sent,
 WriteError/WriteTimeout while sending, ReadError/ReadTimeout/RemoteProtocolError after.
-HTTPS nodes, and exports (streamed), keep httpx: certificates and everything TLS stay its own.
+HTTPS nodes, exports (streamed), nodes with credentials in their URL and any node while a proxy
+is set in the environment keep httpx: TLS, Basic auth and proxies stay its own.
 
 Connections are kept alive and shared by all threads, one request at a time each: an idle one is
 kept for KEEPALIVE_EXPIRY seconds, and one the server closed meanwhile (readable while idle) is
@@ -47,8 +48,9 @@ class PlainHttp:
         self._nodes: dict[str, tuple[Address, str] | None] = {}  # _node()
 
     def handles(self, url: str) -> bool:
-        """A plain-HTTP node that no proxy of the environment (HTTP_PROXY, ALL_PROXY, unless
-        NO_PROXY) stands in front of: httpx honours those, so it keeps such nodes."""
+        """A plain-HTTP node without credentials in its URL (httpx sends them as Basic auth)
+        while no proxy is set in the environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY: httpx
+        decides then, by its own rules)."""
         return self._node(url) is not None
 
     def request(
@@ -95,15 +97,12 @@ class PlainHttp:
         it is not for this class (handles())."""
         if url not in self._nodes:
             parts = urlsplit(url)
-            host = parts.hostname or ""
             proxies = urllib.request.getproxies_environment()
-            proxied = ("http" in proxies or "all" in proxies) and not (
-                urllib.request.proxy_bypass(host)
+            ours = parts.scheme == "http" and not (parts.username or parts.password) and not (
+                {"http", "https", "all"} & set(proxies)
             )
             self._nodes[url] = (
-                None
-                if parts.scheme != "http" or proxied
-                else ((host, parts.port or 80), parts.path.rstrip("/"))
+                ((parts.hostname or "", parts.port or 80), parts.path.rstrip("/")) if ours else None
             )
         return self._nodes[url]
 
@@ -151,21 +150,52 @@ def _exchange(
     beat: Callable[[], None] | None,
 ) -> tuple[int, list[tuple[str, str]], bytes, bool]:
     """One request and its whole answer: status, headers, body, and whether the connection can
-    take the next request. `beat` when the head and each part of the body arrive."""
+    take the next request. `beat` as each part goes and comes."""
     try:
-        conn.putrequest(method, target, skip_accept_encoding=True)  # Host: added
-        for name, value in headers.items():
-            conn.putheader(name, value)
-        conn.putheader("Accept-Encoding", "identity")
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            conn.putheader("Content-Length", str(len(body or b"")))
-        conn.endheaders(body)
+        _send(conn, method, target, headers, body, beat)
     except TimeoutError as exc:
         raise httpx.WriteTimeout(str(exc) or "timed out") from None
     except (OSError, http.client.HTTPException) as exc:
-        raise httpx.WriteError(f"{type(exc).__name__}: {exc}") from None
+        # A server may answer before it read the whole body (a refused key), then close: that
+        # answer counts, as with httpx. Without one, the write failed (and may have arrived).
+        try:
+            status, answer, data, _reusable = _receive(conn, beat)
+        except httpx.TransportError:
+            raise httpx.WriteError(f"{type(exc).__name__}: {exc}") from None
+        return status, answer, data, False
+    return _receive(conn, beat)
+
+
+def _send(
+    conn: http.client.HTTPConnection,
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    beat: Callable[[], None] | None,
+) -> None:
+    conn.putrequest(method, target, skip_accept_encoding=True)  # Host: added
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    conn.putheader("Accept-Encoding", "identity")
+    if body is not None or method in ("POST", "PUT", "PATCH"):
+        conn.putheader("Content-Length", str(len(body or b"")))
+    conn.endheaders()
+    if body:
+        view = memoryview(body)
+        for start in range(0, len(view), CHUNK):  # the timeout bounds each part, as httpx's:
+            conn.send(view[start : start + CHUNK])  # a big import to a slow node goes on
+            if beat is not None:
+                beat()
+
+
+def _receive(
+    conn: http.client.HTTPConnection, beat: Callable[[], None] | None
+) -> tuple[int, list[tuple[str, str]], bytes, bool]:
     try:
         response = conn.getresponse()
+        if response.status < 200:  # an informational answer other than 100 Continue
+            raise http.client.HTTPException(f"unexpected answer {response.status}")
         if beat is not None:
             beat()
         chunks = []
@@ -176,7 +206,6 @@ def _exchange(
         if response.length:  # a Content-Length body cut short: read1() does not say so
             raise http.client.IncompleteRead(b"".join(chunks), response.length)
         response.close()  # done (read1() leaves a whole Content-Length answer open)
-        data = b"".join(chunks)
     except TimeoutError as exc:
         raise httpx.ReadTimeout(str(exc) or "timed out") from None
     except http.client.RemoteDisconnected:
@@ -185,7 +214,7 @@ def _exchange(
         raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}") from None
     except OSError as exc:
         raise httpx.ReadError(str(exc)) from None
-    return response.status, response.getheaders(), data, not response.will_close
+    return response.status, response.getheaders(), b"".join(chunks), not response.will_close
 
 
 def _readable(conn: http.client.HTTPConnection) -> bool:

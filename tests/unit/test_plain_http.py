@@ -27,9 +27,14 @@ class Server:
     """Accepts connections; reads each request (head and Content-Length body), records its
     connection number and request line, then `answer` writes the answer."""
 
-    def __init__(self, answer: Answer) -> None:
+    def __init__(self, answer: Answer, read_body: bool = True) -> None:
         self.answer = answer
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.read_body = read_body  # False: `answer` gets the connection before the body
+        self.listener = socket.socket()
+        # A small receive window: a body is not taken much faster than `answer` reads it.
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2**16)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.seen: list[tuple[int, str, dict[str, str], bytes]] = []
         self.connections = 0
@@ -45,7 +50,7 @@ class Server:
             threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
 
     def _serve(self, conn: socket.socket, number: int) -> None:
-        reader = conn.makefile("rb")
+        reader = conn.makefile("rb", buffering=0)  # unbuffered: an answer may read the rest
         with conn:
             while True:
                 line = reader.readline()
@@ -55,7 +60,10 @@ class Server:
                 while (header := reader.readline()) not in (b"\r\n", b""):
                     name, _, value = header.decode().partition(":")
                     headers[name.strip().lower()] = value.strip()
-                body = reader.read(int(headers.get("content-length", 0)))
+                length = int(headers.get("content-length", 0)) if self.read_body else 0
+                body = b""
+                while len(body) < length and (part := reader.read(length - len(body))):
+                    body += part
                 self.seen.append((number, line.decode().strip(), headers, body))
                 if not self.answer(conn, len(self.seen)):
                     return
@@ -65,11 +73,11 @@ class Server:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Answer], Server]]:
+def serve() -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
-    def start(answer: Answer) -> Server:
-        servers.append(Server(answer))
+    def start(answer: Answer, read_body: bool = True) -> Server:
+        servers.append(Server(answer, read_body))
         return servers[-1]
 
     yield start
@@ -77,7 +85,7 @@ def serve() -> Iterator[Callable[[Answer], Server]]:
         server.close()
 
 
-def test_connections_are_kept_alive_and_reused(serve: Callable[[Answer], Server]) -> None:
+def test_connections_are_kept_alive_and_reused(serve: Callable[..., Server]) -> None:
     server = serve(lambda conn, _n: conn.sendall(ok()) is None)
     plain = PlainHttp(5, 5)
     for i in range(3):
@@ -92,7 +100,7 @@ def test_connections_are_kept_alive_and_reused(serve: Callable[[Answer], Server]
 
 
 def test_a_connection_the_server_closed_while_idle_is_not_used_again(
-    serve: Callable[[Answer], Server]
+    serve: Callable[..., Server]
 ) -> None:
     server = serve(lambda conn, _n: conn.sendall(ok()) and False)  # answers, then hangs up
     plain = PlainHttp(5, 5)
@@ -104,7 +112,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_used_again(
 
 
 def test_a_chunked_answer_is_read_whole_with_a_beat_for_each_part(
-    serve: Callable[[Answer], Server]
+    serve: Callable[..., Server]
 ) -> None:
     parts = [b'{"success":true}\n' * 3000, b'{"success":true}', b""]
 
@@ -126,7 +134,7 @@ def test_a_chunked_answer_is_read_whole_with_a_beat_for_each_part(
 
 
 def test_the_path_prefix_of_a_node_and_the_query_parameters(
-    serve: Callable[[Answer], Server]
+    serve: Callable[..., Server]
 ) -> None:
     server = serve(lambda conn, _n: conn.sendall(ok()) is None)
     plain = PlainHttp(5, 5)
@@ -137,7 +145,7 @@ def test_the_path_prefix_of_a_node_and_the_query_parameters(
 
 
 def test_failures_are_httpx_errors_that_say_whether_the_request_left(
-    serve: Callable[[Answer], Server]
+    serve: Callable[..., Server]
 ) -> None:
     refused = socket.create_server(("127.0.0.1", 0))
     port = refused.getsockname()[1]
@@ -165,6 +173,59 @@ def test_nodes_behind_an_environment_proxy_and_https_nodes_are_left_to_httpx(
     assert PlainHttp(5, 5).handles("http://127.0.0.1:8108")
     assert not PlainHttp(5, 5).handles("https://127.0.0.1:8108")
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:3128")
-    assert not PlainHttp(5, 5).handles("http://127.0.0.1:8108")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    assert PlainHttp(5, 5).handles("http://127.0.0.1:8108")
+    assert not PlainHttp(5, 5).handles("http://127.0.0.1:8108")  # httpx applies its own rules
+
+
+def test_a_big_body_to_a_slow_reader_is_bounded_per_part_not_in_all(
+    serve: Callable[..., Server]
+) -> None:
+    """The timeout bounds each send, as httpx's does: a big import to a node that keeps
+    reading slowly goes on (one bound for the whole body failed it, and re-sent it forever)."""
+
+    def slow_reader(conn: socket.socket, _n: int) -> bool:  # 16 MiB/s: a second for the body
+        size, taken, began = 2**24, 0, time.monotonic()
+        while taken < size:
+            taken += len(conn.recv(min(size - taken, 2**16)))
+            time.sleep(max(0.0, began + taken / 2**24 - time.monotonic()))
+        conn.sendall(ok())
+        return True
+
+    server = serve(slow_reader, read_body=False)
+    started = time.monotonic()
+    response = PlainHttp(0.5, 0.5).request("POST", server.url, "/import", HEADERS, b"x" * 2**24)
+    assert response.status_code == 200 and time.monotonic() - started > 0.5
+
+
+def test_an_answer_sent_before_the_body_was_read_is_the_answer(
+    serve: Callable[..., Server]
+) -> None:
+    """A refused key can be answered at once, then the connection closed: that 401 is what the
+    request gets (the key is fetched again), not a failed write."""
+    refused = b'HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}'
+    server = serve(lambda conn, _n: conn.sendall(refused) and False, read_body=False)
+    response = PlainHttp(5, 5).request("POST", server.url, "/import", HEADERS, b"x" * 2**24)
+    assert response.status_code == 401
+
+
+def test_an_informational_answer_is_an_error_not_the_next_requests_answer(
+    serve: Callable[..., Server]
+) -> None:
+    def early_hints(conn: socket.socket, n: int) -> bool:
+        if n == 1:
+            conn.sendall(b"HTTP/1.1 103 Early Hints\r\n\r\n")
+            time.sleep(0.05)
+        conn.sendall(ok(b'{"answer_to":%d}' % n))
+        return True
+
+    server = serve(early_hints)
+    plain = PlainHttp(5, 5)
+    with pytest.raises(httpx.RemoteProtocolError):
+        plain.request("GET", server.url, "/first", HEADERS)
+    assert plain.request("GET", server.url, "/second", HEADERS).json() == {"answer_to": 2}
+
+
+def test_credentials_in_a_node_url_are_left_to_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not PlainHttp(5, 5).handles("http://user:pw@127.0.0.1:8108")  # Basic auth
+    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:3128")
+    assert not PlainHttp(5, 5).handles("http://127.0.0.1:8108")
