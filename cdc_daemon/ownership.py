@@ -117,8 +117,8 @@ class Ownership:
         made by an earlier version) it becomes ours now. CollectionOwned otherwise."""
         entry = self.entry(claim.physical)
         if entry is None:
-            self._register(claim, adopting=True)
-        elif not self._ours(entry):
+            entry = self._register(claim, adopting=True)
+        if entry is not None and not self._ours(entry):
             raise self.refusal(claim, entry)
 
     def claim(self, claim: Claim, exists: bool) -> None:
@@ -126,15 +126,12 @@ class Ownership:
         already, left over or made by someone else). The entry is created first and read only
         when one was there: a new collection costs one request, not two (a fleet starting
         a hundred databases at once)."""
-        if self._create_entry(claim):
-            if exists:
-                self._adopted(claim)
+        other = self._register(claim, adopting=exists)
+        if other is None:
             return
-        entry = self._existing_entry(claim)
-        if not self._ours(entry):
-            if exists:
-                raise self.refusal(claim, entry)
-            self._take_over_stale(claim, entry)
+        if exists:
+            raise self.refusal(claim, other)
+        self._take_over_stale(claim, other)
 
     def refuse_if_other(self, claim: Claim) -> None:
         """CollectionOwned when the collection is registered to another database (nothing is
@@ -190,35 +187,27 @@ class Ownership:
             "claimed_at": int(self.clock()),
         }
 
-    def _register(self, claim: Claim, adopting: bool) -> None:
-        """Create our entry; when another database's came first (409), refuse."""
+    def _register(self, claim: Claim, adopting: bool) -> dict[str, Any] | None:
+        """Create our entry; None when created or ours already, else the other database's
+        entry that came first (409)."""
         if self._create_entry(claim):
             if adopting:
-                self._adopted(claim)
-            return
-        entry = self._existing_entry(claim)
-        if not self._ours(entry):
-            raise self.refusal(claim, entry)
-
-    def _adopted(self, claim: Claim) -> None:
-        log.warning(
-            "collection adopted: it had no owner recorded (made by an earlier cdc-daemon);"
-            " registered to this database. If another database's daemon made it, stop"
-            " this one and delete the entry",
-            collection=claim.physical,
-            owner=self.identity,
-            registry=self.registry,
-        )
-
-    def _existing_entry(self, claim: Claim) -> dict[str, Any]:
-        """The entry a create was refused for (409)."""
+                log.warning(
+                    "collection adopted: it had no owner recorded (made by an earlier cdc-daemon);"
+                    " registered to this database. If another database's daemon made it, stop"
+                    " this one and delete the entry",
+                    collection=claim.physical,
+                    owner=self.identity,
+                    registry=self.registry,
+                )
+            return None
         entry = self.entry(claim.physical)
         if entry is None:  # a node that has not applied the winner's write yet: look again later
             raise TargetUnavailable(
                 f"registry {self.registry!r}: the entry of {claim.physical!r} exists but was not"
                 " readable yet"
             )
-        return entry
+        return None if self._ours(entry) else entry
 
     def _create_entry(self, claim: Claim) -> bool:
         """`action=create`: False when an entry exists. Creates the registry the first time."""

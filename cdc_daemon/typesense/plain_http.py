@@ -2,12 +2,13 @@
 
 Every request to Typesense but a streamed export goes through here when its node is `http://`:
 httpx (URL parsing, its models, cookies, its connection pool's lock and socket scans) costs
-~400 µs of CPU per request here, this ~100 µs (benchmarks/README.md). A thousand databases
-committing once a second each send a thousand imports a second: with httpx, most of the one core
-the daemon's Python threads share (the GIL). The answer is an httpx.Response all the same (what
-answers.py reads), and a failure the httpx exception of the same meaning (answers.py decides
-from it whether a write may have arrived): ConnectError/ConnectTimeout before anything was sent,
-WriteError/WriteTimeout while sending, ReadError/ReadTimeout/RemoteProtocolError after.
+~400 µs of CPU per one-document import here, this ~180 µs (benchmarks/README.md). A thousand
+databases committing once a second each send a thousand imports a second: with httpx, most of
+the one core the daemon's Python threads share (the GIL). The answer is an httpx.Response all
+the same (what answers.py reads), and a failure the httpx exception of the same meaning
+(answers.py decides from it whether a write may have arrived): ConnectError/ConnectTimeout
+before anything was sent, WriteError/WriteTimeout while sending, ReadError/ReadTimeout/
+RemoteProtocolError after.
 HTTPS nodes, exports (streamed), nodes with credentials in their URL and any node while a proxy
 is set in the environment keep httpx: TLS, Basic auth and proxies stay its own.
 
@@ -152,7 +153,18 @@ def _exchange(
     """One request and its whole answer: status, headers, body, and whether the connection can
     take the next request. `beat` as each part goes and comes."""
     try:
-        _send(conn, method, target, headers, body, beat)
+        conn.putrequest(method, target, skip_accept_encoding=True)  # Host: added
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.putheader("Accept-Encoding", "identity")
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            conn.putheader("Content-Length", str(len(body or b"")))
+        conn.endheaders()
+        view = memoryview(body or b"")
+        for start in range(0, len(view), CHUNK):  # the timeout bounds each part, as httpx's:
+            conn.send(view[start : start + CHUNK])  # a big import to a slow node goes on
+            if beat is not None:
+                beat()
     except TimeoutError as exc:
         raise httpx.WriteTimeout(str(exc) or "timed out") from None
     except (OSError, http.client.HTTPException) as exc:
@@ -164,29 +176,6 @@ def _exchange(
             raise httpx.WriteError(f"{type(exc).__name__}: {exc}") from None
         return status, answer, data, False
     return _receive(conn, beat)
-
-
-def _send(
-    conn: http.client.HTTPConnection,
-    method: str,
-    target: str,
-    headers: dict[str, str],
-    body: bytes | None,
-    beat: Callable[[], None] | None,
-) -> None:
-    conn.putrequest(method, target, skip_accept_encoding=True)  # Host: added
-    for name, value in headers.items():
-        conn.putheader(name, value)
-    conn.putheader("Accept-Encoding", "identity")
-    if body is not None or method in ("POST", "PUT", "PATCH"):
-        conn.putheader("Content-Length", str(len(body or b"")))
-    conn.endheaders()
-    if body:
-        view = memoryview(body)
-        for start in range(0, len(view), CHUNK):  # the timeout bounds each part, as httpx's:
-            conn.send(view[start : start + CHUNK])  # a big import to a slow node goes on
-            if beat is not None:
-                beat()
 
 
 def _receive(
