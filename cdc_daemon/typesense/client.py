@@ -177,9 +177,9 @@ class Client:
     ) -> httpx.Response:
         what = f"{method} {path.split('?')[0]}"
         headers = {"X-TYPESENSE-API-KEY": key}
-        plain = self._plain if not stream and self._plain is not None else None
-        if plain is not None and not plain.handles(node.url):
-            plain = None
+        plain = self._plain
+        if stream or plain is None or not plain.handles(node.url):
+            plain = None  # httpx's way: a streamed export, HTTPS, a proxy (plain_http.py)
         try:
             if plain is not None:
                 with turns.waiting():
