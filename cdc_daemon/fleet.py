@@ -27,7 +27,6 @@ import gc
 import heapq
 import itertools
 import math
-import os
 import queue
 import select
 import threading
@@ -54,6 +53,7 @@ from cdc_daemon.fleet_member import (
 from cdc_daemon.metrics import DatabaseState, Metrics
 from cdc_daemon.notify import Notifier
 from cdc_daemon.runtime import Services
+from cdc_daemon.wake import Nudge
 
 try:
     import inotify_simple
@@ -108,11 +108,11 @@ class Fleet:
         self._timers: list[tuple[float, int, int, str]] = []  # (due, tiebreak, generation, name)
         self._tiebreak = itertools.count()
         self._work: queue.SimpleQueue[Member | None] = queue.SimpleQueue()
-        # The main thread sleeps in poll() on inotify and this pipe: a worker's timer due
-        # before `_waiting_until` writes a byte to it.
-        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # The main thread sleeps in poll() on inotify and this nudge: a worker's timer due
+        # before `_waiting_until` (or a SIGHUP) nudges it.
+        self._wake = Nudge()
         self._poll = select.poll()
-        self._poll.register(self._wake_read, select.POLLIN)
+        self._poll.register(self._wake.fileno(), select.POLLIN)
         self._waiting_until = 0.0
         self._next_rescan = 0.0
         self._inotify: inotify_simple.INotify | None = None
@@ -211,8 +211,7 @@ class Fleet:
                 member.stop("daemon stopping")
             if self._inotify is not None:
                 self._inotify.close()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._wake.close()
             for services in self._retired:
                 services.close()
             log.info("stopped")
@@ -237,8 +236,8 @@ class Fleet:
             self._waiting_until = min(first, self._next_rescan, now + 1.0)
         wait = max(0.0, self._waiting_until - now)
         for fd, _ in self._poll.poll(math.ceil(wait * 1000)):
-            if fd == self._wake_read:
-                os.read(fd, 4096)
+            if fd == self._wake.fileno():
+                self._wake.taken()
             elif self._inotify is not None:
                 self._on_events([(e.name, e.mask) for e in self._inotify.read(timeout=0)])
         self._dispatch_due()
@@ -345,7 +344,7 @@ class Fleet:
 
     def request_reload(self) -> None:
         self._reload_requested = True
-        os.write(self._wake_write, b"x")
+        self._wake()
 
     def _reload(self) -> None:
         """Read the config again; each member then applies it on its worker, or keeps its
@@ -396,7 +395,7 @@ class Fleet:
             if earlier:
                 self._waiting_until = due
         if earlier:  # the main thread sleeps past it: wake it to sleep less
-            os.write(self._wake_write, b"x")
+            self._wake()
 
     def _worker(self) -> None:
         while True:

@@ -32,14 +32,15 @@ SETTLE_DELAYS = (0.001, 0.002, 0.003, 0.005, 0.01, 0.01)
 
 
 class Nudge:
-    """Ends a ChangeWaiter's wait at once, from any thread: a pipe the wait polls beside the
-    inotify descriptor. Calling it after close() does nothing (its descriptors may be reused)."""
+    """Ends a wait at once, from any thread (also a signal handler: the lock is re-entrant): a
+    pipe polled beside the inotify descriptor (ChangeWaiter; fleet.py's main thread). Calling it
+    after close() does nothing (its descriptors may be reused)."""
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe()  # not inherited by children (PEP 446)
         os.set_blocking(self._read, False)
         os.set_blocking(self._write, False)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._closed = False
 
     def fileno(self) -> int:

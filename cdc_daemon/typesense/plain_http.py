@@ -31,7 +31,7 @@ import httpx
 
 KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpx's default)
 MAX_IDLE = 20  # idle connections kept per node (httpx's default)
-CHUNK = 65536  # bytes of an answer read at a time (a beat each)
+CHUNK = 65536  # bytes of a body sent, or of an answer read, at a time (a beat each)
 
 Address = tuple[str, int]
 
@@ -40,10 +40,11 @@ class PlainHttp:
     def __init__(
         self, timeout: float, connect_timeout: float, beat: Callable[[], None] | None = None
     ) -> None:
-        """`beat`: called before each request and when its answer came (heartbeat.py)."""
+        """`beat`: called before each request and as each part of it goes and of its answer
+        comes (heartbeat.py)."""
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._beat = beat
+        self._beat = beat or _no_beat
         self._idle: dict[Address, list[tuple[float, http.client.HTTPConnection]]] = {}
         self._lock = threading.Lock()
         self._nodes: dict[str, tuple[Address, str] | None] = {}  # _node()
@@ -70,8 +71,7 @@ class PlainHttp:
         if params:
             target += ("&" if "?" in target else "?") + str(httpx.QueryParams(params))
         body = content.encode("utf-8") if isinstance(content, str) else content
-        if self._beat is not None:
-            self._beat()
+        self._beat()
         conn = self._take(address) or self._connect(address)
         try:
             status, answer, data, reusable = _exchange(
@@ -122,16 +122,18 @@ class PlainHttp:
         return conn
 
     def _take(self, address: Address) -> http.client.HTTPConnection | None:
-        """An idle connection to `address` that is still open, the most recent first."""
+        """An idle connection to `address` that is still open, the most recent first. Each is
+        looked at outside the lock: the other threads' requests never wait for a system call."""
         now = time.monotonic()
-        with self._lock:
-            idle = self._idle.get(address)
-            while idle:
+        while True:
+            with self._lock:
+                idle = self._idle.get(address)
+                if not idle:
+                    return None
                 since, conn = idle.pop()
-                if now - since < KEEPALIVE_EXPIRY and not _readable(conn):
-                    return conn
-                conn.close()  # expired, or closed by the server (or it sent what nobody asked)
-        return None
+            if now - since < KEEPALIVE_EXPIRY and not _readable(conn):
+                return conn
+            conn.close()  # expired, or closed by the server (or it sent what nobody asked)
 
     def _give_back(self, address: Address, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -148,7 +150,7 @@ def _exchange(
     target: str,
     headers: dict[str, str],
     body: bytes | None,
-    beat: Callable[[], None] | None,
+    beat: Callable[[], None],
 ) -> tuple[int, list[tuple[str, str]], bytes, bool]:
     """One request and its whole answer: status, headers, body, and whether the connection can
     take the next request. `beat` as each part goes and comes."""
@@ -163,8 +165,7 @@ def _exchange(
         view = memoryview(body or b"")
         for start in range(0, len(view), CHUNK):  # the timeout bounds each part, as httpx's:
             conn.send(view[start : start + CHUNK])  # a big import to a slow node goes on
-            if beat is not None:
-                beat()
+            beat()
     except TimeoutError as exc:
         raise httpx.WriteTimeout(str(exc) or "timed out") from None
     except (OSError, http.client.HTTPException) as exc:
@@ -179,19 +180,17 @@ def _exchange(
 
 
 def _receive(
-    conn: http.client.HTTPConnection, beat: Callable[[], None] | None
+    conn: http.client.HTTPConnection, beat: Callable[[], None]
 ) -> tuple[int, list[tuple[str, str]], bytes, bool]:
     try:
         response = conn.getresponse()
         if response.status < 200:  # an informational answer other than 100 Continue
             raise http.client.HTTPException(f"unexpected answer {response.status}")
-        if beat is not None:
-            beat()
+        beat()
         chunks = []
         while chunk := response.read1(CHUNK):  # what arrived: a beat each
             chunks.append(chunk)
-            if beat is not None:
-                beat()
+            beat()
         if response.length:  # a Content-Length body cut short: read1() does not say so
             raise http.client.IncompleteRead(b"".join(chunks), response.length)
         response.close()  # done (read1() leaves a whole Content-Length answer open)
@@ -204,6 +203,10 @@ def _receive(
     except OSError as exc:
         raise httpx.ReadError(str(exc)) from None
     return response.status, response.getheaders(), b"".join(chunks), not response.will_close
+
+
+def _no_beat() -> None:
+    pass
 
 
 def _readable(conn: http.client.HTTPConnection) -> bool:

@@ -4,7 +4,6 @@ after it). And the looks a wake leads to (Member.step, with a stand-in daemon)."
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,8 +41,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     fleet._by_file = {"a.db": member}
     fleet._next_rescan = 1e18  # no listing of the folder in these tests
     yield fleet
-    os.close(fleet._wake_read)
-    os.close(fleet._wake_write)
+    fleet._wake.close()
 
 
 def woken(fleet: Fleet) -> list[str]:

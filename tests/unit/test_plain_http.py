@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from support import wait_for
 
 from cdc_daemon.typesense.plain_http import PlainHttp
 
@@ -38,6 +39,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.seen: list[tuple[int, str, dict[str, str], bytes]] = []
         self.connections = 0
+        self.closed = 0  # connections this server has closed
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -50,8 +52,9 @@ class Server:
             threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
 
     def _serve(self, conn: socket.socket, number: int) -> None:
-        reader = conn.makefile("rb", buffering=0)  # unbuffered: an answer may read the rest
-        with conn:
+        # Unbuffered: an answer may read the rest itself. Closed with the socket (else the
+        # socket stays open while the reader refers to it).
+        with conn, conn.makefile("rb", buffering=0) as reader:
             while True:
                 line = reader.readline()
                 if not line:
@@ -66,7 +69,8 @@ class Server:
                     body += part
                 self.seen.append((number, line.decode().strip(), headers, body))
                 if not self.answer(conn, len(self.seen)):
-                    return
+                    break
+        self.closed += 1
 
     def close(self) -> None:
         self.listener.close()
@@ -105,7 +109,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_used_again(
     server = serve(lambda conn, _n: conn.sendall(ok()) and False)  # answers, then hangs up
     plain = PlainHttp(5, 5)
     first = plain.request("GET", server.url, "/a", HEADERS)
-    time.sleep(0.2)  # the close reaches the client's socket
+    wait_for(lambda: server.closed == 1, 10, message="the server's hang-up")
     second = plain.request("GET", server.url, "/b", HEADERS)
     assert (first.status_code, second.status_code) == (200, 200)
     assert [c for c, _l, _h, _b in server.seen] == [1, 2]

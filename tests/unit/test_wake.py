@@ -147,3 +147,20 @@ def test_a_nudge_works_past_descriptor_1024(tmp_path: Path) -> None:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_nudge_on_the_thread_that_is_closing_it_does_not_hang() -> None:
+    """fleet.py nudges its main thread from the SIGHUP handler, which runs on that same thread,
+    possibly while it is inside close(): the nudge's lock must let it in."""
+    nudge = Nudge()
+    done = threading.Event()
+
+    def signal_during_close() -> None:
+        with nudge._lock:  # as close() holds it when the handler runs
+            nudge()
+        done.set()
+
+    threading.Thread(target=signal_during_close, daemon=True).start()
+    assert done.wait(5), "a nudge inside close() hung"
+    assert nudge.taken()
+    nudge.close()
