@@ -117,21 +117,20 @@ class Ownership:
         made by an earlier version) it becomes ours now. CollectionOwned otherwise."""
         entry = self.entry(claim.physical)
         if entry is None:
-            entry = self._register(claim, adopting=True)
-        if entry is not None and not self._ours(entry):
+            self._register(claim, adopting=True)
+        elif not self._ours(entry):
             raise self.refusal(claim, entry)
 
     def claim(self, claim: Claim, exists: bool) -> None:
         """Before creating `claim.physical` (`exists`: a collection of that name is there
-        already, left over or made by someone else). The entry is created first and read only
-        when one was there: a new collection costs one request, not two (a fleet starting
-        a hundred databases at once)."""
-        other = self._register(claim, adopting=exists)
-        if other is None:
-            return
-        if exists:
-            raise self.refusal(claim, other)
-        self._take_over_stale(claim, other)
+        already, left over or made by someone else)."""
+        entry = self.entry(claim.physical)
+        if entry is None:
+            self._register(claim, adopting=exists)
+        elif not self._ours(entry):
+            if exists:
+                raise self.refusal(claim, entry)
+            self._take_over_stale(claim, entry)
 
     def refuse_if_other(self, claim: Claim) -> None:
         """CollectionOwned when the collection is registered to another database (nothing is
@@ -187,9 +186,8 @@ class Ownership:
             "claimed_at": int(self.clock()),
         }
 
-    def _register(self, claim: Claim, adopting: bool) -> dict[str, Any] | None:
-        """Create our entry; None when created or ours already, else the other database's
-        entry that came first (409)."""
+    def _register(self, claim: Claim, adopting: bool) -> None:
+        """Create our entry; when another database's came first (409), refuse."""
         if self._create_entry(claim):
             if adopting:
                 log.warning(
@@ -200,14 +198,15 @@ class Ownership:
                     owner=self.identity,
                     registry=self.registry,
                 )
-            return None
+            return
         entry = self.entry(claim.physical)
         if entry is None:  # a node that has not applied the winner's write yet: look again later
             raise TargetUnavailable(
                 f"registry {self.registry!r}: the entry of {claim.physical!r} exists but was not"
                 " readable yet"
             )
-        return None if self._ours(entry) else entry
+        if not self._ours(entry):
+            raise self.refusal(claim, entry)
 
     def _create_entry(self, claim: Claim) -> bool:
         """`action=create`: False when an entry exists. Creates the registry the first time."""
