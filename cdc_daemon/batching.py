@@ -15,7 +15,7 @@ from __future__ import annotations
 MIN_BATCH = 100
 FIRST_BATCH = 1000  # where a new daemon starts: a backlog reaches the bound in a few batches
 TARGET_SECONDS = 1.0  # one batch (read, import, acknowledge)
-MAX_BATCH_BYTES = 16 * 1024 * 1024  # the documents of one batch, as JSON (memory)
+MAX_BATCH_BYTES = 16 * 1024 * 1024  # one batch's import bodies (ASCII JSON, escapes counted)
 
 
 class BatchSize:
@@ -36,8 +36,8 @@ class BatchSize:
             self.current = max(self.floor, min(self.current, limit // 2))
 
     def sent(self, seconds: float, document_bytes: int) -> None:
-        """A batch was sent (read to acknowledgement) in `seconds`, with documents of
-        `document_bytes` (JSON): past twice the budget, the next is half as large."""
+        """A batch was sent (read to acknowledgement) in `seconds`, with import bodies of
+        `document_bytes`: past twice the budget, the next is half as large."""
         self._within_budget = seconds < TARGET_SECONDS and 2 * document_bytes <= MAX_BATCH_BYTES
         if seconds > 2 * TARGET_SECONDS or document_bytes > MAX_BATCH_BYTES:
             self.current = max(self.floor, self.current // 2)

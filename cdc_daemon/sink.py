@@ -55,6 +55,17 @@ def ascii_json_body(lines: Iterable[str]) -> bytes:
     return "\n".join(lines).encode("ascii", "cdc-json-ascii")
 
 
+class EncodedLines(list[str]):
+    """Documents already encoded, with their import body (ascii_json_body) built at once: a
+    batch read ahead (sync.py) has its body ready when its import is due, so the loop's thread
+    does not build it between two imports (while the read-ahead thread holds the GIL). The
+    documents are held twice until the batch is sent: MAX_BATCH_BYTES bounds the body."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(lines)
+        self.body = ascii_json_body(lines)
+
+
 def id_problem(doc_id: str) -> str | None:
     """Why an id can't be a Typesense document id this daemon can also delete (None: it can)."""
     if not doc_id:

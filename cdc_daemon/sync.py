@@ -27,6 +27,7 @@ from cdc_daemon.sink import (
     MAX_ID_BYTES,
     OK,
     DocResult,
+    EncodedLines,
     Sink,
     encode_document,
     id_problem,
@@ -137,10 +138,7 @@ class _Batch:
     refused: list[int]  # changes that failed before sending (change.error)
     settled: list[int]  # changes done without sending (change.settled)
     limit: int = 0  # the batch size it was read with: as many entries means more may wait
-
-    @property
-    def document_bytes(self) -> int:
-        return sum(len(line) for write in self.writes for line in write.lines)
+    document_bytes: int = 0  # the upserts' import bodies
 
 
 @dataclass
@@ -352,6 +350,7 @@ class Syncer:
         failed: list[CdcError] = []
 
         def acknowledge_and_read() -> None:
+            time.sleep(0)  # the GIL back to the loop's thread at once: its import goes out first
             try:
                 self._commit_pending(report)
             except CdcError as exc:
@@ -515,9 +514,14 @@ class Syncer:
             else:
                 write.upserts.append(i)
                 write.lines.append(change.line)
+        document_bytes = 0
+        for write in writes.values():  # the import bodies too: read ahead, off the send's path
+            lines = write.lines = EncodedLines(write.lines)
+            document_bytes += len(lines.body)
         ranges = contiguous_ranges(seqs)
         return _Batch(
-            changes, deleted_by_others, seqs, ranges, list(writes.values()), refused, settled
+            changes, deleted_by_others, seqs, ranges, list(writes.values()), refused, settled,
+            document_bytes=document_bytes,
         )
 
     def _resolve(self, conn: apsw.Connection, table: str, changes: list[_Change]) -> None:

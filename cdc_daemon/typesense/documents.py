@@ -17,6 +17,7 @@ from cdc_daemon.sink import (
     OK,
     DocResult,
     DocumentBatch,
+    EncodedLines,
     ascii_json_body,
     encode_document,
     id_problem,
@@ -43,14 +44,19 @@ class Documents:
     ) -> list[DocResult]:
         """JSONL imports; one result per document, in order. Reads every result line.
 
-        A document may come already encoded (a str from encode_document). A body larger than
-        IMPORT_BYTES goes in several imports, in order; small ones from several threads to one
-        collection may go together (import_groups.py)."""
+        A document may come already encoded (a str from encode_document), or all of them with
+        their body (EncodedLines). A body larger than IMPORT_BYTES goes in several imports, in
+        order; small ones from several threads to one collection may go together
+        (import_groups.py)."""
         if not documents:
             return []
         collection = self._collections_api.physical(collection)
-        lines = [d if isinstance(d, str) else encode_document(d) for d in documents]
-        body = ascii_json_body(lines)
+        lines: list[str]
+        if isinstance(documents, EncodedLines):
+            lines, body = documents, documents.body
+        else:
+            lines = [d if isinstance(d, str) else encode_document(d) for d in documents]
+            body = ascii_json_body(lines)
         if len(body) <= IMPORT_BYTES:
             return self._groups.upsert(collection, dirty_values, body, len(lines))
         results: list[DocResult] = []

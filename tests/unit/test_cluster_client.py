@@ -21,6 +21,7 @@ from cdc_daemon.database import Database
 from cdc_daemon.errors import AuthError, CollectionMissing, TargetTimeout, TargetUnavailable
 from cdc_daemon.evolution import CollectionManager, Target
 from cdc_daemon.log_schema import LogTables
+from cdc_daemon.sink import EncodedLines
 from cdc_daemon.sync import Syncer
 from cdc_daemon.triggers import install
 from cdc_daemon.typesense import TypesenseSink
@@ -404,3 +405,19 @@ def test_an_import_request_and_its_body_are_freed_without_the_cyclic_gc() -> Non
         assert len(requests) == 1 and requests[0]() is None
     finally:
         gc.enable()
+
+
+def test_an_import_sends_the_body_built_with_its_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EncodedLines carry their import body, built while the batch was read (ahead): the send
+    does not build it again between two imports."""
+    lines = EncodedLines(['{"id":"1","t":"caf\u00e9"}', '{"id":"2"}'])
+    assert lines.body == b'{"id":"1","t":"caf\\u00e9"}\n{"id":"2"}'
+
+    def no_second_build(_lines: object) -> bytes:
+        raise AssertionError("the body was built again at send time")
+
+    monkeypatch.setattr("cdc_daemon.typesense.documents.ascii_json_body", no_second_build)
+    cluster = Cluster()
+    results = cluster.sink().upsert("c", lines)
+    assert [r.ok for r in results] == [True, True]
+    assert cluster.bodies == [("a", lines.body.decode())]

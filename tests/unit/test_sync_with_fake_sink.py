@@ -4,6 +4,7 @@ same paths run against the real server in tests/integration and tests/evolution.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from cdc_daemon.config import TableConfig
 from cdc_daemon.database import Database
 from cdc_daemon.log_schema import LogTables
 from cdc_daemon.schema import TableMapping
-from cdc_daemon.sink import Sink
+from cdc_daemon.sink import DocResult, DocumentBatch, EncodedLines, Sink, ascii_json_body
 from cdc_daemon.sync import BatchReport, Syncer
 from cdc_daemon.triggers import install
 from cdc_daemon.verify import Verifier
@@ -151,3 +152,40 @@ def test_connections_keep_as_many_statements_as_told(
         assert db.conn.cache_stats()["size"] == 7
     finally:
         db.close()
+
+
+def test_a_batch_read_ahead_comes_with_its_import_body_built_by_the_read_ahead_thread(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body of a batch read ahead is built by the read-ahead thread, during the import
+    before it, not by the loop's thread between two imports."""
+    built: dict[int, tuple[EncodedLines, str]] = {}  # id → (the lines, the thread that built them)
+
+    class RecordedLines(EncodedLines):
+        def __init__(self, lines: list[str]) -> None:
+            super().__init__(lines)
+            built[id(self)] = (self, threading.current_thread().name)
+
+    sent: list[DocumentBatch] = []
+    upsert = world.sink.upsert
+
+    def recording_upsert(collection: str, documents: DocumentBatch, dirty: str = "reject"
+                         ) -> list[DocResult]:
+        sent.append(documents)
+        return upsert(collection, documents, dirty)
+
+    monkeypatch.setattr("cdc_daemon.sync.EncodedLines", RecordedLines)
+    monkeypatch.setattr(world.sink, "upsert", recording_upsert)
+    world.app(  # 250 rows, batches of 100 (the world's batch_size): two full ones
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 250)"
+        " INSERT INTO items (name) SELECT 'caf\u00e9 ' || i FROM n"
+    )
+    world.sync()
+    assert [len(d) for d in sent] == [100, 100, 50]
+    threads = []
+    for documents in sent:
+        assert isinstance(documents, EncodedLines) and built[id(documents)][0] is documents
+        assert documents.body.isascii() and documents.body == ascii_json_body(documents)
+        threads.append(built[id(documents)][1])
+    assert threads[0] == threading.current_thread().name  # the first: nothing was imported yet
+    assert threads[1:] == ["cdc-read-ahead", "cdc-read-ahead"]
