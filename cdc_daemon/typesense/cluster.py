@@ -46,14 +46,15 @@ class TypesenseSink:
         a `transport` is given, as tests do to see every request); the rest (HTTPS, exports,
         /health probes) through httpx and its `transport`. `beat` (the watchdog's, for `run`;
         heartbeat.py) is beaten by plain_http.py as HeartbeatTransport does for httpx."""
+        connect_timeout = min(5.0, timeout)
         self._http = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
             transport=transport,
             headers=dict(HEADERS),
         )
         self._plain = None
         if plain or (plain is None and transport is None):
-            self._plain = PlainHttp(timeout, min(5.0, timeout), beat)
+            self._plain = PlainHttp(timeout, connect_timeout, beat)
         self.pool = NodePool(([nearest_node] if nearest_node else []) + nodes, self._http, timeout)
         self.client = Client(self.pool, self._http, api_key, on_auth_error, self._plain)
         self.collections_api = CollectionsApi(self.client)

@@ -162,9 +162,11 @@ def test_failures_are_httpx_errors_that_say_whether_the_request_left(
     with pytest.raises(httpx.RemoteProtocolError):
         plain.request("POST", hangs_up.url, "/import", HEADERS, b"{}")
 
-    silent = serve(lambda _conn, _n: time.sleep(2) or True)
+    told = threading.Event()  # the silent server answers nothing until the timeout was seen
+    silent = serve(lambda _conn, _n: told.wait(30) or True)
     with pytest.raises(httpx.ReadTimeout):
         plain.request("POST", silent.url, "/import", HEADERS, b"{}")
+    told.set()
 
     cut = serve(lambda conn, _n: conn.sendall(ok(b"x" * 100)[:-50]) and False)
     with pytest.raises(httpx.RemoteProtocolError):
